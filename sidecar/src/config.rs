@@ -1,0 +1,153 @@
+//! The sidecar's configuration, parsed once from flags and environment in `main`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::commit::Limits;
+use crate::merkle::Geometry;
+use crate::path::DEFAULT_LOCAL_PREFIXES;
+
+/// ferry-sidecar: the replicated storage gateway between a Vault-like server and etcd.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "FERRY_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Name of this cluster (region); its state lives under `/ferry/<cluster>/` in etcd.
+    #[arg(long, env = "FERRY_CLUSTER", default_value = "default", value_parser = parse_cluster_name)]
+    pub cluster: String,
+
+    /// This node's identity (the pod name in Kubernetes). A restarted node with the same id
+    /// reclaims its own write fence at once instead of waiting for the old lease to expire.
+    #[arg(long, env = "FERRY_NODE_ID")]
+    pub node_id: String,
+
+    /// Unix socket the storage API is served on.
+    #[arg(
+        long,
+        env = "FERRY_STORAGE_SOCKET",
+        default_value = "/var/run/ferry/storage.sock"
+    )]
+    pub storage_socket: PathBuf,
+
+    /// Path prefixes that are local to this cluster (never replicated), comma-separated.
+    #[arg(long, env = "FERRY_LOCAL_PREFIXES", value_delimiter = ',', default_values_t = DEFAULT_LOCAL_PREFIXES.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub local_prefixes: Vec<String>,
+
+    /// TTL of the write-fence lease, in seconds: how long a stalled node keeps the fence.
+    #[arg(long, env = "FERRY_FENCE_TTL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=600))]
+    pub fence_ttl_seconds: i64,
+
+    /// Largest storage key, in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub max_key_bytes: u32,
+
+    /// Largest value, in bytes.
+    #[arg(long, default_value_t = 512 * 1024, value_parser = clap::value_parser!(u32).range(1024..=600 * 1024))]
+    pub max_value_bytes: u32,
+
+    /// etcd's `--max-txn-ops` (128 by default): no transaction carries more operations.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    pub etcd_max_txn_ops: u32,
+
+    /// Most write requests waiting for the committer; senders wait when it is full.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub write_queue: u32,
+
+    /// WAL retention: most entries kept.
+    #[arg(long, env = "FERRY_WAL_RETAIN_ENTRIES", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wal_retain_entries: u64,
+
+    /// WAL retention: most bytes kept.
+    #[arg(long, env = "FERRY_WAL_RETAIN_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wal_retain_bytes: u64,
+
+    /// How often WAL garbage collection runs, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub wal_gc_interval_ms: u64,
+
+    /// Merkle tree pages.
+    #[arg(long, default_value_t = Geometry::default().pages)]
+    pub merkle_pages: u32,
+
+    /// Merkle subpages per page.
+    #[arg(long, default_value_t = Geometry::default().subpages_per_page)]
+    pub merkle_subpages: u32,
+
+    /// How often dirty merkle subpages are flushed to etcd, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub merkle_flush_interval_ms: u64,
+
+    /// Rebuild the merkle index from a full scan at start-up instead of recovering it.
+    #[arg(long)]
+    pub reindex_on_start: bool,
+
+    /// Log filter, in `tracing` syntax.
+    #[arg(long, env = "FERRY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn geometry(&self) -> anyhow::Result<Geometry> {
+        Ok(Geometry::new(self.merkle_pages, self.merkle_subpages)?)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits::new(
+            self.max_key_bytes as usize,
+            self.max_value_bytes as usize,
+            self.etcd_max_txn_ops as usize,
+        )
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.merkle_flush_interval_ms)
+    }
+
+    pub fn gc_interval(&self) -> Duration {
+        Duration::from_millis(self.wal_gc_interval_ms)
+    }
+}
+
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "cluster name {s:?} must be 1 to 63 lowercase letters, digits or '-'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_cluster_names_are_refused() {
+        assert!(parse_cluster_name("east-1").is_ok());
+        assert!(parse_cluster_name("East").is_err());
+        assert!(parse_cluster_name("a/b").is_err());
+        assert!(parse_cluster_name("").is_err());
+    }
+}

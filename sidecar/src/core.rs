@@ -1,0 +1,101 @@
+//! The state every part of the sidecar shares: the etcd client, the keyspace, the merkle index,
+//! the WAL position and the fence.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{Client, KvClient};
+
+use crate::commit::Limits;
+use crate::fence::Fence;
+use crate::keyspace::Keyspace;
+use crate::merkle::MerkleIndex;
+use crate::path::PathClassifier;
+use crate::wal::{StreamState, WalPosition};
+
+/// How long one etcd transaction may take before its outcome is treated as unknown.
+pub const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What start-up did to rebuild the merkle index.
+#[derive(Clone, Debug, Default)]
+pub struct StartupReport {
+    /// "recovery", "reindex" or "empty".
+    pub mode: String,
+    pub index_seconds: f64,
+    pub redo_entries: u64,
+}
+
+/// Shared sidecar state.
+pub struct Core {
+    pub client: Client,
+    pub keyspace: Keyspace,
+    pub classes: PathClassifier,
+    pub limits: Limits,
+    pub fence: Fence,
+    pub stream: StreamState,
+    pub startup: StartupReport,
+    index: Mutex<MerkleIndex>,
+    wal: Mutex<WalPosition>,
+    /// The WAL index up to which every merkle subpage is flushed, once one is stored.
+    checkpoint: Mutex<Option<u64>>,
+    /// Held by the committer for each transaction and while the index is brought in step with
+    /// etcd, so that readers of "etcd at revision R" and "the index" can line the two up.
+    pub commit_gate: tokio::sync::Mutex<()>,
+    /// Held by a flush round, and by a reindex while it swaps the index.
+    pub flush_gate: tokio::sync::Mutex<()>,
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        keyspace: Keyspace,
+        classes: PathClassifier,
+        limits: Limits,
+        fence: Fence,
+        stream: StreamState,
+        startup: StartupReport,
+        index: MerkleIndex,
+        wal: WalPosition,
+        checkpoint: Option<u64>,
+    ) -> Self {
+        Self {
+            client,
+            keyspace,
+            classes,
+            limits,
+            fence,
+            stream,
+            startup,
+            index: Mutex::new(index),
+            wal: Mutex::new(wal),
+            checkpoint: Mutex::new(checkpoint),
+            commit_gate: tokio::sync::Mutex::new(()),
+            flush_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn kv(&self) -> KvClient {
+        crate::etcd::kv(&self.client)
+    }
+
+    pub fn index(&self) -> MutexGuard<'_, MerkleIndex> {
+        self.index.lock().expect("merkle index lock poisoned")
+    }
+
+    pub fn wal(&self) -> WalPosition {
+        *self.wal.lock().expect("WAL position lock poisoned")
+    }
+
+    pub fn update_wal(&self, f: impl FnOnce(&mut WalPosition)) {
+        f(&mut self.wal.lock().expect("WAL position lock poisoned"));
+    }
+
+    pub fn checkpoint(&self) -> Option<u64> {
+        *self.checkpoint.lock().expect("checkpoint lock poisoned")
+    }
+
+    pub fn set_checkpoint(&self, lsn: Option<u64>) {
+        *self.checkpoint.lock().expect("checkpoint lock poisoned") = lsn;
+    }
+}

@@ -1,0 +1,64 @@
+//! The storage gateway's errors, and how they map to gRPC status codes.
+
+use thiserror::Error;
+
+/// Why a storage operation failed.
+#[derive(Clone, Debug, Error)]
+pub enum StoreError {
+    /// The request is malformed or over a limit; nothing was written.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// This sidecar no longer holds the cluster's write fence; nothing was written.
+    #[error("write fence lost: {0}")]
+    FenceLost(String),
+    /// etcd could not be reached or refused the operation; nothing was written.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    /// The transaction was sent but its outcome is unknown: it may or may not have committed.
+    #[error("etcd transaction outcome unknown, the write may or may not be applied: {0}")]
+    OutcomeUnknown(String),
+    /// Stored data failed a check.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The sidecar is shutting down.
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+}
+
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            StoreError::InvalidArgument(_) => Status::invalid_argument(msg),
+            StoreError::FenceLost(_) => Status::failed_precondition(msg),
+            StoreError::Unavailable(_) | StoreError::ShuttingDown => Status::unavailable(msg),
+            StoreError::OutcomeUnknown(_) => Status::unknown(msg),
+            StoreError::Corrupt(_) => Status::data_loss(msg),
+        }
+    }
+}
+
+/// Whether an etcd error means the request was certainly not applied.
+pub fn definitely_not_applied(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::ResourceExhausted
+                | Code::OutOfRange
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+        ),
+        etcd_client::Error::InvalidArgs(_) => true,
+        _ => false,
+    }
+}

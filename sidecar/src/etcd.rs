@@ -1,0 +1,102 @@
+//! Thin helpers over the etcd client: consistent paged scans and single-key reads.
+
+use std::ops::ControlFlow;
+
+use etcd_client::{Client, GetOptions, KeyValue, KvClient};
+
+use crate::error::StoreError;
+
+/// Largest etcd response the sidecar accepts (a page of big values).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A KV client that accepts large responses.
+pub fn kv(client: &Client) -> KvClient {
+    client
+        .kv_client()
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+/// Options for [`scan`].
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    /// Read at this revision; 0 reads the newest and pins later pages to it.
+    pub revision: i64,
+    pub keys_only: bool,
+    /// Keys per round trip.
+    pub page: i64,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            keys_only: false,
+            page: 1000,
+        }
+    }
+}
+
+/// Reads every key in `[start, end)` in key order, page by page, all at one revision, calling
+/// `each` on each until it breaks. Returns the revision read.
+pub async fn scan(
+    kv: &mut KvClient,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    scan: Scan,
+    mut each: impl FnMut(KeyValue) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<i64, StoreError> {
+    let mut from = start;
+    let mut revision = scan.revision;
+    loop {
+        let mut opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(scan.page)
+            .with_revision(revision);
+        if scan.keys_only {
+            opts = opts.with_keys_only();
+        }
+        let mut resp = kv.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        let Some(last) = kvs.last() else {
+            return Ok(revision);
+        };
+        from = last.key().to_vec();
+        from.push(0);
+        for kv in kvs {
+            if each(kv)?.is_break() {
+                return Ok(revision);
+            }
+        }
+        if !more {
+            return Ok(revision);
+        }
+    }
+}
+
+/// Reads one key's value.
+pub async fn get(kv: &mut KvClient, key: &str) -> Result<Option<KeyValue>, StoreError> {
+    let mut resp = kv.get(key, None).await?;
+    Ok(resp.take_kvs().into_iter().next())
+}
+
+/// The first or last key in `[start, end)` with its value.
+pub async fn edge(
+    kv: &mut KvClient,
+    start: &str,
+    end: Vec<u8>,
+    last: bool,
+) -> Result<Option<KeyValue>, StoreError> {
+    let mut opts = GetOptions::new().with_range(end).with_limit(1);
+    if last {
+        opts = opts.with_sort(
+            etcd_client::SortTarget::Key,
+            etcd_client::SortOrder::Descend,
+        );
+    }
+    let mut resp = kv.get(start, Some(opts)).await?;
+    Ok(resp.take_kvs().into_iter().next())
+}

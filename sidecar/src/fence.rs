@@ -1,0 +1,265 @@
+//! The cluster's write fence: an etcd key under a lease that names the one node allowed to write.
+//!
+//! Every transaction the sidecar commits compares the fence key's create revision with the one
+//! this node got when it acquired the fence. A node whose lease expired (it stalled, or lost
+//! etcd) and whose fence another node then took can therefore never commit, even if it wakes up
+//! with writes in flight. When a transaction's outcome is unknown the holder *rotates* the fence
+//! (deletes and recreates its key), which gives it a new create revision and so guarantees that
+//! the lost transaction can no longer commit behind its back.
+//!
+//! Leader election among several nodes of one cluster comes later; for now a node waits at
+//! start-up until the fence is free, and a node that loses it refuses writes until restarted.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::error::StoreError;
+
+/// The write fence held by this node.
+#[derive(Debug)]
+pub struct Fence {
+    key: String,
+    node_id: String,
+    ttl_seconds: i64,
+    lease: i64,
+    /// Create revision of the fence key as this node wrote it; 0 once lost.
+    revision: AtomicI64,
+    held: AtomicBool,
+    lost_reason: Mutex<Option<String>>,
+}
+
+impl Fence {
+    /// Acquires the fence at `key` for `node_id`, waiting while another node holds it.
+    pub async fn acquire(
+        client: &Client,
+        key: String,
+        node_id: String,
+        ttl_seconds: i64,
+    ) -> Result<Self, StoreError> {
+        let lease = client.lease_client().grant(ttl_seconds, None).await?.id();
+        let fence = Self {
+            key,
+            node_id,
+            ttl_seconds,
+            lease,
+            revision: AtomicI64::new(0),
+            held: AtomicBool::new(false),
+            lost_reason: Mutex::new(None),
+        };
+        let mut announced = false;
+        loop {
+            match fence.try_take(client).await? {
+                Taken::Yes(revision) => {
+                    fence.revision.store(revision, Ordering::SeqCst);
+                    fence.held.store(true, Ordering::SeqCst);
+                    info!(key = %fence.key, node = %fence.node_id, revision, "acquired write fence");
+                    return Ok(fence);
+                }
+                Taken::HeldBy(holder) if !announced => {
+                    info!(key = %fence.key, %holder, "waiting for the write fence");
+                    announced = true;
+                }
+                Taken::HeldBy(_) => {}
+            }
+            // The holder's lease expires within its TTL if it is gone; poll well inside that.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One attempt: create the key if absent; reclaim it if our own earlier incarnation holds it.
+    async fn try_take(&self, client: &Client) -> Result<Taken, StoreError> {
+        let mut kv = client.kv_client();
+        let put = TxnOp::put(
+            self.key.as_str(),
+            self.node_id.as_str(),
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([put])
+            .or_else([TxnOp::get(self.key.as_str(), None)]);
+        let resp = kv.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Taken::Yes(resp.header().map_or(0, |h| h.revision())));
+        }
+        let holder = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+            _ => None,
+        });
+        let Some(holder) = holder else {
+            return Ok(Taken::HeldBy("(gone)".into()));
+        };
+        let holder_id = String::from_utf8_lossy(holder.value()).into_owned();
+        if holder_id == self.node_id && holder.lease() != self.lease {
+            // Our previous incarnation (killed before its lease expired): take it back.
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    holder.create_revision(),
+                )])
+                .and_then([TxnOp::delete(self.key.as_str(), None)]);
+            kv.txn(txn).await?;
+            let _ = client.lease_client().revoke(holder.lease()).await;
+            info!(key = %self.key, "reclaimed the write fence from this node's previous run");
+            return Box::pin(self.try_take(client)).await;
+        }
+        Ok(Taken::HeldBy(holder_id))
+    }
+
+    /// The compare every fenced transaction carries, or `FenceLost`.
+    pub fn compare(&self) -> Result<Compare, StoreError> {
+        if !self.held.load(Ordering::SeqCst) {
+            return Err(self.lost_error());
+        }
+        Ok(Compare::create_revision(
+            self.key.as_str(),
+            CompareOp::Equal,
+            self.revision.load(Ordering::SeqCst),
+        ))
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Records that the fence is gone; every later write fails with `FenceLost`.
+    pub fn mark_lost(&self, reason: String) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            warn!(key = %self.key, %reason, "lost the write fence; refusing writes until restarted");
+            *self.lost_reason.lock().expect("fence lock") = Some(reason);
+            self.revision.store(0, Ordering::SeqCst);
+        }
+    }
+
+    pub fn lost_error(&self) -> StoreError {
+        let reason = self
+            .lost_reason
+            .lock()
+            .expect("fence lock")
+            .clone()
+            .unwrap_or_else(|| "not acquired".into());
+        StoreError::FenceLost(format!(
+            "this node ({}) no longer holds the cluster's write fence: {reason}",
+            self.node_id
+        ))
+    }
+
+    /// After a failed fenced transaction: tells whether the fence is still ours, and marks it
+    /// lost if not.
+    pub async fn verify(&self, client: &Client) -> Result<bool, StoreError> {
+        let mut kv = client.kv_client();
+        let current = crate::etcd::get(&mut kv, &self.key).await?;
+        let ours = current.as_ref().is_some_and(|kv| {
+            kv.create_revision() == self.revision.load(Ordering::SeqCst)
+                && kv.value() == self.node_id.as_bytes()
+        });
+        if !ours {
+            let holder = current.map_or_else(
+                || "nobody holds it (the lease expired)".to_string(),
+                |kv| format!("held by {}", String::from_utf8_lossy(kv.value())),
+            );
+            self.mark_lost(holder);
+        }
+        Ok(ours)
+    }
+
+    /// Deletes and recreates the fence key so that no transaction sent before can commit.
+    pub async fn rotate(&self, client: &Client) -> Result<(), StoreError> {
+        let old = self.compare()?;
+        let mut kv = client.kv_client();
+        let resp = kv
+            .txn(
+                Txn::new()
+                    .when([old])
+                    .and_then([TxnOp::delete(self.key.as_str(), None)]),
+            )
+            .await?;
+        if !resp.succeeded() {
+            self.verify(client).await?;
+            return Err(self.lost_error());
+        }
+        match self.try_take(client).await? {
+            Taken::Yes(revision) => {
+                self.revision.store(revision, Ordering::SeqCst);
+                info!(key = %self.key, revision, "rotated the write fence");
+                Ok(())
+            }
+            Taken::HeldBy(holder) => {
+                self.mark_lost(format!("taken by {holder} during rotation"));
+                Err(self.lost_error())
+            }
+        }
+    }
+
+    /// Keeps the lease alive until `shutdown`; marks the fence lost when the lease is gone or
+    /// has not been renewed for a whole TTL.
+    pub async fn keep_alive(
+        &self,
+        client: Client,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let period = Duration::from_millis((self.ttl_seconds as u64 * 1000) / 3);
+        let ttl = Duration::from_secs(self.ttl_seconds as u64);
+        let mut last_renewed = Instant::now();
+        let mut stream = None;
+        while self.is_held() {
+            if stream.is_none() {
+                stream = client.lease_client().keep_alive(self.lease).await.ok();
+            }
+            let renewed = match stream.as_mut() {
+                Some((keeper, responses)) => {
+                    let sent = keeper.keep_alive().await.is_ok();
+                    match tokio::time::timeout(period, responses.message()).await {
+                        Ok(Ok(Some(resp))) if sent && resp.ttl() > 0 => true,
+                        Ok(Ok(Some(_))) => {
+                            self.mark_lost("the fence lease expired".into());
+                            false
+                        }
+                        _ => {
+                            stream = None;
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if renewed {
+                last_renewed = Instant::now();
+            } else if last_renewed.elapsed() >= ttl {
+                self.mark_lost(format!("lease not renewed for {}s", self.ttl_seconds));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the fence up (clean shutdown), so that another node can take it at once.
+    pub async fn release(&self, client: &Client) {
+        self.held.store(false, Ordering::SeqCst);
+        if let Err(e) = client.lease_client().revoke(self.lease).await {
+            warn!(error = %e, "failed to release the write fence; it expires with its lease");
+        }
+    }
+}
+
+enum Taken {
+    Yes(i64),
+    HeldBy(String),
+}

@@ -1,0 +1,208 @@
+//! ferry-sidecar: the replicated storage gateway of a Ferry cluster node.
+//!
+//! The Vault-like server reaches storage only through this sidecar, over a gRPC API on a Unix
+//! socket. The sidecar is the only writer of its cluster's etcd keyspace (see [`keyspace`]). It
+//! writes every update in one etcd transaction with its WAL entry under the cluster's write fence
+//! ([`commit`], [`fence`]), keeps a merkle index of the replicated keys in memory ([`merkle`]),
+//! flushes it in the background ([`flusher`]), recovers it after a crash ([`recovery`]), and
+//! trims the WAL within its retention limits ([`wal::gc`]).
+//!
+//! Layering: [`path`], [`list`], [`codec`], [`merkle`] and [`wal::record`] are pure logic; the
+//! other modules are thin shells around them that talk to etcd or gRPC.
+
+pub mod codec;
+pub mod commit;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod etcd;
+pub mod fence;
+pub mod flusher;
+pub mod gateway;
+pub mod grpc;
+pub mod keyspace;
+pub mod list;
+pub mod merkle;
+pub mod path;
+pub mod recovery;
+pub mod reindex;
+pub mod tasks;
+pub mod wal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::{Client, ConnectOptions};
+use ferry_proto::storage::admin_server::AdminServer;
+use ferry_proto::storage::storage_server::StorageServer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::fence::Fence;
+use crate::gateway::Gateway;
+use crate::keyspace::Keyspace;
+use crate::path::PathClassifier;
+use crate::tasks::Supervisor;
+use crate::wal::gc::Retention;
+
+/// Most gRPC requests served at once per connection.
+const MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Largest gRPC request accepted: a full batch plus framing.
+const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+
+/// Runs the sidecar until SIGTERM or SIGINT, or until a task fails.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let geometry = config.geometry()?;
+    let keyspace = Keyspace::for_cluster(&config.cluster);
+    let classes = PathClassifier::new(&config.local_prefixes);
+
+    let client = connect(&config.etcd_endpoints).await?;
+    let fence = Fence::acquire(
+        &client,
+        keyspace.fence(),
+        config.node_id.clone(),
+        config.fence_ttl_seconds,
+    )
+    .await
+    .context("failed to acquire the write fence")?;
+    let recovered = recovery::recover(
+        &client,
+        &keyspace,
+        &classes,
+        geometry,
+        &fence,
+        config.reindex_on_start,
+    )
+    .await
+    .context("failed to recover the WAL and merkle index")?;
+    let core = Arc::new(Core::new(
+        client.clone(),
+        keyspace,
+        classes,
+        config.limits(),
+        fence,
+        recovered.stream,
+        recovered.report,
+        recovered.index,
+        recovered.wal,
+        recovered.checkpoint,
+    ));
+
+    let mut supervisor = Supervisor::new();
+    let (queue, queued) = mpsc::channel(config.write_queue as usize);
+    let gateway = Gateway::new(core.clone(), queue);
+    {
+        let core = core.clone();
+        let shutdown = supervisor.shutdown_signal();
+        supervisor.spawn("fence-keepalive", async move {
+            core.fence.keep_alive(core.client.clone(), shutdown).await
+        });
+    }
+    supervisor.spawn(
+        "committer",
+        commit::run(core.clone(), queued, supervisor.shutdown_signal()),
+    );
+    supervisor.spawn(
+        "merkle-flusher",
+        flusher::run(
+            core.clone(),
+            config.flush_interval(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    let retention = Retention {
+        max_entries: config.wal_retain_entries,
+        max_bytes: config.wal_retain_bytes,
+    };
+    supervisor.spawn(
+        "wal-gc",
+        wal::gc::run(
+            core.clone(),
+            retention,
+            config.gc_interval(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    supervisor.spawn(
+        "storage-api",
+        serve(
+            gateway,
+            config.storage_socket.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+
+    let result = supervisor.run_until(shutdown_signal()).await;
+    if core.fence.is_held() {
+        core.fence.release(&core.client).await;
+    }
+    result
+}
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=10 {
+        match Client::connect(endpoints, Some(options.clone())).await {
+            Ok(client) => return Ok(client),
+            Err(e) if attempt < 10 => {
+                info!(error = %e, attempt, "etcd not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context(format!("failed to connect to etcd at {endpoints:?}")),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn serve(
+    gateway: Gateway,
+    socket: std::path::PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    // A socket left by a previous run would make bind fail.
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("failed to remove stale socket {}", socket.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    info!(socket = %socket.display(), "storage API ready");
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
+        .add_service(
+            StorageServer::new(gateway.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(AdminServer::new(gateway))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .context("storage API server failed")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("failed to install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,104 @@
+//! Reading the WAL back: for shipping to secondaries, and for redo after a crash.
+
+use std::ops::ControlFlow;
+
+use crate::core::Core;
+use crate::error::StoreError;
+use crate::etcd::{Scan, scan};
+use crate::keyspace::{Keyspace, prefix_end};
+use crate::wal::record::WalEntry;
+
+/// Most bytes of entries one read returns.
+pub const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
+
+/// The answer to "entries after index i".
+#[derive(Debug, PartialEq, Eq)]
+pub enum WalRead {
+    /// The entries after `i`, in order, gap-free (possibly none when `i` is the last index).
+    Entries(Vec<WalEntry>),
+    /// Entries after `i` were garbage collected: the oldest retained index is `first`.
+    NotRetained { first: u64 },
+}
+
+/// Up to `limit` entries after `after`, or [`WalRead::NotRetained`] when the next one is gone.
+pub async fn read_after(core: &Core, after: u64, limit: usize) -> Result<WalRead, StoreError> {
+    let pos = core.wal();
+    if after >= pos.last {
+        return Ok(WalRead::Entries(Vec::new()));
+    }
+    if after + 1 < pos.first {
+        return Ok(WalRead::NotRetained { first: pos.first });
+    }
+    let entries = read_range(
+        &core.keyspace,
+        &mut core.kv(),
+        after + 1,
+        limit,
+        MAX_READ_BYTES,
+    )
+    .await?;
+    // The GC may have trimmed between our check and the read.
+    match entries.first() {
+        Some(e) if e.index == after + 1 => Ok(WalRead::Entries(entries)),
+        _ => Ok(WalRead::NotRetained {
+            first: core.wal().first,
+        }),
+    }
+}
+
+/// Decoded entries from index `from` on, at most `limit` of them and about `max_bytes`.
+/// Fails on a gap or an entry that does not decode.
+pub async fn read_range(
+    keyspace: &Keyspace,
+    kv: &mut etcd_client::KvClient,
+    from: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<WalEntry>, StoreError> {
+    let mut entries: Vec<WalEntry> = Vec::new();
+    let mut bytes = 0;
+    let page = Scan {
+        page: limit.clamp(1, 256) as i64,
+        ..Scan::default()
+    };
+    scan(
+        kv,
+        keyspace.wal(from).into_bytes(),
+        prefix_end(&keyspace.wal_prefix()),
+        page,
+        |kv| {
+            if entries.len() >= limit || bytes >= max_bytes {
+                return Ok(ControlFlow::Break(()));
+            }
+            bytes += kv.value().len();
+            entries.push(decode_at(keyspace, kv.key(), kv.value())?);
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .await?;
+    for (i, e) in entries.iter().enumerate() {
+        if e.index != from + i as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "WAL gap: expected index {}, found {}",
+                from + i as u64,
+                e.index
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+/// Decodes the entry stored at `key`, checking that it holds the index its key names.
+pub fn decode_at(keyspace: &Keyspace, key: &[u8], value: &[u8]) -> Result<WalEntry, StoreError> {
+    let at = keyspace.wal_index_of(key);
+    let entry = WalEntry::decode(value).map_err(|e| {
+        StoreError::Corrupt(format!("failed to decode WAL entry at index {at:?}: {e}"))
+    })?;
+    if at != Some(entry.index) {
+        return Err(StoreError::Corrupt(format!(
+            "WAL entry with index {} stored under key for index {at:?}",
+            entry.index
+        )));
+    }
+    Ok(entry)
+}
