@@ -1,1 +1,31 @@
+//! Test harness for Ferry: real etcd servers and the real Ferry binaries, on loopback.
+//!
+//! Every integration test and benchmark starts what it needs through this crate: an
+//! [`etcd::EtcdServer`] on free ports with its own data directory, and [`sidecar::Sidecar`]
+//! processes spawned from the binaries `cargo build` produced. Each handle owns its process and
+//! stops it on drop; readiness is polled, never slept for.
+
 pub mod etcd;
+pub mod ports;
+pub mod process;
+pub mod sidecar;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

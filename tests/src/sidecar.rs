@@ -1,0 +1,215 @@
+//! A real `ferry-sidecar` process against a test etcd.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_proto::storage::admin_client::AdminClient;
+use ferry_proto::storage::storage_client::StorageClient;
+use ferry_proto::storage::{StatusRequest, StatusResponse};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use crate::process::Process;
+use crate::wait_for;
+
+/// Where the workspace's binaries are: `FERRY_BIN_DIR`, else the target directory this test or
+/// benchmark binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// How to start a sidecar.
+#[derive(Clone, Debug)]
+pub struct SidecarOptions {
+    pub cluster: String,
+    pub node_id: String,
+    /// Extra flags, e.g. `--fence-ttl-seconds=2`.
+    pub args: Vec<String>,
+    /// How long start-up (fence, recovery) may take.
+    pub ready_timeout: Duration,
+}
+
+impl SidecarOptions {
+    pub fn new(cluster: &str, node_id: &str) -> Self {
+        Self {
+            cluster: cluster.into(),
+            node_id: node_id.into(),
+            args: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+}
+
+/// One sidecar process with its own socket directory, killed on drop.
+pub struct Sidecar {
+    dir: TempDir,
+    etcd: String,
+    options: SidecarOptions,
+    process: Option<Process>,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on `etcd` and waits until its storage API answers.
+    pub async fn start(etcd: &str, options: SidecarOptions) -> anyhow::Result<Self> {
+        let mut sidecar = Self::spawn(etcd, options)?;
+        sidecar.wait_ready().await?;
+        Ok(sidecar)
+    }
+
+    /// Starts a sidecar without waiting for it (it may be blocked on the fence).
+    pub fn spawn(etcd: &str, options: SidecarOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-sidecar-")
+            .tempdir()?;
+        let mut sidecar = Self {
+            dir,
+            etcd: etcd.into(),
+            options,
+            process: None,
+        };
+        sidecar.launch()?;
+        Ok(sidecar)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin_dir().join("ferry-sidecar"));
+        cmd.arg(format!("--etcd-endpoints={}", self.etcd))
+            .arg(format!("--cluster={}", self.options.cluster))
+            .arg(format!("--node-id={}", self.options.node_id))
+            .arg(format!("--storage-socket={}", self.socket().display()))
+            .args(&self.options.args)
+            .env(
+                "FERRY_LOG",
+                std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        self.process = Some(Process::spawn(
+            "ferry-sidecar",
+            cmd,
+            &self.dir.path().join("sidecar.log"),
+        )?);
+        Ok(())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("storage.sock")
+    }
+
+    /// Waits until the storage API answers a status call.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<StatusResponse> {
+        let socket = self.socket();
+        let timeout = self.options.ready_timeout;
+        let admin = AdminClient::new(ferry_proto::connect_unix(&socket));
+        let waited = wait_for("the sidecar's storage API", timeout, || {
+            let exited = self.process.as_mut().and_then(Process::exited);
+            let mut admin = admin.clone();
+            let present = socket.exists();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!(
+                        "ferry-sidecar exited during start-up ({status})"
+                    )));
+                }
+                if !present {
+                    return None;
+                }
+                admin
+                    .status(StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| Ok(r.into_inner()))
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(e)) | Err(e) => Err(e.context(self.log_tail(30))),
+        }
+    }
+
+    pub fn storage(&self) -> StorageClient<Channel> {
+        StorageClient::new(ferry_proto::connect_unix(self.socket()))
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(ferry_proto::connect_unix(self.socket()))
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusResponse> {
+        Ok(self.admin().status(StatusRequest {}).await?.into_inner())
+    }
+
+    fn process(&self) -> anyhow::Result<&Process> {
+        self.process.as_ref().context("sidecar is not running")
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, `KILL`) to the sidecar process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.process()?.signal(signal)
+    }
+
+    /// SIGKILL: no clean shutdown, no final flush, the fence lease left to expire.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait; fails unless it exits cleanly.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let mut p = self.process.take().context("sidecar is not running")?;
+        let ok = p.terminate()?;
+        anyhow::ensure!(ok, "ferry-sidecar did not exit cleanly\n{}", p.log_tail(30));
+        Ok(())
+    }
+
+    /// Starts the sidecar again with the same options (after kill or stop) and waits for it.
+    pub async fn restart(&mut self) -> anyhow::Result<StatusResponse> {
+        self.kill();
+        self.launch()?;
+        self.wait_ready().await
+    }
+
+    /// Restarts with different extra flags.
+    pub async fn restart_with(&mut self, args: Vec<String>) -> anyhow::Result<StatusResponse> {
+        self.options.args = args;
+        self.restart().await
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+            })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+}
+
+/// The cluster keyspace root the sidecar uses, for tests that inspect etcd directly.
+pub fn keyspace_root(cluster: &str) -> String {
+    format!("/ferry/{cluster}/")
+}
