@@ -1,0 +1,43 @@
+# Ferry: `make test` runs every test, `make bench` the benchmarks. Both set themselves up.
+SHELL := /bin/bash
+CARGO ?= cargo
+# nextest runs each test in its own process with a timeout; plain cargo test is the fallback.
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: all setup build lint test unit bench clean
+
+all: build
+
+## Install missing Debian packages (etcd-server, protobuf-compiler).
+setup:
+	@scripts/setup.sh
+
+## Build every binary (debug).
+build: setup
+	$(CARGO) build --workspace --bins
+
+## Formatting and lints, as CI checks them.
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Every test: lints, unit and property tests, integration tests on real etcd servers.
+test: setup lint
+	$(CARGO) build --workspace --bins
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+## Unit and property tests only (no etcd).
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+## Benchmarks (release build): prints a table, appends to target/bench/results.jsonl.
+bench: setup
+	$(CARGO) build --release --workspace --bins
+	target/release/ferry-bench $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean

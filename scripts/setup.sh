@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Ferry's builds and tests need and the machine lacks. Idempotent: a second run
+# changes nothing and takes a moment.
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Debian's etcd 3.4 refuses to start on some architectures without this; harmless elsewhere.
+etcd --version >/dev/null
+protoc --version >/dev/null
