@@ -240,6 +240,14 @@ pub async fn run(
 /// Commits one group and answers every request in it.
 async fn commit_group(core: &Core, requests: Vec<Pending>) {
     let _gate = core.commit_gate.lock().await;
+    // An abandoned request (its caller timed out) is not worth a transaction.
+    let requests: Vec<Pending> = requests
+        .into_iter()
+        .filter(|r| !r.reply.is_closed())
+        .collect();
+    if requests.is_empty() {
+        return;
+    }
     let outcome = commit_locked(core, &requests).await;
     for request in requests {
         let has_replicated = request
@@ -338,9 +346,8 @@ async fn commit_locked(core: &Core, requests: &[Pending]) -> Result<u64, StoreEr
 
 /// After an unknown outcome: rotate the fence so the lost transaction cannot land later, then
 /// apply whatever the WAL in etcd holds beyond the index. Retries with bounded backoff until it
-/// succeeds or the fence is lost.
+/// succeeds or the fence is lost. The caller holds the commit gate.
 async fn resync(core: &Core) {
-    let _gate = core.commit_gate.lock().await;
     let mut delay = Duration::from_millis(100);
     while core.fence.is_held() {
         let attempt = async {

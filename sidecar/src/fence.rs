@@ -41,79 +41,34 @@ impl Fence {
         node_id: String,
         ttl_seconds: i64,
     ) -> Result<Self, StoreError> {
-        let lease = client.lease_client().grant(ttl_seconds, None).await?.id();
-        let fence = Self {
-            key,
-            node_id,
-            ttl_seconds,
-            lease,
-            revision: AtomicI64::new(0),
-            held: AtomicBool::new(false),
-            lost_reason: Mutex::new(None),
-        };
         let mut announced = false;
         loop {
-            match fence.try_take(client).await? {
+            // A fresh lease per attempt: one granted before a long wait would expire unused.
+            let lease = client.lease_client().grant(ttl_seconds, None).await?.id();
+            match take(client, &key, &node_id, lease).await? {
                 Taken::Yes(revision) => {
-                    fence.revision.store(revision, Ordering::SeqCst);
-                    fence.held.store(true, Ordering::SeqCst);
-                    info!(key = %fence.key, node = %fence.node_id, revision, "acquired write fence");
-                    return Ok(fence);
+                    info!(%key, node = %node_id, revision, "acquired write fence");
+                    return Ok(Self {
+                        key,
+                        node_id,
+                        ttl_seconds,
+                        lease,
+                        revision: AtomicI64::new(revision),
+                        held: AtomicBool::new(true),
+                        lost_reason: Mutex::new(None),
+                    });
                 }
-                Taken::HeldBy(holder) if !announced => {
-                    info!(key = %fence.key, %holder, "waiting for the write fence");
-                    announced = true;
+                Taken::HeldBy(holder) => {
+                    let _ = client.lease_client().revoke(lease).await;
+                    if !announced {
+                        info!(%key, %holder, "waiting for the write fence");
+                        announced = true;
+                    }
                 }
-                Taken::HeldBy(_) => {}
             }
             // The holder's lease expires within its TTL if it is gone; poll well inside that.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-    }
-
-    /// One attempt: create the key if absent; reclaim it if our own earlier incarnation holds it.
-    async fn try_take(&self, client: &Client) -> Result<Taken, StoreError> {
-        let mut kv = client.kv_client();
-        let put = TxnOp::put(
-            self.key.as_str(),
-            self.node_id.as_str(),
-            Some(PutOptions::new().with_lease(self.lease)),
-        );
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([put])
-            .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let resp = kv.txn(txn).await?;
-        if resp.succeeded() {
-            return Ok(Taken::Yes(resp.header().map_or(0, |h| h.revision())));
-        }
-        let holder = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-            _ => None,
-        });
-        let Some(holder) = holder else {
-            return Ok(Taken::HeldBy("(gone)".into()));
-        };
-        let holder_id = String::from_utf8_lossy(holder.value()).into_owned();
-        if holder_id == self.node_id && holder.lease() != self.lease {
-            // Our previous incarnation (killed before its lease expired): take it back.
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    self.key.as_str(),
-                    CompareOp::Equal,
-                    holder.create_revision(),
-                )])
-                .and_then([TxnOp::delete(self.key.as_str(), None)]);
-            kv.txn(txn).await?;
-            let _ = client.lease_client().revoke(holder.lease()).await;
-            info!(key = %self.key, "reclaimed the write fence from this node's previous run");
-            return Box::pin(self.try_take(client)).await;
-        }
-        Ok(Taken::HeldBy(holder_id))
     }
 
     /// The compare every fenced transaction carries, or `FenceLost`.
@@ -192,7 +147,7 @@ impl Fence {
             self.verify(client).await?;
             return Err(self.lost_error());
         }
-        match self.try_take(client).await? {
+        match take(client, &self.key, &self.node_id, self.lease).await? {
             Taken::Yes(revision) => {
                 self.revision.store(revision, Ordering::SeqCst);
                 info!(key = %self.key, revision, "rotated the write fence");
@@ -262,4 +217,42 @@ impl Fence {
 enum Taken {
     Yes(i64),
     HeldBy(String),
+}
+
+/// One attempt to take the fence under `lease`: create the key if absent; reclaim it if an
+/// earlier run of this same node holds it.
+async fn take(client: &Client, key: &str, node_id: &str, lease: i64) -> Result<Taken, StoreError> {
+    let mut kv = client.kv_client();
+    let put = TxnOp::put(key, node_id, Some(PutOptions::new().with_lease(lease)));
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([put])
+        .or_else([TxnOp::get(key, None)]);
+    let resp = kv.txn(txn).await?;
+    if resp.succeeded() {
+        return Ok(Taken::Yes(resp.header().map_or(0, |h| h.revision())));
+    }
+    let holder = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+        _ => None,
+    });
+    let Some(holder) = holder else {
+        return Ok(Taken::HeldBy("(gone)".into()));
+    };
+    let holder_id = String::from_utf8_lossy(holder.value()).into_owned();
+    if holder_id != node_id || holder.lease() == lease {
+        return Ok(Taken::HeldBy(holder_id));
+    }
+    // Our previous run (killed before its lease expired): take it back.
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            key,
+            CompareOp::Equal,
+            holder.create_revision(),
+        )])
+        .and_then([TxnOp::delete(key, None)]);
+    kv.txn(txn).await?;
+    let _ = client.lease_client().revoke(holder.lease()).await;
+    info!(%key, "reclaimed the write fence from this node's previous run");
+    Box::pin(take(client, key, node_id, lease)).await
 }

@@ -6,6 +6,7 @@
 //! stops it on drop; readiness is polled, never slept for.
 
 pub mod etcd;
+pub mod inspect;
 pub mod ports;
 pub mod process;
 pub mod sidecar;

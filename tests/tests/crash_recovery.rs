@@ -1,0 +1,204 @@
+//! After a SIGKILL, start-up recovers the merkle index from flushed subpages and WAL redo, and the
+//! recovered index equals a full reindex.
+
+use std::time::Duration;
+
+use ferry_proto::storage::operation::Op;
+use ferry_proto::storage::{
+    BatchRequest, CheckMerkleRequest, Operation, PutRequest, ReindexRequest,
+};
+use ferry_tests::etcd::EtcdServer;
+use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+use ferry_tests::wait_for;
+
+async fn write_batches(sidecar: &Sidecar, tag: &str, batches: usize) -> anyhow::Result<()> {
+    let mut s = sidecar.storage();
+    for b in 0..batches {
+        let operations = (0..100)
+            .map(|i| Operation {
+                op: Some(Op::Put(PutRequest {
+                    key: format!("logical/{tag}/b{b}/k{i}"),
+                    value: format!("{tag}-{b}-{i}").into_bytes(),
+                })),
+            })
+            .collect();
+        s.batch(BatchRequest { operations }).await?;
+    }
+    Ok(())
+}
+
+async fn wait_flushed(sidecar: &Sidecar) -> anyhow::Result<()> {
+    wait_for(
+        "the merkle index to be flushed",
+        Duration::from_secs(30),
+        || async {
+            let s = sidecar.status().await.ok()?;
+            (s.merkle_dirty_pages == 0 && s.merkle_checkpoint == s.last_wal).then_some(())
+        },
+    )
+    .await
+}
+
+/// The index after recovery equals what a full scan builds, and the admin check agrees.
+async fn assert_equals_reindex(sidecar: &Sidecar) -> anyhow::Result<()> {
+    let status = sidecar.status().await?;
+    let mut admin = sidecar.admin();
+    let check = admin
+        .check_merkle(CheckMerkleRequest {})
+        .await?
+        .into_inner();
+    assert!(
+        check.consistent,
+        "recovered index differs from a full scan: {check:?}"
+    );
+    let reindexed = admin.reindex(ReindexRequest {}).await?.into_inner();
+    assert_eq!(
+        reindexed.merkle_root, status.merkle_root,
+        "recovered root differs from a full reindex"
+    );
+    assert_eq!(reindexed.keys, status.merkle_keys);
+    Ok(())
+}
+
+#[tokio::test]
+async fn recovery_redoes_the_wal_after_the_checkpoint() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let mut sidecar = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "n1").arg("--merkle-flush-interval-ms=50"),
+    )
+    .await?;
+    write_batches(&sidecar, "early", 20).await?;
+    wait_flushed(&sidecar).await?;
+    let checkpoint = sidecar.status().await?.merkle_checkpoint;
+
+    // No flushing from here on: everything written now exists only in the WAL and memory.
+    sidecar
+        .restart_with(vec!["--merkle-flush-interval-ms=600000".into()])
+        .await?;
+    write_batches(&sidecar, "late", 15).await?;
+    let mut s = sidecar.storage();
+    s.put(PutRequest {
+        key: "logical/early/b0/k0".into(),
+        value: b"overwritten".to_vec(),
+    })
+    .await?;
+    let before = sidecar.status().await?;
+    sidecar.kill();
+
+    let after = sidecar.restart_with(Vec::new()).await?;
+    assert_eq!(after.startup_mode, "recovery");
+    assert_eq!(after.startup_redo_entries, before.last_wal - checkpoint);
+    assert_eq!(after.merkle_root, before.merkle_root);
+    assert_eq!(after.merkle_keys, 3500);
+    assert_equals_reindex(&sidecar).await
+}
+
+#[tokio::test]
+async fn sigkill_mid_flush_under_load_recovers_exactly() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    // Flushing constantly, so that the kill lands between subpage writes of a round.
+    let mut sidecar = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "n1").arg("--merkle-flush-interval-ms=10"),
+    )
+    .await?;
+    for round in 0..3 {
+        let tag = format!("r{round}");
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let mut s = sidecar.storage();
+                let tag = tag.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0.. {
+                        let key = format!("logical/{tag}/w{w}/k{}", i % 400);
+                        let value = format!("{i}").into_bytes();
+                        let ok = if i % 5 == 4 {
+                            s.delete(ferry_proto::storage::DeleteRequest { key: key.clone() })
+                                .await
+                                .is_ok()
+                        } else {
+                            s.put(PutRequest {
+                                key: key.clone(),
+                                value: value.clone(),
+                            })
+                            .await
+                            .is_ok()
+                        };
+                        if !ok {
+                            return acked;
+                        }
+                        acked.push((key, (i % 5 != 4).then_some(value)));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        wait_for("the WAL to grow", Duration::from_secs(30), || async {
+            let s = sidecar.status().await.ok()?;
+            (s.last_wal >= 200 * (round + 1) && s.merkle_checkpoint > 0).then_some(())
+        })
+        .await?;
+        sidecar.kill();
+        let mut last_acked = std::collections::BTreeMap::new();
+        for w in writers {
+            for (key, value) in w.await? {
+                last_acked.insert(key, value);
+            }
+        }
+        let status = sidecar.restart().await?;
+        assert_eq!(status.startup_mode, "recovery");
+        // Every acknowledged write is there (each key's last acknowledged state, or a later one
+        // whose answer the kill cut off; writers write each key in order, one at a time).
+        let mut s = sidecar.storage();
+        for (key, value) in &last_acked {
+            let got = s
+                .get(ferry_proto::storage::GetRequest { key: key.clone() })
+                .await?
+                .into_inner();
+            if let Some(v) = value {
+                let n: u64 = String::from_utf8_lossy(v).parse()?;
+                assert!(got.found, "{key} lost");
+                let stored: u64 = String::from_utf8_lossy(&got.value).parse()?;
+                assert!(stored >= n, "{key}: acknowledged {n}, stored {stored}");
+            }
+        }
+        assert_equals_reindex(&sidecar).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_records_fall_back_to_a_full_reindex() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let mut sidecar = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "n1").arg("--merkle-flush-interval-ms=50"),
+    )
+    .await?;
+    write_batches(&sidecar, "x", 5).await?;
+    wait_flushed(&sidecar).await?;
+    let before = sidecar.status().await?;
+    sidecar.kill();
+
+    // Damage one flushed subpage record.
+    let client = etcd.client().await?;
+    let mut kv = client.kv_client();
+    let records = kv
+        .get(
+            "/ferry/east/merkle/",
+            Some(etcd_client::GetOptions::new().with_prefix().with_limit(1)),
+        )
+        .await?;
+    let record = records.kvs().first().expect("a flushed record");
+    let mut damaged = record.value().to_vec();
+    damaged[10] ^= 0xff;
+    kv.put(record.key(), damaged, None).await?;
+
+    let after = sidecar.restart().await?;
+    assert_eq!(after.startup_mode, "reindex");
+    assert_eq!(after.merkle_root, before.merkle_root);
+    assert!(sidecar.log().contains("falling back to a full reindex"));
+    Ok(())
+}

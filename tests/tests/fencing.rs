@@ -1,0 +1,143 @@
+//! The write fence: a sidecar whose fence another node took cannot commit.
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use ferry_proto::storage::{GetRequest, PutRequest};
+use ferry_sidecar::fence::Fence;
+use ferry_tests::etcd::EtcdServer;
+use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+use ferry_tests::wait_for;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_stale_fence_cannot_commit() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let client = etcd.client().await?;
+    let key = "/ferry/east/meta/fence".to_string();
+    let a = Fence::acquire(&client, key.clone(), "node-a".into(), 5).await?;
+    let stale = a.compare()?;
+
+    // Node a's lease ends (it stalled past its TTL); node b takes the fence.
+    let lease = client.kv_client().get(key.as_str(), None).await?.kvs()[0].lease();
+    client.lease_client().revoke(lease).await?;
+    let b = Fence::acquire(&client, key.clone(), "node-b".into(), 5).await?;
+
+    let write = |compare: Compare| {
+        Txn::new()
+            .when([
+                compare,
+                Compare::create_revision("/probe", CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put("/probe", "x", None)])
+    };
+    let resp = client.kv_client().txn(write(stale)).await?;
+    assert!(
+        !resp.succeeded(),
+        "a transaction under the stale fence committed"
+    );
+    assert!(
+        !a.verify(&client).await?,
+        "node a still believes it holds the fence"
+    );
+    assert!(a.compare().is_err());
+    let resp = client.kv_client().txn(write(b.compare()?)).await?;
+    assert!(resp.succeeded(), "the new holder cannot commit");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stalled_sidecar_loses_its_fence_to_another_node() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let a = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "node-a").arg("--fence-ttl-seconds=2"),
+    )
+    .await?;
+    let mut sa = a.storage();
+    sa.put(PutRequest {
+        key: "core/before".into(),
+        value: b"a".to_vec(),
+    })
+    .await?;
+
+    // Node b waits for the fence while a holds it.
+    let mut b = Sidecar::spawn(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "node-b").arg("--fence-ttl-seconds=2"),
+    )?;
+    wait_for(
+        "node b to wait for the fence",
+        Duration::from_secs(30),
+        || {
+            let log = b.log();
+            async move { log.contains("waiting for the write fence").then_some(()) }
+        },
+    )
+    .await?;
+
+    // a stalls past its lease; b takes over, recovers and serves.
+    a.signal("STOP")?;
+    let status = b.wait_ready().await?;
+    assert!(status.fence_held);
+    assert_eq!(status.last_wal, 1, "b recovered a's WAL");
+    let mut sb = b.storage();
+    sb.put(PutRequest {
+        key: "core/after".into(),
+        value: b"b".to_vec(),
+    })
+    .await?;
+
+    // a wakes up: its writes are refused and change nothing.
+    a.signal("CONT")?;
+    let err = sa
+        .put(PutRequest {
+            key: "core/from-stale-a".into(),
+            value: b"a".to_vec(),
+        })
+        .await
+        .expect_err("the stale sidecar committed a write");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("write fence"), "{}", err.message());
+    assert!(
+        !sb.get(GetRequest {
+            key: "core/from-stale-a".into()
+        })
+        .await?
+        .into_inner()
+        .found
+    );
+    // Reads still work on a.
+    assert!(
+        sa.get(GetRequest {
+            key: "core/after".into()
+        })
+        .await?
+        .into_inner()
+        .found
+    );
+    assert!(!a.status().await?.fence_held);
+    assert_eq!(b.status().await?.last_wal, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_node_reclaims_its_own_fence_at_once() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    // A long TTL: waiting for it to expire would take 60 s.
+    let mut sidecar = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "n1").arg("--fence-ttl-seconds=60"),
+    )
+    .await?;
+    sidecar.kill();
+    let started = std::time::Instant::now();
+    let status = sidecar.restart().await?;
+    assert!(status.fence_held);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "restart waited for the old lease"
+    );
+    assert!(sidecar.log().contains("reclaimed the write fence"));
+    Ok(())
+}
