@@ -10,8 +10,54 @@ use crate::merkle::Geometry;
 use crate::path::DEFAULT_LOCAL_PREFIXES;
 
 /// ferry-sidecar: the replicated storage gateway between a Vault-like server and etcd.
+///
+/// Without a subcommand it serves; `ferry-sidecar admin ...` talks to a running sidecar.
 #[derive(Clone, Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub admin: Option<AdminCli>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Admin calls to a running sidecar, over its storage socket.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum AdminCli {
+    /// Calls the admin API of a running sidecar and prints the answer.
+    Admin {
+        /// The sidecar's storage socket.
+        #[arg(
+            long,
+            env = "FERRY_STORAGE_SOCKET",
+            default_value = "/var/run/ferry/storage.sock"
+        )]
+        storage_socket: PathBuf,
+        #[command(subcommand)]
+        call: AdminCall,
+    },
+}
+
+/// One admin call.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum AdminCall {
+    /// WAL, merkle index and fence state.
+    Status,
+    /// Rebuilds the merkle index from a full scan (slow at many keys; writes continue).
+    Reindex,
+    /// Compares the merkle index with a full scan and names every key that differs.
+    CheckMerkle,
+    /// Prints WAL entries after an index.
+    ReadWal {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+}
+
+/// How the sidecar serves.
+#[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// etcd client URLs, comma-separated.
     #[arg(
@@ -26,9 +72,10 @@ pub struct Config {
     #[arg(long, env = "FERRY_CLUSTER", default_value = "default", value_parser = parse_cluster_name)]
     pub cluster: String,
 
-    /// This node's identity (the pod name in Kubernetes). A restarted node with the same id
-    /// reclaims its own write fence at once instead of waiting for the old lease to expire.
-    #[arg(long, env = "FERRY_NODE_ID")]
+    /// This node's identity, unique in its cluster; the host name (the pod name in Kubernetes)
+    /// by default. A restarted node with the same id reclaims its own write fence at once
+    /// instead of waiting for the old lease to expire.
+    #[arg(long, env = "FERRY_NODE_ID", default_value_t = host_name())]
     pub node_id: String,
 
     /// Unix socket the storage API is served on.
@@ -118,6 +165,15 @@ impl Config {
     }
 }
 
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry-node".into())
+}
+
 fn parse_cluster_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 63
@@ -140,7 +196,7 @@ mod tests {
 
     #[test]
     fn flags_are_consistent() {
-        Config::command().debug_assert();
+        Cli::command().debug_assert();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Layering: [`path`], [`list`], [`codec`], [`merkle`] and [`wal::record`] are pure logic; the
 //! other modules are thin shells around them that talk to etcd or gRPC.
 
+pub mod admin_cli;
 pub mod codec;
 pub mod commit;
 pub mod config;

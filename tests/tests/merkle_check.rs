@@ -3,7 +3,7 @@
 
 use ferry_proto::storage::{CheckMerkleRequest, PutRequest, ReindexRequest};
 use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+use ferry_tests::sidecar::{Sidecar, SidecarOptions, bin_dir};
 
 #[tokio::test]
 async fn check_reports_tampering_and_reindex_repairs() -> anyhow::Result<()> {
@@ -54,6 +54,7 @@ async fn check_reports_tampering_and_reindex_repairs() -> anyhow::Result<()> {
     );
     assert_eq!(report.index_root, sidecar.status().await?.merkle_root);
 
+    assert!(admin_cli(&sidecar, "reindex")?.status.success());
     let reindexed = admin.reindex(ReindexRequest {}).await?.into_inner();
     assert_eq!(reindexed.keys, 200);
     assert_eq!(reindexed.merkle_root, report.scan_root);
@@ -64,4 +65,13 @@ async fn check_reports_tampering_and_reindex_repairs() -> anyhow::Result<()> {
     assert!(after.consistent, "{after:?}");
     assert_eq!(sidecar.status().await?.merkle_root, report.scan_root);
     Ok(())
+}
+
+/// Runs `ferry-sidecar admin <call>` against the sidecar's socket.
+fn admin_cli(sidecar: &Sidecar, call: &str) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(bin_dir().join("ferry-sidecar"))
+        .arg("admin")
+        .arg(format!("--storage-socket={}", sidecar.socket().display()))
+        .arg(call)
+        .output()?)
 }
