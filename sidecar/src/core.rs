@@ -4,9 +4,10 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, KvClient};
+use etcd_client::{Client, KvClient, Txn, TxnOp};
 
 use crate::commit::Limits;
+use crate::error::StoreError;
 use crate::fence::Fence;
 use crate::keyspace::Keyspace;
 use crate::merkle::MerkleIndex;
@@ -89,6 +90,21 @@ impl Core {
 
     pub fn update_wal(&self, f: impl FnOnce(&mut WalPosition)) {
         f(&mut self.wal.lock().expect("WAL position lock poisoned"));
+    }
+
+    /// Commits `ops` in one transaction under the write fence. A failed compare means the fence
+    /// is gone, or was rotated while the transaction was under way (then it can be retried).
+    pub async fn fenced(&self, ops: impl Into<Vec<TxnOp>>) -> Result<(), StoreError> {
+        let txn = Txn::new().when([self.fence.compare()?]).and_then(ops);
+        if self.kv().txn(txn).await?.succeeded() {
+            return Ok(());
+        }
+        if self.fence.verify(&self.client).await? {
+            return Err(StoreError::Unavailable(
+                "the write fence was rotated during the transaction; it will be retried".into(),
+            ));
+        }
+        Err(self.fence.lost_error())
     }
 
     pub fn checkpoint(&self) -> Option<u64> {

@@ -31,6 +31,9 @@ pub struct Fence {
     revision: AtomicI64,
     held: AtomicBool,
     lost_reason: Mutex<Option<String>>,
+    /// Held while rotating, and while verifying, so that a check never sees the key between
+    /// its deletion and recreation.
+    rotation: tokio::sync::Mutex<()>,
 }
 
 impl Fence {
@@ -56,6 +59,7 @@ impl Fence {
                         revision: AtomicI64::new(revision),
                         held: AtomicBool::new(true),
                         lost_reason: Mutex::new(None),
+                        rotation: tokio::sync::Mutex::new(()),
                     });
                 }
                 Taken::HeldBy(holder) => {
@@ -116,6 +120,7 @@ impl Fence {
     /// After a failed fenced transaction: tells whether the fence is still ours, and marks it
     /// lost if not.
     pub async fn verify(&self, client: &Client) -> Result<bool, StoreError> {
+        let _rotation = self.rotation.lock().await;
         let mut kv = client.kv_client();
         let current = crate::etcd::get(&mut kv, &self.key).await?;
         let ours = current.as_ref().is_some_and(|kv| {
@@ -134,6 +139,7 @@ impl Fence {
 
     /// Deletes and recreates the fence key so that no transaction sent before can commit.
     pub async fn rotate(&self, client: &Client) -> Result<(), StoreError> {
+        let rotation = self.rotation.lock().await;
         let old = self.compare()?;
         let mut kv = client.kv_client();
         let resp = kv
@@ -144,6 +150,7 @@ impl Fence {
             )
             .await?;
         if !resp.succeeded() {
+            drop(rotation);
             self.verify(client).await?;
             return Err(self.lost_error());
         }
@@ -202,6 +209,8 @@ impl Fence {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+        // Lost: nothing to keep alive, but the process goes on serving reads.
+        let _ = shutdown.changed().await;
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Txn, TxnOp};
+use etcd_client::TxnOp;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -90,14 +90,12 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
         geometry,
         lsn: round_lsn,
     };
-    let txn = Txn::new()
-        .when([core.fence.compare()?])
-        .and_then([TxnOp::put(
-            core.keyspace.merkle_checkpoint(),
-            checkpoint.encode(),
-            None,
-        )]);
-    fenced(core, txn).await?;
+    core.fenced([TxnOp::put(
+        core.keyspace.merkle_checkpoint(),
+        checkpoint.encode(),
+        None,
+    )])
+    .await?;
     core.set_checkpoint(Some(round_lsn));
     debug!(written, checkpoint = round_lsn, "merkle flush round done");
     Ok(written)
@@ -122,17 +120,8 @@ async fn write_records(core: &Core, records: &[(u32, Vec<u8>)]) -> Result<(), St
                 TxnOp::put(core.keyspace.merkle_subpage(*subpage), record.clone(), None)
             })
             .collect();
-        fenced(core, Txn::new().when([core.fence.compare()?]).and_then(ops)).await?;
+        core.fenced(ops).await?;
         start = end;
     }
     Ok(())
-}
-
-/// Sends a fenced transaction; a failed compare means the fence is gone.
-pub async fn fenced(core: &Core, txn: Txn) -> Result<(), StoreError> {
-    if core.kv().txn(txn).await?.succeeded() {
-        return Ok(());
-    }
-    core.fence.verify(&core.client).await?;
-    Err(core.fence.lost_error())
 }

@@ -25,7 +25,7 @@ use crate::merkle::record::{Checkpoint, SubpageRecord};
 use crate::merkle::{Change, Geometry, MerkleIndex};
 use crate::path::PathClassifier;
 use crate::reindex::{drop_flushed, scan_index};
-use crate::wal::reader::{decode_at, read_range};
+use crate::wal::reader::{decode_at, for_each_entry};
 use crate::wal::record::{StreamId, WalEntry};
 use crate::wal::{StreamState, WalPosition};
 
@@ -101,7 +101,11 @@ pub async fn recover(
         }
         None => {
             if !kv
-                .txn(drop_flushed(keyspace, fence.compare()?))
+                .txn(
+                    Txn::new()
+                        .when([fence.compare()?])
+                        .and_then(drop_flushed(keyspace)),
+                )
                 .await?
                 .succeeded()
             {
@@ -221,20 +225,10 @@ async fn redo(
     )
     .await?;
 
-    let mut redone = 0;
-    let mut next = checkpoint + 1;
-    while next <= last {
-        let entries =
-            read_range(keyspace, kv, next, 256, crate::wal::reader::MAX_READ_BYTES).await?;
-        if entries.is_empty() {
-            return Err(StoreError::Corrupt(format!("WAL entry {next} is missing")));
-        }
-        for entry in entries {
-            redo_entry(&mut index, &lsns, &entry);
-            next = entry.index + 1;
-            redone += 1;
-        }
-    }
+    let redone = for_each_entry(keyspace, kv, checkpoint + 1, last, |entry| {
+        redo_entry(&mut index, &lsns, &entry)
+    })
+    .await?;
     index.rehash();
     index.set_lsn(last);
     Ok((index, redone))
@@ -256,33 +250,19 @@ fn redo_entry(index: &mut MerkleIndex, lsns: &[u64], entry: &WalEntry) {
 /// Applies WAL entries that etcd holds beyond the index (after an unknown transaction outcome).
 /// The caller holds the commit gate. Returns how many entries were applied.
 pub async fn catch_up(core: &Core) -> Result<u64, StoreError> {
-    let mut applied = 0;
-    loop {
-        let from = core.index().lsn() + 1;
-        let entries = read_range(
-            &core.keyspace,
-            &mut core.kv(),
-            from,
-            256,
-            crate::wal::reader::MAX_READ_BYTES,
-        )
-        .await?;
-        if entries.is_empty() {
-            return Ok(applied);
-        }
-        for entry in entries {
-            let changes: Vec<Change> = entry
-                .ops
-                .iter()
-                .map(|op| Change::new(&op.key, op.value.as_deref()))
-                .collect();
-            let mut index = core.index();
-            index.apply(&changes);
-            index.set_lsn(entry.index);
-            drop(index);
-            let len = WalEntry::encoded_len(&entry.ops) as u64;
-            core.update_wal(|pos| pos.append(entry.index, entry.cumulative_bytes, len));
-            applied += 1;
-        }
-    }
+    let from = core.index().lsn() + 1;
+    for_each_entry(&core.keyspace, &mut core.kv(), from, u64::MAX, |entry| {
+        let changes: Vec<Change> = entry
+            .ops
+            .iter()
+            .map(|op| Change::new(&op.key, op.value.as_deref()))
+            .collect();
+        let mut index = core.index();
+        index.apply(&changes);
+        index.set_lsn(entry.index);
+        drop(index);
+        let len = WalEntry::encoded_len(&entry.ops) as u64;
+        core.update_wal(|pos| pos.append(entry.index, entry.cumulative_bytes, len));
+    })
+    .await
 }

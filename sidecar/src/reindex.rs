@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use etcd_client::{KvClient, Txn, TxnOp};
+use etcd_client::{KvClient, TxnOp};
 use tracing::{info, warn};
 
 use crate::core::Core;
@@ -19,6 +19,7 @@ use crate::etcd::{Scan, scan};
 use crate::keyspace::{Keyspace, prefix_end};
 use crate::merkle::{Change, Geometry, Leaf, MerkleIndex};
 use crate::path::{PathClass, PathClassifier};
+use crate::wal::reader::for_each_entry;
 use crate::wal::record::hex;
 
 /// Most mismatches a check lists by name.
@@ -60,15 +61,15 @@ pub async fn scan_index(
 
 /// A transaction dropping the checkpoint and every subpage record: until a rebuilt index is
 /// flushed, a restart must reindex rather than trust the old records.
-pub fn drop_flushed(keyspace: &Keyspace, fence: etcd_client::Compare) -> Txn {
+pub fn drop_flushed(keyspace: &Keyspace) -> [TxnOp; 2] {
     let records = keyspace.merkle_prefix();
-    Txn::new().when([fence]).and_then([
+    [
         TxnOp::delete(keyspace.merkle_checkpoint(), None),
         TxnOp::delete(
             records.as_str(),
             Some(etcd_client::DeleteOptions::new().with_range(prefix_end(&records))),
         ),
-    ])
+    ]
 }
 
 /// etcd's revision and the index's LSN, lined up (no transaction in flight).
@@ -111,30 +112,16 @@ pub async fn reindex(core: &Core) -> Result<ReindexReport, StoreError> {
     let _gate = core.commit_gate.lock().await;
     // Catch the new index up with what was committed during the scan.
     let current = core.index().lsn();
-    let mut next = lsn + 1;
-    while next <= current {
-        let entries = crate::wal::reader::read_range(
-            &core.keyspace,
-            &mut core.kv(),
-            next,
-            256,
-            crate::wal::reader::MAX_READ_BYTES,
-        )
-        .await?;
-        if entries.is_empty() {
-            return Err(StoreError::Corrupt(format!("WAL entry {next} is missing")));
+    for_each_entry(&core.keyspace, &mut core.kv(), lsn + 1, current, |entry| {
+        for op in &entry.ops {
+            fresh.load_change(&Change::new(&op.key, op.value.as_deref()));
         }
-        for entry in entries.into_iter().take_while(|e| e.index <= current) {
-            for op in &entry.ops {
-                fresh.load_change(&Change::new(&op.key, op.value.as_deref()));
-            }
-            next = entry.index + 1;
-        }
-    }
+    })
+    .await?;
     fresh.rehash();
     fresh.set_lsn(current);
     fresh.mark_nonempty_dirty();
-    crate::flusher::fenced(core, drop_flushed(&core.keyspace, core.fence.compare()?)).await?;
+    core.fenced(drop_flushed(&core.keyspace)).await?;
     core.set_checkpoint(None);
     let report = ReindexReport {
         keys: fresh.keys(),

@@ -52,7 +52,8 @@ async fn writes_resume_after_etcd_restarts() -> anyhow::Result<()> {
                 .ok()
         }
     })
-    .await?;
+    .await
+    .map_err(|e| e.context(sidecar.log_tail(40)))?;
     assert_eq!(
         s.get(GetRequest {
             key: "core/a".into()

@@ -8,14 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{DeleteOptions, Txn, TxnOp};
+use etcd_client::{DeleteOptions, TxnOp};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::etcd::get;
-use crate::flusher::fenced;
 use crate::wal::WalPosition;
 use crate::wal::reader::decode_at;
 
@@ -95,11 +94,7 @@ pub async fn collect(core: &Core, retention: Retention) -> Result<u64, StoreErro
         ks.wal(pos.first),
         Some(DeleteOptions::new().with_range(ks.wal(target))),
     );
-    fenced(
-        core,
-        Txn::new().when([core.fence.compare()?]).and_then([delete]),
-    )
-    .await?;
+    core.fenced([delete]).await?;
     core.update_wal(|p| {
         p.first = target;
         p.cumulative_before_first = before_target;

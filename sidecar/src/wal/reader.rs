@@ -88,6 +88,33 @@ pub async fn read_range(
     Ok(entries)
 }
 
+/// Calls `each` on every entry from `from` through `to` in order, reading a page at a time, and
+/// returns how many there were. With `to == u64::MAX` it stops at the end of the WAL; otherwise a
+/// missing entry up to `to` is an error.
+pub async fn for_each_entry(
+    keyspace: &Keyspace,
+    kv: &mut etcd_client::KvClient,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(WalEntry),
+) -> Result<u64, StoreError> {
+    let mut next = from;
+    while next <= to {
+        let entries = read_range(keyspace, kv, next, 256, MAX_READ_BYTES).await?;
+        if entries.is_empty() {
+            if to == u64::MAX {
+                break;
+            }
+            return Err(StoreError::Corrupt(format!("WAL entry {next} is missing")));
+        }
+        for entry in entries.into_iter().take_while(|e| e.index <= to) {
+            next = entry.index + 1;
+            each(entry);
+        }
+    }
+    Ok(next - from)
+}
+
 /// Decodes the entry stored at `key`, checking that it holds the index its key names.
 pub fn decode_at(keyspace: &Keyspace, key: &[u8], value: &[u8]) -> Result<WalEntry, StoreError> {
     let at = keyspace.wal_index_of(key);
