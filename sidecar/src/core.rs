@@ -1,7 +1,7 @@
 //! The state every part of the sidecar shares: the etcd client, the keyspace, the merkle index,
 //! the WAL position and the fence.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{Client, KvClient, Txn, TxnOp};
@@ -32,7 +32,7 @@ pub struct Core {
     pub keyspace: Keyspace,
     pub classes: PathClassifier,
     pub limits: Limits,
-    pub fence: Fence,
+    pub fence: Arc<Fence>,
     pub stream: StreamState,
     pub startup: StartupReport,
     index: Mutex<MerkleIndex>,
@@ -53,7 +53,7 @@ impl Core {
         keyspace: Keyspace,
         classes: PathClassifier,
         limits: Limits,
-        fence: Fence,
+        fence: Arc<Fence>,
         stream: StreamState,
         startup: StartupReport,
         index: MerkleIndex,

@@ -8,6 +8,10 @@ use crate::error::StoreError;
 
 /// Largest etcd response the sidecar accepts (a page of big values).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// The size a scan aims its pages at.
+const TARGET_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most keys a scan asks for at once.
+const MAX_PAGE_KEYS: i64 = 50_000;
 
 /// A KV client that accepts large responses.
 pub fn kv(client: &Client) -> KvClient {
@@ -38,6 +42,10 @@ impl Default for Scan {
 
 /// Reads every key in `[start, end)` in key order, page by page, all at one revision, calling
 /// `each` on each until it breaks. Returns the revision read.
+///
+/// Pages grow towards [`TARGET_PAGE_BYTES`] once the first shows how big entries are: etcd 3.4
+/// walks its index over the whole rest of the range for every limited request, so a scan of `N`
+/// keys in pages of `P` costs `N²/2P`, and small pages make a million-key scan minutes long.
 pub async fn scan(
     kv: &mut KvClient,
     start: Vec<u8>,
@@ -47,10 +55,11 @@ pub async fn scan(
 ) -> Result<i64, StoreError> {
     let mut from = start;
     let mut revision = scan.revision;
+    let mut page = scan.page;
     loop {
         let mut opts = GetOptions::new()
             .with_range(end.clone())
-            .with_limit(scan.page)
+            .with_limit(page)
             .with_revision(revision);
         if scan.keys_only {
             opts = opts.with_keys_only();
@@ -64,6 +73,12 @@ pub async fn scan(
         let Some(last) = kvs.last() else {
             return Ok(revision);
         };
+        let bytes: usize = kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len() + 32)
+            .sum();
+        let per_key = (bytes / kvs.len()).max(1);
+        page = ((TARGET_PAGE_BYTES / per_key) as i64).clamp(scan.page, MAX_PAGE_KEYS);
         from = last.key().to_vec();
         from.push(0);
         for kv in kvs {

@@ -62,14 +62,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let classes = PathClassifier::new(&config.local_prefixes);
 
     let client = connect(&config.etcd_endpoints).await?;
-    let fence = Fence::acquire(
-        &client,
-        keyspace.fence(),
-        config.node_id.clone(),
-        config.fence_ttl_seconds,
-    )
-    .await
-    .context("failed to acquire the write fence")?;
+    let fence = Arc::new(
+        Fence::acquire(
+            &client,
+            keyspace.fence(),
+            config.node_id.clone(),
+            config.fence_ttl_seconds,
+        )
+        .await
+        .context("failed to acquire the write fence")?,
+    );
+    // Keep the lease alive from now on: recovery can take longer than its TTL.
+    let mut supervisor = Supervisor::new();
+    {
+        let (fence, client, shutdown) =
+            (fence.clone(), client.clone(), supervisor.shutdown_signal());
+        supervisor.spawn("fence-keepalive", async move {
+            fence.keep_alive(client, shutdown).await
+        });
+    }
     let recovered = recovery::recover(
         &client,
         &keyspace,
@@ -93,16 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recovered.checkpoint,
     ));
 
-    let mut supervisor = Supervisor::new();
     let (queue, queued) = mpsc::channel(config.write_queue as usize);
     let gateway = Gateway::new(core.clone(), queue);
-    {
-        let core = core.clone();
-        let shutdown = supervisor.shutdown_signal();
-        supervisor.spawn("fence-keepalive", async move {
-            core.fence.keep_alive(core.client.clone(), shutdown).await
-        });
-    }
     supervisor.spawn(
         "committer",
         commit::run(core.clone(), queued, supervisor.shutdown_signal()),
