@@ -1,37 +1,17 @@
-//! Group commit: concurrent writes coalesced into one etcd transaction.
+//! Group commit, the pure part: limits, validation, and which requests share a transaction.
 //!
-//! Every write (a put, a delete or an atomic batch) is validated at the edge and queued on a
-//! bounded channel. A single committer task takes the first waiting request and every other one
-//! already queued that still fits, and commits them in one transaction:
-//!
-//! * compares: the fence key's create revision is ours, and the next WAL slot is empty;
-//! * operations: every key update, plus exactly one WAL entry holding the replicated operations
-//!   and the merkle root after them (none when the group touched only local paths).
-//!
-//! A group respects etcd's limits: at most `max-txn-ops` operations (the WAL entry included) and
-//! a bounded request size. Two writes to the same key never share a transaction (etcd refuses
-//! that), so the later one waits for the next group. While one transaction is in flight the
-//! queue fills, so the busier the sidecar, the larger its transactions: one etcd transaction of
-//! 64 puts costs about what one put costs.
-//!
-//! A write is acknowledged only after its transaction committed. A failed transaction fails every
-//! write in it, with the reason. When the outcome is unknown (a timeout or a lost connection)
-//! the writes are answered "outcome unknown", the fence is rotated so that the lost transaction
-//! can no longer commit, and the index is brought back in step from the WAL in etcd.
+//! Every write (a put, a delete or an atomic batch) is validated at the edge against [`Limits`]
+//! and queued for the committer (see `committer`), which packs queued requests into [`Group`]s:
+//! one etcd transaction each. A group respects etcd's limits: at most `max-txn-ops` operations
+//! (its WAL entry included) and a bounded request size. Two writes to the same key never share a
+//! transaction (etcd refuses that), so the later one waits for the next group.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tokio::sync::oneshot;
 
-use crate::core::{Core, TXN_TIMEOUT};
-use crate::error::{StoreError, definitely_not_applied};
-use crate::merkle::Change;
+use crate::error::StoreError;
 use crate::path::{PathClass, validate_key};
-use crate::wal::record::{WalEntry, WalOp};
 
 /// Size limits on keys, values, batches and transactions.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +64,7 @@ impl WriteOp {
     }
 
     /// Bytes this operation adds to a transaction: itself, and its WAL copy if replicated.
-    fn txn_bytes(&self) -> usize {
+    pub fn txn_bytes(&self) -> usize {
         let once = self.bytes() + 16;
         match self.class {
             PathClass::Replicated => 2 * once,
@@ -194,180 +174,10 @@ impl Group {
     pub fn into_requests(self) -> Vec<Pending> {
         self.requests
     }
-}
 
-/// The committer task: takes groups off `queue` and commits them until `shutdown`, then drains
-/// what is queued.
-pub async fn run(
-    core: Arc<Core>,
-    mut queue: mpsc::Receiver<Pending>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => tokio::select! {
-                biased;
-                p = queue.recv() => match p { Some(p) => p, None => return Ok(()) },
-                _ = shutdown.changed() => {
-                    queue.close();
-                    continue;
-                }
-            },
-        };
-        let mut group = Group::new(core.limits);
-        if !first.reply.is_closed() {
-            group
-                .offer(first)
-                .expect("an empty group takes any request");
-        }
-        while let Ok(next) = queue.try_recv() {
-            if next.reply.is_closed() {
-                continue; // the caller gave up before we started
-            }
-            if let Err(next) = group.offer(next) {
-                carry = Some(next);
-                break;
-            }
-        }
-        if !group.is_empty() {
-            commit_group(&core, group.into_requests()).await;
-        }
-    }
-}
-
-/// Commits one group and answers every request in it.
-async fn commit_group(core: &Core, requests: Vec<Pending>) {
-    let _gate = core.commit_gate.lock().await;
-    // An abandoned request (its caller timed out) is not worth a transaction.
-    let requests: Vec<Pending> = requests
-        .into_iter()
-        .filter(|r| !r.reply.is_closed())
-        .collect();
-    if requests.is_empty() {
-        return;
-    }
-    let outcome = commit_locked(core, &requests).await;
-    for request in requests {
-        let has_replicated = request
-            .ops
-            .iter()
-            .any(|op| op.class == PathClass::Replicated);
-        let reply = match &outcome {
-            Ok(index) => Ok(if has_replicated { *index } else { 0 }),
-            Err(e) => Err(e.clone()),
-        };
-        let _ = request.reply.send(reply);
-    }
-    if matches!(outcome, Err(StoreError::OutcomeUnknown(_))) {
-        resync(core).await;
-    }
-}
-
-async fn commit_locked(core: &Core, requests: &[Pending]) -> Result<u64, StoreError> {
-    let fence = core.fence.compare()?;
-    let ks = &core.keyspace;
-    let mut txn_ops = Vec::new();
-    let mut wal_ops = Vec::new();
-    let mut changes = Vec::new();
-    for op in requests.iter().flat_map(|r| &r.ops) {
-        txn_ops.push(match &op.value {
-            Some(v) => TxnOp::put(ks.data(&op.key), v.clone(), None),
-            None => TxnOp::delete(ks.data(&op.key), None),
-        });
-        if op.class == PathClass::Replicated {
-            changes.push(Change::new(&op.key, op.value.as_deref()));
-            wal_ops.push(WalOp {
-                key: op.key.clone(),
-                value: op.value.clone(),
-            });
-        }
-    }
-    let mut compares = vec![fence];
-    let mut staged = None;
-    let mut entry_meta = None;
-    if !wal_ops.is_empty() {
-        let pos = core.wal();
-        let index = pos.last + 1;
-        let s = core.index().stage(&changes);
-        let entry = WalEntry {
-            index,
-            stream_id: core.stream.stream_id,
-            epoch: core.stream.epoch,
-            merkle_root: s.root(),
-            cumulative_bytes: pos.cumulative_last + WalEntry::encoded_len(&wal_ops) as u64,
-            ops: wal_ops,
-        };
-        compares.push(Compare::create_revision(ks.wal(index), CompareOp::Equal, 0));
-        txn_ops.push(TxnOp::put(ks.wal(index), entry.encode(), None));
-        let len = WalEntry::encoded_len(&entry.ops) as u64;
-        entry_meta = Some((index, entry.cumulative_bytes, len));
-        staged = Some(s);
-    }
-
-    let txn = Txn::new().when(compares).and_then(txn_ops);
-    let sent = tokio::time::timeout(TXN_TIMEOUT, core.kv().txn(txn)).await;
-    let resp = match sent {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) if definitely_not_applied(&e) => {
-            return Err(StoreError::Unavailable(format!(
-                "etcd refused the transaction: {e}"
-            )));
-        }
-        Ok(Err(e)) => return Err(StoreError::OutcomeUnknown(e.to_string())),
-        Err(_) => {
-            return Err(StoreError::OutcomeUnknown(format!(
-                "no answer within {}s",
-                TXN_TIMEOUT.as_secs()
-            )));
-        }
-    };
-    if !resp.succeeded() {
-        // Either the fence moved or the WAL slot was taken: both mean another writer.
-        if core.fence.verify(&core.client).await.unwrap_or(false) {
-            core.fence
-                .mark_lost("another writer appended to this cluster's WAL".into());
-        }
-        return Err(core.fence.lost_error());
-    }
-    let Some((index, cumulative, len)) = entry_meta else {
-        return Ok(0);
-    };
-    {
-        let mut merkle = core.index();
-        merkle.commit(staged.expect("staged with the entry"));
-        merkle.set_lsn(index);
-    }
-    core.update_wal(|pos| pos.append(index, cumulative, len));
-    debug!(index, "committed WAL entry");
-    Ok(index)
-}
-
-/// After an unknown outcome: rotate the fence so the lost transaction cannot land later, then
-/// apply whatever the WAL in etcd holds beyond the index. Retries with bounded backoff until it
-/// succeeds or the fence is lost. The caller holds the commit gate.
-async fn resync(core: &Core) {
-    let mut delay = Duration::from_millis(100);
-    while core.fence.is_held() {
-        let attempt = async {
-            core.fence.rotate(&core.client).await?;
-            crate::recovery::catch_up(core).await
-        };
-        match attempt.await {
-            Ok(applied) => {
-                warn!(
-                    applied,
-                    "resynchronised with etcd after an unknown transaction outcome"
-                );
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "resynchronising with etcd failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    /// Whether `request` writes a key in `keys`.
+    pub fn touches(request: &Pending, keys: &HashSet<String>) -> bool {
+        request.ops.iter().any(|op| keys.contains(&op.key))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use etcd_client::{Client, KvClient, Txn, TxnOp};
 
 use crate::commit::Limits;
+use crate::committer::CommitQueue;
 use crate::error::StoreError;
 use crate::fence::Fence;
 use crate::keyspace::Keyspace;
@@ -39,9 +40,8 @@ pub struct Core {
     wal: Mutex<WalPosition>,
     /// The WAL index up to which every merkle subpage is flushed, once one is stored.
     checkpoint: Mutex<Option<u64>>,
-    /// Held by the committer for each transaction and while the index is brought in step with
-    /// etcd, so that readers of "etcd at revision R" and "the index" can line the two up.
-    pub commit_gate: tokio::sync::Mutex<()>,
+    /// The committer's queue: writes, and pauses that line etcd up with the index.
+    pub commits: CommitQueue,
     /// Held by a flush round, and by a reindex while it swaps the index.
     pub flush_gate: tokio::sync::Mutex<()>,
 }
@@ -59,6 +59,7 @@ impl Core {
         index: MerkleIndex,
         wal: WalPosition,
         checkpoint: Option<u64>,
+        commits: CommitQueue,
     ) -> Self {
         Self {
             client,
@@ -71,7 +72,7 @@ impl Core {
             index: Mutex::new(index),
             wal: Mutex::new(wal),
             checkpoint: Mutex::new(checkpoint),
-            commit_gate: tokio::sync::Mutex::new(()),
+            commits,
             flush_gate: tokio::sync::Mutex::new(()),
         }
     }

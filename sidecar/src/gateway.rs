@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::commit::{Pending, WriteOp, validate};
 use crate::core::Core;
@@ -23,12 +23,11 @@ const LIST_PAGE: i64 = 500;
 #[derive(Clone)]
 pub struct Gateway {
     core: Arc<Core>,
-    queue: mpsc::Sender<Pending>,
 }
 
 impl Gateway {
-    pub fn new(core: Arc<Core>, queue: mpsc::Sender<Pending>) -> Self {
-        Self { core, queue }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
     pub fn core(&self) -> &Arc<Core> {
@@ -55,21 +54,10 @@ impl Gateway {
             return Err(self.core.fence.lost_error());
         }
         let (reply, outcome) = oneshot::channel();
-        match self
-            .queue
-            .send_timeout(Pending { ops, reply }, QUEUE_WAIT)
-            .await
-        {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "write queue full ({} requests waiting) for {}s",
-                    self.queue.max_capacity(),
-                    QUEUE_WAIT.as_secs()
-                )));
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(StoreError::ShuttingDown),
-        }
+        self.core
+            .commits
+            .write(Pending { ops, reply }, QUEUE_WAIT)
+            .await?;
         outcome.await.map_err(|_| StoreError::ShuttingDown)?
     }
 

@@ -3,7 +3,7 @@
 //! The Vault-like server reaches storage only through this sidecar, over a gRPC API on a Unix
 //! socket. The sidecar is the only writer of its cluster's etcd keyspace (see [`keyspace`]). It
 //! writes every update in one etcd transaction with its WAL entry under the cluster's write fence
-//! ([`commit`], [`fence`]), keeps a merkle index of the replicated keys in memory ([`merkle`]),
+//! ([`commit`], [`committer`], [`fence`]), keeps a merkle index of the replicated keys in memory ([`merkle`]),
 //! flushes it in the background ([`flusher`]), recovers it after a crash ([`recovery`]), and
 //! trims the WAL within its retention limits ([`wal::gc`]).
 //!
@@ -13,6 +13,7 @@
 pub mod admin_cli;
 pub mod codec;
 pub mod commit;
+pub mod committer;
 pub mod config;
 pub mod core;
 pub mod error;
@@ -37,10 +38,10 @@ use anyhow::Context;
 use etcd_client::{Client, ConnectOptions};
 use ferry_proto::storage::admin_server::AdminServer;
 use ferry_proto::storage::storage_server::StorageServer;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
+use crate::committer::{CommitQueue, Committer};
 use crate::config::Config;
 use crate::core::Core;
 use crate::fence::Fence;
@@ -91,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("failed to recover the WAL and merkle index")?;
+    let (commits, queued) = CommitQueue::new(config.write_queue as usize);
     let core = Arc::new(Core::new(
         client.clone(),
         keyspace,
@@ -102,13 +104,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recovered.index,
         recovered.wal,
         recovered.checkpoint,
+        commits,
     ));
-
-    let (queue, queued) = mpsc::channel(config.write_queue as usize);
-    let gateway = Gateway::new(core.clone(), queue);
+    let gateway = Gateway::new(core.clone());
     supervisor.spawn(
         "committer",
-        commit::run(core.clone(), queued, supervisor.shutdown_signal()),
+        Committer::new(core.clone(), queued).run(supervisor.shutdown_signal()),
     );
     supervisor.spawn(
         "merkle-flusher",

@@ -1,7 +1,7 @@
 //! Full rebuilds and checks of the merkle index from a scan of every replicated key.
 //!
-//! Both admin operations work on a consistent snapshot without stopping writes for long: under
-//! the commit gate they note etcd's current revision `R` and the index's LSN `L` (no transaction
+//! Both admin operations work on a consistent snapshot without stopping writes for long: with
+//! the committer paused (nothing in flight) they note etcd's current revision `R` and the index's LSN `L` (no transaction
 //! is in flight, so etcd at `R` holds exactly the WAL through `L`), then scan at `R` while the
 //! committer carries on. A reindex then applies the entries committed since `L` to the new index
 //! and swaps it in; a check compares the scan with a copy of the index taken at `L`.
@@ -74,7 +74,7 @@ pub fn drop_flushed(keyspace: &Keyspace) -> [TxnOp; 2] {
 
 /// etcd's revision and the index's LSN, lined up (no transaction in flight).
 async fn snapshot_point(core: &Core) -> Result<(i64, u64, MerkleIndex), StoreError> {
-    let _gate = core.commit_gate.lock().await;
+    let _paused = core.commits.pause().await?;
     let mut kv = core.kv();
     let revision = kv
         .get(core.keyspace.stream(), None)
@@ -109,7 +109,7 @@ pub async fn reindex(core: &Core) -> Result<ReindexReport, StoreError> {
     fresh.set_lsn(lsn);
 
     let _flush = core.flush_gate.lock().await;
-    let _gate = core.commit_gate.lock().await;
+    let _paused = core.commits.pause().await?;
     // Catch the new index up with what was committed during the scan.
     let current = core.index().lsn();
     for_each_entry(&core.keyspace, &mut core.kv(), lsn + 1, current, |entry| {

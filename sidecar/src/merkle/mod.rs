@@ -297,7 +297,25 @@ impl MerkleIndex {
 
     /// Computes the effect of `changes`, applied in order, without modifying the index.
     pub fn stage(&self, changes: &[Change]) -> Staged {
+        self.stage_on(&[], changes)
+    }
+
+    /// Computes the effect of `changes` applied after the `pending` stages (in order, not yet
+    /// committed), without modifying the index. Committing `pending` in order and then this
+    /// stage gives the root it reports.
+    pub fn stage_on(&self, pending: &[&Staged], changes: &[Change]) -> Staged {
         debug_assert!(self.stale.is_empty());
+        // The latest pending copy of a subpage, else the index's.
+        let leaves_of = |id: u32| -> &[Leaf] {
+            pending
+                .iter()
+                .rev()
+                .find_map(|s| s.subpages.iter().find(|(sid, _, _)| *sid == id))
+                .map_or(
+                    &self.subpages[id as usize][..],
+                    |(_, leaves, _)| &leaves[..],
+                )
+        };
         let mut subpages: Vec<(u32, Vec<Leaf>, Digest)> = Vec::new();
         let mut key_delta = 0;
         for change in changes {
@@ -305,7 +323,7 @@ impl MerkleIndex {
             let slot = match subpages.iter().position(|(s, _, _)| *s == id) {
                 Some(i) => i,
                 None => {
-                    subpages.push((id, self.subpages[id as usize].clone(), [0; 32]));
+                    subpages.push((id, leaves_of(id).to_vec(), [0; 32]));
                     subpages.len() - 1
                 }
             };
@@ -315,7 +333,14 @@ impl MerkleIndex {
             *hash = hash_subpage(leaves);
         }
 
+        // Every stage in order, this one last: later ones override earlier ones.
+        let this = [(&subpages, &Vec::new())];
+        let layers = pending
+            .iter()
+            .map(|s| (&s.subpages, &s.pages))
+            .chain(this.iter().map(|(s, p)| (*s, *p)));
         let mut pages: Vec<(u32, Digest)> = Vec::new();
+        let mut page_hashes: Option<Vec<Digest>> = None;
         for (id, _, _) in &subpages {
             let page = self.geometry.page_of(*id);
             if pages.iter().any(|(p, _)| *p == page) {
@@ -323,29 +348,33 @@ impl MerkleIndex {
             }
             let mut children = self.subpage_hashes(page).to_vec();
             let first = page * self.geometry.subpages_per_page;
-            for (sid, _, hash) in &subpages {
-                if self.geometry.page_of(*sid) == page {
-                    children[(sid - first) as usize] = *hash;
+            for (layer, _) in layers.clone() {
+                for (sid, _, hash) in layer.iter() {
+                    if self.geometry.page_of(*sid) == page {
+                        children[(sid - first) as usize] = *hash;
+                    }
                 }
             }
             pages.push((page, hash_children(b"P", &children)));
         }
-
-        let root = if pages.is_empty() {
-            self.root
-        } else {
-            let mut all = self.page_hashes.clone();
-            for (page, hash) in &pages {
-                all[*page as usize] = *hash;
+        for (_, layer_pages) in layers {
+            for (page, hash) in layer_pages.iter() {
+                page_hashes.get_or_insert_with(|| self.page_hashes.clone())[*page as usize] = *hash;
             }
-            hash_children(b"R", &all)
+        }
+        for (page, hash) in &pages {
+            page_hashes.get_or_insert_with(|| self.page_hashes.clone())[*page as usize] = *hash;
+        }
+        let root = match page_hashes {
+            Some(all) => hash_children(b"R", &all),
+            None => pending.last().map_or(self.root, |s| s.root),
         };
         Staged {
             subpages,
             pages,
             root,
             key_delta,
-            generation: self.generation,
+            generation: self.generation + pending.len() as u64,
         }
     }
 

@@ -99,6 +99,29 @@ proptest! {
         prop_assert_eq!(predicted, rebuild(small(), &final_state(&ops)).root());
     }
 
+    /// Stages chained on uncommitted stages predict the roots their in-order commits give.
+    #[test]
+    fn chained_stages_equal_sequential_commits(ops in ops(), cuts in proptest::collection::vec(0usize..80, 0..4)) {
+        let changes: Vec<Change> = ops.iter().map(|(k, v)| change(k, v)).collect();
+        let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(changes.len())).collect();
+        bounds.push(0);
+        bounds.push(changes.len());
+        bounds.sort_unstable();
+        let mut index = MerkleIndex::new(small());
+        let mut stages: Vec<Staged> = Vec::new();
+        for w in bounds.windows(2) {
+            let pending: Vec<&Staged> = stages.iter().collect();
+            let next = index.stage_on(&pending, &changes[w[0]..w[1]]);
+            stages.push(next);
+        }
+        let predicted: Vec<Digest> = stages.iter().map(Staged::root).collect();
+        for (staged, root) in stages.into_iter().zip(predicted) {
+            index.commit(staged);
+            prop_assert_eq!(index.root(), root);
+        }
+        prop_assert_eq!(index.root(), rebuild(small(), &final_state(&ops)).root());
+    }
+
     /// Loading changes then rehashing equals applying them one by one (the recovery path).
     #[test]
     fn load_then_rehash_equals_apply(ops in ops()) {

@@ -1,0 +1,494 @@
+//! The committer: one task that turns queued writes into pipelined etcd transactions.
+//!
+//! It takes the first waiting request and every other queued one that fits (see
+//! [`crate::commit::Group`]) and sends them as one transaction:
+//!
+//! * compares: the fence key's create revision is ours; the group's WAL slot `n` is empty; and
+//!   WAL entry `n - 1` exists, so that etcd applies WAL entries strictly in index order;
+//! * operations: every key update, plus exactly one WAL entry holding the replicated operations
+//!   and the merkle root after them (none when the group touched only local paths).
+//!
+//! Up to [`MAX_IN_FLIGHT`] transactions are under way at once (one, as measured best on etcd
+//! 3.4). Under load, a group waits briefly for the writers the previous transaction answered, so
+//! that every active writer rides in each transaction instead of two half-size groups
+//! alternating. Each group's merkle root is staged on top of the groups still in flight
+//! ([`MerkleIndex::stage_on`](crate::merkle::MerkleIndex::stage_on)); the index itself only ever
+//! holds committed state, because outcomes are settled strictly in the order groups left. A group
+//! never writes a key that a group in flight writes, so reordering can change nothing visible.
+//!
+//! Outcomes, settled oldest first:
+//! * committed: the staged changes enter the index, and every write in the group is acknowledged;
+//! * refused while the fence is still ours: etcd evaluated the group before its predecessor's WAL
+//!   entry existed; it is sent again (a bounded number of times);
+//! * anything else (fence lost, refused for good, outcome unknown): the group's writes get the
+//!   error, every later group is settled as it lands, and once the window is empty the committer
+//!   rotates the fence (so no transaction sent before can still commit) and brings the index
+//!   back in step from the WAL in etcd.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnResponse};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::commit::{Group, Pending};
+use crate::core::{Core, TXN_TIMEOUT};
+use crate::error::{StoreError, definitely_not_applied};
+use crate::merkle::{Change, Staged};
+use crate::path::PathClass;
+use crate::wal::record::{WalEntry, WalOp};
+
+/// Most transactions under way at once. Measured on etcd 3.4 with two cores, more than one loses:
+/// etcd evaluates concurrent transactions in no fixed order, so a later group often overtakes
+/// its predecessor, fails the WAL-order compare and must be sent again.
+pub const MAX_IN_FLIGHT: usize = 1;
+/// Longest a group waits for the writers the previous transaction just answered. It waits for
+/// three quarters of them: the last few cost more waiting than they save.
+const LINGER: Duration = Duration::from_millis(1);
+/// How often a group refused for ordering is sent again before it fails.
+const MAX_RESENDS: u32 = 8;
+/// Longest a pause may hold the committer before it resumes by itself.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// What the committer is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Write(Pending),
+    /// Settle every transaction in flight, answer `drained`, then commit nothing until `resume`
+    /// fires or is dropped.
+    Pause {
+        drained: oneshot::Sender<()>,
+        resume: oneshot::Receiver<()>,
+    },
+}
+
+/// A group's WAL entry: its index, cumulative bytes through it, and its encoded length.
+#[derive(Clone, Copy, Debug)]
+struct EntryMeta {
+    index: u64,
+    cumulative: u64,
+    len: u64,
+}
+
+type TxnOutcome = Result<Result<TxnResponse, etcd_client::Error>, tokio::time::error::Elapsed>;
+
+/// One transaction under way.
+struct Flight {
+    requests: Vec<Pending>,
+    keys: HashSet<String>,
+    staged: Option<Staged>,
+    entry: Option<EntryMeta>,
+    txn: Txn,
+    sends: u32,
+    handle: JoinHandle<TxnOutcome>,
+    sent_at: std::time::Instant,
+}
+
+/// The committer task's state.
+pub struct Committer {
+    core: Arc<Core>,
+    queue: mpsc::Receiver<Command>,
+    window: VecDeque<Flight>,
+    /// A command taken off the queue that could not be acted on yet.
+    held: Option<Command>,
+    /// Set when a group failed: later outcomes are only reported, and the index is resynchronised
+    /// from etcd once the window is empty.
+    diverged: bool,
+    /// How many requests the next group should wait for: those the last settled transaction
+    /// answered (their writers tend to come straight back) plus those queued then.
+    expected: usize,
+}
+
+impl Committer {
+    pub fn new(core: Arc<Core>, queue: mpsc::Receiver<Command>) -> Self {
+        Self {
+            core,
+            queue,
+            window: VecDeque::new(),
+            held: None,
+            diverged: false,
+            expected: 0,
+        }
+    }
+
+    /// Commits until `shutdown`, then settles what is queued and in flight.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        loop {
+            let command = match self.held.take() {
+                Some(c) => c,
+                None if self.window.is_empty() => tokio::select! {
+                    c = self.queue.recv() => match c {
+                        Some(c) => c,
+                        None => return Ok(()),
+                    },
+                    _ = shutdown.changed() => {
+                        // Stop taking requests; settle the ones already queued.
+                        self.queue.close();
+                        continue;
+                    }
+                },
+                None if self.window.len() < MAX_IN_FLIGHT => {
+                    let front = self.window.front_mut().expect("window is not empty");
+                    tokio::select! {
+                        biased;
+                        outcome = &mut front.handle => {
+                            self.settle_front(outcome).await;
+                            continue;
+                        }
+                        c = self.queue.recv() => match c {
+                            Some(c) => c,
+                            None => {
+                                self.drain().await;
+                                return Ok(());
+                            }
+                        },
+                    }
+                }
+                None => {
+                    self.settle_next().await;
+                    continue;
+                }
+            };
+            match command {
+                Command::Pause { drained, resume } => {
+                    self.drain().await;
+                    let _ = drained.send(());
+                    let _ = tokio::time::timeout(MAX_PAUSE, resume).await;
+                }
+                Command::Write(first) => {
+                    if self.in_flight_keys_touched(&first) {
+                        // Wait for the earlier write to the same key to settle first.
+                        self.held = Some(Command::Write(first));
+                        self.settle_next().await;
+                        continue;
+                    }
+                    let group = self.gather(first).await;
+                    self.launch(group);
+                }
+            }
+        }
+    }
+
+    fn in_flight_keys_touched(&self, request: &Pending) -> bool {
+        self.window.iter().any(|f| Group::touches(request, &f.keys))
+    }
+
+    /// `first` and every queued request that fits with it and conflicts with nothing in flight.
+    ///
+    /// With nothing in flight, the group also waits (up to [`LINGER`]) for the writers the last
+    /// transaction answered: without that, a busy sidecar settles into two half-size groups that
+    /// alternate, each writer waiting for two transactions instead of riding in every one.
+    async fn gather(&mut self, first: Pending) -> Vec<Pending> {
+        let mut group = Group::new(self.core.limits);
+        group
+            .offer(first)
+            .expect("an empty group takes any request");
+        let wanted = if self.window.is_empty() {
+            std::mem::take(&mut self.expected) * 3 / 4
+        } else {
+            0
+        };
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            let command = match self.queue.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::error::TryRecvError::Empty) if group.len() < wanted => {
+                    match tokio::time::timeout_at(deadline, self.queue.recv()).await {
+                        Ok(Some(c)) => c,
+                        _ => break,
+                    }
+                }
+                Err(_) => break,
+            };
+            let next = match command {
+                Command::Write(next) if !self.in_flight_keys_touched(&next) => next,
+                other => {
+                    self.held = Some(other);
+                    break;
+                }
+            };
+            if let Err(next) = group.offer(next) {
+                self.held = Some(Command::Write(next));
+                break;
+            }
+        }
+        group.into_requests()
+    }
+
+    /// Builds the group's transaction, staged on the groups in flight, and sends it.
+    fn launch(&mut self, requests: Vec<Pending>) {
+        let core = &self.core;
+        let ks = &core.keyspace;
+        let requests: Vec<Pending> = requests
+            .into_iter()
+            .filter(|r| !r.reply.is_closed())
+            .collect();
+        if requests.is_empty() {
+            return;
+        }
+        let fence = match core.fence.compare() {
+            Ok(f) => f,
+            Err(e) => return reply_all(requests, Err(e)),
+        };
+        let mut ops = Vec::new();
+        let mut wal_ops = Vec::new();
+        let mut changes = Vec::new();
+        let mut keys = HashSet::new();
+        for op in requests.iter().flat_map(|r| &r.ops) {
+            keys.insert(op.key.clone());
+            ops.push(match &op.value {
+                Some(v) => TxnOp::put(ks.data(&op.key), v.clone(), None),
+                None => TxnOp::delete(ks.data(&op.key), None),
+            });
+            if op.class == PathClass::Replicated {
+                changes.push(Change::new(&op.key, op.value.as_deref()));
+                wal_ops.push(WalOp {
+                    key: op.key.clone(),
+                    value: op.value.clone(),
+                });
+            }
+        }
+        let mut compares = vec![fence];
+        let (mut staged, mut entry) = (None, None);
+        if !wal_ops.is_empty() {
+            let (last, cumulative) = match self.window.iter().rev().find_map(|f| f.entry) {
+                Some(e) => (e.index, e.cumulative),
+                None => {
+                    let pos = core.wal();
+                    (pos.last, pos.cumulative_last)
+                }
+            };
+            let pending: Vec<&Staged> = self
+                .window
+                .iter()
+                .filter_map(|f| f.staged.as_ref())
+                .collect();
+            let s = core.index().stage_on(&pending, &changes);
+            let len = WalEntry::encoded_len(&wal_ops) as u64;
+            let index = last + 1;
+            let record = WalEntry {
+                index,
+                stream_id: core.stream.stream_id,
+                epoch: core.stream.epoch,
+                merkle_root: s.root(),
+                cumulative_bytes: cumulative + len,
+                ops: wal_ops,
+            };
+            compares.push(Compare::create_revision(ks.wal(index), CompareOp::Equal, 0));
+            if last > 0 {
+                compares.push(Compare::create_revision(
+                    ks.wal(last),
+                    CompareOp::Greater,
+                    0,
+                ));
+            }
+            ops.push(TxnOp::put(ks.wal(index), record.encode(), None));
+            entry = Some(EntryMeta {
+                index,
+                cumulative: cumulative + len,
+                len,
+            });
+            staged = Some(s);
+        }
+        let txn = Txn::new().when(compares).and_then(ops);
+        let handle = send(core, txn.clone());
+        self.window.push_back(Flight {
+            requests,
+            keys,
+            staged,
+            entry,
+            txn,
+            sends: 1,
+            handle,
+            sent_at: std::time::Instant::now(),
+        });
+    }
+
+    /// Waits for the oldest transaction and settles it.
+    async fn settle_next(&mut self) {
+        if let Some(front) = self.window.front_mut() {
+            let outcome = (&mut front.handle).await;
+            self.settle_front(outcome).await;
+        }
+    }
+
+    /// Settles every transaction in flight, then resynchronises if anything went wrong.
+    async fn drain(&mut self) {
+        while !self.window.is_empty() {
+            self.settle_next().await;
+        }
+    }
+
+    /// Settles the oldest transaction, whose task finished with `outcome`.
+    async fn settle_front(&mut self, outcome: Result<TxnOutcome, tokio::task::JoinError>) {
+        let mut flight = self.window.pop_front().expect("a transaction in flight");
+        debug!(
+            etcd_us = flight.sent_at.elapsed().as_micros() as u64,
+            requests = flight.requests.len(),
+            "transaction settled"
+        );
+        let result = match outcome {
+            Ok(Ok(Ok(resp))) if resp.succeeded() => Ok(()),
+            Ok(Ok(Ok(_))) => Err(None),
+            Ok(Ok(Err(e))) if definitely_not_applied(&e) => Err(Some(StoreError::Unavailable(
+                format!("etcd refused the transaction: {e}"),
+            ))),
+            Ok(Ok(Err(e))) => Err(Some(StoreError::OutcomeUnknown(e.to_string()))),
+            Ok(Err(_)) => Err(Some(StoreError::OutcomeUnknown(format!(
+                "no answer within {}s",
+                TXN_TIMEOUT.as_secs()
+            )))),
+            Err(e) => Err(Some(StoreError::OutcomeUnknown(format!(
+                "the transaction task failed: {e}"
+            )))),
+        };
+        match result {
+            Ok(()) => self.committed(flight),
+            Err(None)
+                if !self.diverged && flight.sends <= MAX_RESENDS && self.fence_is_ours().await =>
+            {
+                // Evaluated before its predecessor's WAL entry existed: send it again, first.
+                debug!(index = ?flight.entry.map(|e| e.index), "resending a transaction that overtook its predecessor");
+                flight.sends += 1;
+                flight.handle = send(&self.core, flight.txn.clone());
+                self.window.push_front(flight);
+            }
+            Err(reason) => {
+                let error = reason.unwrap_or_else(|| {
+                    if self.core.fence.is_held() {
+                        StoreError::Unavailable("an earlier write in the pipeline failed".into())
+                    } else {
+                        self.core.fence.lost_error()
+                    }
+                });
+                self.diverged = true;
+                reply_all(flight.requests, Err(error));
+            }
+        }
+        if self.window.is_empty() && self.diverged {
+            self.resync().await;
+        }
+    }
+
+    async fn fence_is_ours(&self) -> bool {
+        self.core
+            .fence
+            .verify(&self.core.client)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// A transaction committed: apply it to the index (unless a resync will) and acknowledge.
+    fn committed(&mut self, flight: Flight) {
+        let index = flight.entry.map_or(0, |e| e.index);
+        self.expected = flight.requests.len() + self.queue.len() + usize::from(self.held.is_some());
+        if let (false, Some(entry)) = (self.diverged, flight.entry) {
+            {
+                let mut merkle = self.core.index();
+                merkle.commit(flight.staged.expect("staged with the entry"));
+                merkle.set_lsn(entry.index);
+            }
+            self.core
+                .update_wal(|pos| pos.append(entry.index, entry.cumulative, entry.len));
+        }
+        for request in flight.requests {
+            let replicated = request
+                .ops
+                .iter()
+                .any(|op| op.class == PathClass::Replicated);
+            let _ = request.reply.send(Ok(if replicated { index } else { 0 }));
+        }
+    }
+
+    /// After a failure: rotate the fence so no transaction sent before can still commit, then
+    /// apply whatever the WAL in etcd holds beyond the index. Retries with bounded backoff until
+    /// it succeeds or the fence is lost.
+    async fn resync(&mut self) {
+        let core = &self.core;
+        let mut delay = Duration::from_millis(100);
+        while core.fence.is_held() {
+            let attempt = async {
+                core.fence.rotate(&core.client).await?;
+                crate::recovery::catch_up(core).await
+            };
+            match attempt.await {
+                Ok(applied) => {
+                    warn!(
+                        applied,
+                        "resynchronised with etcd after a failed transaction"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "resynchronising with etcd failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.diverged = false;
+    }
+}
+
+fn send(core: &Core, txn: Txn) -> JoinHandle<TxnOutcome> {
+    let mut kv = core.kv();
+    tokio::spawn(async move { tokio::time::timeout(TXN_TIMEOUT, kv.txn(txn)).await })
+}
+
+fn reply_all(requests: Vec<Pending>, result: Result<u64, StoreError>) {
+    for request in requests {
+        let _ = request.reply.send(result.clone());
+    }
+}
+
+/// The way into the committer: writes, and pauses for admin work that needs etcd and the index
+/// to stand still together.
+#[derive(Clone, Debug)]
+pub struct CommitQueue(mpsc::Sender<Command>);
+
+/// Holds the committer paused; it resumes when this is dropped.
+#[derive(Debug)]
+pub struct PauseGuard {
+    _resume: oneshot::Sender<()>,
+}
+
+impl CommitQueue {
+    /// A queue of `capacity` commands and its receiving end, for [`Committer::new`].
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self(tx), rx)
+    }
+
+    /// Queues a write, waiting at most `wait` for room.
+    pub async fn write(&self, pending: Pending, wait: Duration) -> Result<(), StoreError> {
+        match self.0.send_timeout(Command::Write(pending), wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                Err(StoreError::Unavailable(format!(
+                    "write queue full ({} requests waiting) for {}s",
+                    self.0.max_capacity(),
+                    wait.as_secs()
+                )))
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(StoreError::ShuttingDown),
+        }
+    }
+
+    /// Waits until every transaction in flight is settled and holds the committer there.
+    pub async fn pause(&self) -> Result<PauseGuard, StoreError> {
+        let (drained_tx, drained) = oneshot::channel();
+        let (resume, resume_rx) = oneshot::channel();
+        self.0
+            .send(Command::Pause {
+                drained: drained_tx,
+                resume: resume_rx,
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        drained.await.map_err(|_| StoreError::ShuttingDown)?;
+        Ok(PauseGuard { _resume: resume })
+    }
+}
