@@ -92,7 +92,7 @@ impl Admin for Gateway {
             merkle_root: root,
             merkle_keys: keys,
             merkle_checkpoint: core.checkpoint().unwrap_or(0),
-            merkle_dirty_pages: dirty as u64,
+            merkle_dirty_subpages: dirty as u64,
             startup_mode: core.startup.mode.clone(),
             startup_index_seconds: core.startup.index_seconds,
             startup_redo_entries: core.startup.redo_entries,

@@ -33,7 +33,7 @@ async fn wait_flushed(sidecar: &Sidecar) -> anyhow::Result<()> {
         Duration::from_secs(30),
         || async {
             let s = sidecar.status().await.ok()?;
-            (s.merkle_dirty_pages == 0 && s.merkle_checkpoint == s.last_wal).then_some(())
+            (s.merkle_dirty_subpages == 0 && s.merkle_checkpoint == s.last_wal).then_some(())
         },
     )
     .await

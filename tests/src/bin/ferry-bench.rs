@@ -933,7 +933,7 @@ async fn wait_flushed(sidecar: &Sidecar, written: bool) -> anyhow::Result<(Statu
                 )));
             }
             ((s.last_wal > 0 || !written)
-                && s.merkle_dirty_pages == 0
+                && s.merkle_dirty_subpages == 0
                 && s.merkle_checkpoint == s.last_wal)
                 .then_some(Ok(s))
         }
