@@ -8,8 +8,11 @@ use crate::etcd::{Scan, scan};
 use crate::keyspace::{Keyspace, prefix_end};
 use crate::wal::record::WalEntry;
 
-/// Most bytes of entries one read returns.
+/// About the most bytes of entries one internal read (redo, catch-up) holds.
 pub const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
+/// About the most bytes of entries one read for shipping returns: with the one entry that may
+/// cross it, a response stays under gRPC's default 4 MiB message limit.
+pub const MAX_SHIP_BYTES: usize = 2 * 1024 * 1024;
 
 /// The answer to "entries after index i".
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +37,7 @@ pub async fn read_after(core: &Core, after: u64, limit: usize) -> Result<WalRead
         &mut core.kv(),
         after + 1,
         limit,
-        MAX_READ_BYTES,
+        MAX_SHIP_BYTES,
     )
     .await?;
     // The GC may have trimmed between our check and the read.
