@@ -1,0 +1,106 @@
+//! ferry-bench: Ferry's benchmarks, run by `make bench` on a release build.
+//!
+//! Every benchmark starts real etcd servers and the real `ferry-sidecar` on loopback through the
+//! `ferry_tests` harness, and compares with a peer measured in the same run on the same etcd, so
+//! that the machine's speed cancels out of the ratios:
+//!
+//! * `write`: storage API `Put` throughput (one key per request, 256-byte values) against raw
+//!   single-key etcd puts, at 1, 16 and 64 concurrent writers, interleaved per writer count. Raw
+//!   puts at 16 writers run once more at the start and at the end: their difference is the
+//!   machine's noise.
+//! * `recovery`: start-up after a SIGKILL (flushed merkle pages plus WAL redo) against a full
+//!   reindex (`--reindex-on-start`), at each `--keys` count, median of three alternating runs.
+//!   Both must arrive at the root the sidecar had before the crash.
+//! * `memory`: the merkle index's own accounting at the largest key count, cross-checked with
+//!   the process's resident set against a sidecar of an empty cluster.
+//!
+//! Results: a table on stdout, one JSON object per measured case appended to
+//! `target/bench/results.jsonl`, progress on stderr.
+//!
+//! Flags: `--seconds N` (measured time per write case, default 5), `--keys 100000,1000000`
+//! (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only write|recovery|memory` (comma
+//! separated for several).
+
+mod args;
+mod common;
+mod harness;
+mod memory;
+mod procfs;
+mod recovery;
+mod report;
+mod write;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::args::{Args, Bench, parse_args};
+use crate::recovery::recovery_bench;
+use crate::report::Report;
+use crate::write::write_bench;
+
+async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    if args.only.contains(&Bench::Write) {
+        write_bench(args, report)
+            .await
+            .context("write benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Recovery) || args.only.contains(&Bench::Memory) {
+        recovery_bench(args, report)
+            .await
+            .context("recovery/memory benchmark failed")?;
+    }
+    Ok(())
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut report = match Report::open(args.quick) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "ferry-bench: {:?}, {}s per write case, keys {:?}, {} CPUs",
+        args.only,
+        args.seconds,
+        args.keys,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let started = Instant::now();
+    // Dropping the benchmark on Ctrl-C or SIGTERM stops the etcd and sidecar processes it owns.
+    let outcome = tokio::select! {
+        outcome = run(&args, &mut report) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
+    report.print_table();
+    println!("total time {:.0}s", started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-bench: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

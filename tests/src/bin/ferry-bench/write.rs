@@ -1,0 +1,336 @@
+//! The `write` benchmark: storage API `Put` throughput against raw single-key etcd puts at 1, 16
+//! and 64 concurrent writers, with raw puts at 16 writers at the start and the end as the
+//! machine's noise.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use ferry_proto::storage::PutRequest;
+use ferry_proto::storage::storage_client::StorageClient;
+use ferry_tests::etcd::{EtcdOptions, EtcdServer};
+use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+use tonic::transport::Channel;
+
+use crate::args::Args;
+use crate::common::{GIB, value_for};
+use crate::harness::wait_flushed;
+use crate::procfs::process_cpu_seconds;
+use crate::report::{Report, Row, Target, round};
+
+const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
+const NOISE_WRITERS: usize = 16;
+
+/// One writer's connection: raw etcd or the sidecar's storage API.
+#[derive(Clone)]
+enum Writer {
+    Raw(Box<etcd_client::KvClient>),
+    Sidecar(StorageClient<Channel>),
+}
+
+impl Writer {
+    fn name(&self) -> &'static str {
+        match self {
+            Writer::Raw(_) => "raw_put",
+            Writer::Sidecar(_) => "sidecar_put",
+        }
+    }
+
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        match self {
+            Writer::Raw(kv) => kv
+                .put(format!("/bench-raw/{key}"), value, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Writer::Sidecar(storage) => storage
+                .put(PutRequest { key, value })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// What one timed write case measured.
+#[derive(Debug)]
+struct Throughput {
+    ops_per_second: f64,
+    ops: u64,
+    all_ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU cores busy on average during the case: etcd, the sidecar, this benchmark.
+    cpu_cores: [f64; 3],
+    /// The sidecar's transactions per second and puts per transaction.
+    transactions: Option<(f64, f64)>,
+}
+
+struct WriterOutcome {
+    ops: u64,
+    /// Puts completed, warm-up included.
+    all_ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+/// `writers` tasks, each with its own clone of `writer`, put distinct keys for `warmup` then
+/// `measure`; counts the puts completed within the measured window.
+async fn timed_puts(
+    writer: &Writer,
+    writers: usize,
+    prefix: &str,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Throughput> {
+    let start = Instant::now() + Duration::from_millis(20);
+    let from = start + warmup;
+    let until = from + measure;
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let mut writer = writer.clone();
+        let prefix = prefix.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let value = value_for(w as u64);
+            let mut out = WriterOutcome {
+                ops: 0,
+                all_ops: 0,
+                errors: 0,
+                first_error: None,
+                latencies_us: Vec::new(),
+            };
+            tokio::time::sleep_until(start.into()).await;
+            let mut i = 0u64;
+            loop {
+                let sent = Instant::now();
+                if sent >= until {
+                    return out;
+                }
+                let key = format!("{prefix}/w{w}/k{i}");
+                i += 1;
+                let result = writer.put(key, value.clone()).await;
+                let done = Instant::now();
+                match result {
+                    Ok(()) => {
+                        out.all_ops += 1;
+                        if done >= from && done < until {
+                            out.ops += 1;
+                            out.latencies_us
+                                .push((done - sent).as_micros().min(u32::MAX as u128) as u32);
+                        }
+                    }
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let mut ops = 0;
+    let mut all_ops = 0;
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let out = task.await.context("writer task panicked")?;
+        ops += out.ops;
+        all_ops += out.all_ops;
+        errors += out.errors;
+        if first_error.is_none() {
+            first_error = out.first_error;
+        }
+        latencies.extend(out.latencies_us);
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            f64::NAN
+        } else {
+            let at = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(latencies[at]) / 1000.0
+        }
+    };
+    Ok(Throughput {
+        ops_per_second: ops as f64 / measure.as_secs_f64(),
+        ops,
+        all_ops,
+        errors,
+        first_error,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        cpu_cores: [f64::NAN; 3],
+        transactions: None,
+    })
+}
+
+fn throughput_row(case: String, t: &Throughput, writers: usize, seconds: f64) -> Row {
+    let mut row = Row::new("write", case, "throughput", t.ops_per_second, "ops/s")
+        .extra("writers", writers)
+        .extra("seconds", seconds)
+        .extra("ops", t.ops)
+        .extra("errors", t.errors)
+        .extra("p50_ms", round(t.p50_ms))
+        .extra("p99_ms", round(t.p99_ms))
+        .extra("etcd_cpu_cores", round(t.cpu_cores[0]))
+        .extra("sidecar_cpu_cores", round(t.cpu_cores[1]))
+        .extra("bench_cpu_cores", round(t.cpu_cores[2]));
+    if let Some((per_second, puts)) = t.transactions {
+        row = row
+            .extra("etcd_txn_per_second", round(per_second))
+            .extra("puts_per_txn", round(puts));
+    }
+    row
+}
+
+/// The processes whose CPU time a write case reports.
+struct Procs<'a> {
+    etcd: &'a EtcdServer,
+    sidecar: &'a Sidecar,
+}
+
+/// CPU seconds (user and system) of `etcd`, the sidecar and this process so far.
+fn cpu_seconds(procs: &Procs) -> [f64; 3] {
+    let pids = [
+        procs.etcd.pid(),
+        procs.sidecar.pid(),
+        Some(std::process::id()),
+    ];
+    pids.map(|pid| pid.and_then(process_cpu_seconds).unwrap_or(f64::NAN))
+}
+
+/// Waits until the sidecar's background work from the previous case (flushing dirty merkle
+/// subpages) is done, so that it does not compete with the next case.
+async fn quiesce(sidecar: &Sidecar) -> anyhow::Result<()> {
+    wait_flushed(sidecar, false).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+async fn run_case(
+    report: &mut Report,
+    procs: &Procs<'_>,
+    writer: &Writer,
+    writers: usize,
+    case_no: &mut usize,
+    args: &Args,
+) -> anyhow::Result<Throughput> {
+    quiesce(procs.sidecar).await?;
+    *case_no += 1;
+    let prefix = format!("logical/bench/c{case_no}");
+    let warmup = Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 1.0));
+    let measure = Duration::from_secs_f64(args.seconds);
+    eprintln!(
+        "write: {} @{writers} for {:.1}s (+{:.1}s warm-up)",
+        writer.name(),
+        measure.as_secs_f64(),
+        warmup.as_secs_f64()
+    );
+    let wal_before = procs.sidecar.status().await?.last_wal;
+    let cpu_before = cpu_seconds(procs);
+    let wall = Instant::now();
+    let mut t = timed_puts(writer, writers, &prefix, warmup, measure).await?;
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(procs);
+    for i in 0..3 {
+        t.cpu_cores[i] = (cpu_after[i] - cpu_before[i]) / wall;
+    }
+    if matches!(writer, Writer::Sidecar(_)) {
+        let entries = procs.sidecar.status().await?.last_wal - wal_before;
+        t.transactions = Some((
+            entries as f64 / wall,
+            t.all_ops as f64 / entries.max(1) as f64,
+        ));
+        eprintln!(
+            "  {entries} transactions ({:.0}/s), {:.1} puts per transaction",
+            entries as f64 / wall,
+            t.all_ops as f64 / entries.max(1) as f64
+        );
+    }
+    eprintln!(
+        "  {} ops, {} errors, p50 {:.2} ms, p99 {:.2} ms, CPU cores busy: etcd {:.2}, sidecar \
+         {:.2}, bench {:.2}",
+        t.ops, t.errors, t.p50_ms, t.p99_ms, t.cpu_cores[0], t.cpu_cores[1], t.cpu_cores[2]
+    );
+    if let Some(e) = &t.first_error {
+        report.note(format!(
+            "{}@{writers}: {} failed puts, first: {e}",
+            writer.name(),
+            t.errors
+        ));
+    }
+    ensure!(
+        t.ops > 0,
+        "{}@{writers} completed no puts (first error: {:?})",
+        writer.name(),
+        t.first_error
+    );
+    Ok(t)
+}
+
+pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start_with(EtcdOptions {
+        quota_bytes: 8 * GIB,
+        auto_compaction: String::new(),
+    })?;
+    let client = etcd.client().await?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("bench-write", "n1"))
+        .await
+        .context("failed to start the sidecar for the write benchmark")?;
+    let raw = Writer::Raw(Box::new(client.kv_client()));
+    let side = Writer::Sidecar(sidecar.storage());
+    let procs = Procs {
+        etcd: &etcd,
+        sidecar: &sidecar,
+    };
+    let mut case_no = 0;
+
+    let noise_start = run_case(report, &procs, &raw, NOISE_WRITERS, &mut case_no, args).await?;
+    for writers in WRITER_COUNTS {
+        let r = run_case(report, &procs, &raw, writers, &mut case_no, args).await?;
+        let s = run_case(report, &procs, &side, writers, &mut case_no, args).await?;
+        report.add(throughput_row(
+            format!("raw_put@{writers}"),
+            &r,
+            writers,
+            args.seconds,
+        ))?;
+        let mut row = throughput_row(format!("sidecar_put@{writers}"), &s, writers, args.seconds)
+            .baseline(r.ops_per_second);
+        match writers {
+            64 => row = row.target(Target::RatioAtLeast(1.5)),
+            16 => row = row.target(Target::RatioAtLeast(1.0)),
+            _ => {}
+        }
+        report.add(row)?;
+    }
+    let noise_end = run_case(report, &procs, &raw, NOISE_WRITERS, &mut case_no, args).await?;
+
+    let (a, b) = (noise_start.ops_per_second, noise_end.ops_per_second);
+    let noise = (a - b).abs() / ((a + b) / 2.0) * 100.0;
+    report.add(
+        Row::new(
+            "write",
+            format!("noise raw_put@{NOISE_WRITERS}"),
+            "relative_difference",
+            noise,
+            "%",
+        )
+        .extra("start_ops_per_second", round(a))
+        .extra("end_ops_per_second", round(b)),
+    )?;
+    report.note(format!(
+        "machine noise: raw_put@{NOISE_WRITERS} {a:.0} ops/s at the start, {b:.0} ops/s at the end \
+         ({noise:.1}% apart)"
+    ));
+    if let Ok(status) = sidecar.status().await {
+        eprintln!(
+            "write: sidecar wrote {} WAL entries for {} keys",
+            status.last_wal, status.merkle_keys
+        );
+    }
+    Ok(())
+}
