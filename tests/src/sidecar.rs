@@ -154,6 +154,27 @@ impl Sidecar {
         Ok(self.admin().status(StatusRequest {}).await?.into_inner())
     }
 
+    /// Polls the status until `done` holds (30 s at most) and returns that status.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&StatusResponse) -> bool,
+    ) -> anyhow::Result<StatusResponse> {
+        wait_for(what, Duration::from_secs(30), || async {
+            let status = self.status().await.ok()?;
+            done(&status).then_some(status)
+        })
+        .await
+    }
+
+    /// Waits until every dirty merkle subpage is flushed and the checkpoint is the last WAL index.
+    pub async fn wait_flushed(&self) -> anyhow::Result<StatusResponse> {
+        self.wait_status("the merkle index to be flushed", |s| {
+            s.merkle_dirty_subpages == 0 && s.merkle_checkpoint == s.last_wal
+        })
+        .await
+    }
+
     fn process(&self) -> anyhow::Result<&Process> {
         self.process.as_ref().context("sidecar is not running")
     }

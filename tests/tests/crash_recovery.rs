@@ -1,15 +1,12 @@
 //! After a SIGKILL, start-up recovers the merkle index from flushed subpages and WAL redo, and the
 //! recovered index equals a full reindex.
 
-use std::time::Duration;
-
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::{
     BatchRequest, CheckMerkleRequest, Operation, PutRequest, ReindexRequest,
 };
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::wait_for;
 
 async fn write_batches(sidecar: &Sidecar, tag: &str, batches: usize) -> anyhow::Result<()> {
     let mut s = sidecar.storage();
@@ -25,18 +22,6 @@ async fn write_batches(sidecar: &Sidecar, tag: &str, batches: usize) -> anyhow::
         s.batch(BatchRequest { operations }).await?;
     }
     Ok(())
-}
-
-async fn wait_flushed(sidecar: &Sidecar) -> anyhow::Result<()> {
-    wait_for(
-        "the merkle index to be flushed",
-        Duration::from_secs(30),
-        || async {
-            let s = sidecar.status().await.ok()?;
-            (s.merkle_dirty_subpages == 0 && s.merkle_checkpoint == s.last_wal).then_some(())
-        },
-    )
-    .await
 }
 
 /// The index after recovery equals what a full scan builds, and the admin check agrees.
@@ -69,7 +54,7 @@ async fn recovery_redoes_the_wal_after_the_checkpoint() -> anyhow::Result<()> {
     )
     .await?;
     write_batches(&sidecar, "early", 20).await?;
-    wait_flushed(&sidecar).await?;
+    sidecar.wait_flushed().await?;
     let checkpoint = sidecar.status().await?.merkle_checkpoint;
 
     // No flushing from here on: everything written now exists only in the WAL and memory.
@@ -135,11 +120,11 @@ async fn sigkill_mid_flush_under_load_recovers_exactly() -> anyhow::Result<()> {
                 })
             })
             .collect();
-        wait_for("the WAL to grow", Duration::from_secs(30), || async {
-            let s = sidecar.status().await.ok()?;
-            (s.last_wal >= 200 * (round + 1) && s.merkle_checkpoint > 0).then_some(())
-        })
-        .await?;
+        sidecar
+            .wait_status("the WAL to grow", |s| {
+                s.last_wal >= 200 * (round + 1) && s.merkle_checkpoint > 0
+            })
+            .await?;
         sidecar.kill();
         let mut last_acked = std::collections::BTreeMap::new();
         for w in writers {
@@ -178,7 +163,7 @@ async fn corrupt_records_fall_back_to_a_full_reindex() -> anyhow::Result<()> {
     )
     .await?;
     write_batches(&sidecar, "x", 5).await?;
-    wait_flushed(&sidecar).await?;
+    sidecar.wait_flushed().await?;
     let before = sidecar.status().await?;
     sidecar.kill();
 

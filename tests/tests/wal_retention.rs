@@ -1,12 +1,9 @@
 //! WAL retention: garbage collection keeps the WAL within its limits, answers "no longer
 //! retained" for collected entries, and never removes what merkle recovery needs.
 
-use std::time::Duration;
-
 use ferry_proto::storage::{PutRequest, ReadWalRequest};
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::wait_for;
 
 async fn put_many(sidecar: &Sidecar, tag: &str, n: usize, value_len: usize) -> anyhow::Result<()> {
     let mut s = sidecar.storage();
@@ -29,15 +26,11 @@ async fn gc_bounds_the_wal_by_entries() -> anyhow::Result<()> {
         .arg("--merkle-flush-interval-ms=20");
     let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
     put_many(&sidecar, "a", 300, 16).await?;
-    let status = wait_for(
-        "the WAL to be trimmed to 50 entries",
-        Duration::from_secs(30),
-        || async {
-            let s = sidecar.status().await.ok()?;
-            (s.last_wal == 300 && s.first_wal == 251).then_some(s)
-        },
-    )
-    .await?;
+    let status = sidecar
+        .wait_status("the WAL to be trimmed to 50 entries", |s| {
+            s.last_wal == 300 && s.first_wal == 251
+        })
+        .await?;
     assert_eq!(status.last_wal - status.first_wal + 1, 50);
 
     let mut admin = sidecar.admin();
@@ -88,15 +81,11 @@ async fn gc_bounds_the_wal_by_bytes() -> anyhow::Result<()> {
     let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
     // About 4.1 KB per entry: 100 kB holds 24 of them.
     put_many(&sidecar, "b", 100, 4000).await?;
-    let status = wait_for(
-        "the WAL to be trimmed to 100 kB",
-        Duration::from_secs(30),
-        || async {
-            let s = sidecar.status().await.ok()?;
-            (s.last_wal == 100 && s.wal_retained_bytes <= 100_000 && s.first_wal > 1).then_some(s)
-        },
-    )
-    .await?;
+    let status = sidecar
+        .wait_status("the WAL to be trimmed to 100 kB", |s| {
+            s.last_wal == 100 && s.wal_retained_bytes <= 100_000 && s.first_wal > 1
+        })
+        .await?;
     let retained = status.last_wal - status.first_wal + 1;
     assert!(
         (20..=25).contains(&retained),
@@ -120,11 +109,9 @@ async fn gc_keeps_what_recovery_needs() -> anyhow::Result<()> {
     )
     .await?;
     put_many(&sidecar, "c", 10, 16).await?;
-    wait_for("a checkpoint at 10", Duration::from_secs(30), || async {
-        let s = sidecar.status().await.ok()?;
-        (s.merkle_checkpoint == 10).then_some(())
-    })
-    .await?;
+    sidecar
+        .wait_status("a checkpoint at 10", |s| s.merkle_checkpoint == 10)
+        .await?;
 
     // Flushing stops; retention asks for 5 entries, but recovery needs everything after 10.
     sidecar
@@ -135,15 +122,11 @@ async fn gc_keeps_what_recovery_needs() -> anyhow::Result<()> {
         ])
         .await?;
     put_many(&sidecar, "d", 200, 16).await?;
-    let status = wait_for(
-        "GC to collect everything up to the checkpoint",
-        Duration::from_secs(30),
-        || async {
-            let s = sidecar.status().await.ok()?;
-            (s.first_wal == 11).then_some(s)
-        },
-    )
-    .await?;
+    let status = sidecar
+        .wait_status("GC to collect everything up to the checkpoint", |s| {
+            s.first_wal == 11
+        })
+        .await?;
     assert_eq!(status.last_wal, 210);
     sidecar.kill();
     let recovered = sidecar.restart_with(Vec::new()).await?;
