@@ -21,7 +21,7 @@ pub const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What start-up did to rebuild the merkle index.
 #[derive(Clone, Debug, Default)]
 pub struct StartupReport {
-    /// "recovery", "reindex" or "empty".
+    /// "recovery" (flushed subpages plus WAL redo) or "reindex" (a full scan).
     pub mode: String,
     pub index_seconds: f64,
     pub redo_entries: u64,
