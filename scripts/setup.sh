@@ -15,6 +15,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# Debian's etcd 3.4 refuses to start on some architectures without this; harmless elsewhere.
+# Both must answer now: a broken install fails here, not in the middle of a test.
 etcd --version >/dev/null
 protoc --version >/dev/null

@@ -81,7 +81,8 @@ struct Flight {
     keys: HashSet<String>,
     staged: Option<Staged>,
     entry: Option<EntryMeta>,
-    txn: Txn,
+    /// Kept to send again only when groups can overtake one another (more than one in flight).
+    txn: Option<Txn>,
     sends: u32,
     handle: JoinHandle<TxnOutcome>,
     sent_at: std::time::Instant,
@@ -294,7 +295,12 @@ impl Committer {
             staged = Some(s);
         }
         let txn = Txn::new().when(compares).and_then(ops);
-        let handle = send(core, txn.clone());
+        // With one transaction in flight nothing can overtake it: keep no copy of its values.
+        let (txn, handle) = if MAX_IN_FLIGHT > 1 {
+            (Some(txn.clone()), send(core, txn))
+        } else {
+            (None, send(core, txn))
+        };
         self.window.push_back(Flight {
             requests,
             keys,
@@ -348,12 +354,16 @@ impl Committer {
         match result {
             Ok(()) => self.committed(flight),
             Err(None)
-                if !self.diverged && flight.sends <= MAX_RESENDS && self.fence_is_ours().await =>
+                if !self.diverged
+                    && flight.txn.is_some()
+                    && flight.sends <= MAX_RESENDS
+                    && self.fence_is_ours().await =>
             {
                 // Evaluated before its predecessor's WAL entry existed: send it again, first.
                 debug!(index = ?flight.entry.map(|e| e.index), "resending a transaction that overtook its predecessor");
                 flight.sends += 1;
-                flight.handle = send(&self.core, flight.txn.clone());
+                let txn = flight.txn.clone().expect("checked above");
+                flight.handle = send(&self.core, txn);
                 self.window.push_front(flight);
             }
             Err(reason) => {

@@ -66,25 +66,29 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
             let taken = index.take_dirty(chunk);
             (taken, index.lsn())
         };
-        let records: Vec<(u32, Vec<u8>)> = taken
+        let subpages: Vec<u32> = taken.iter().map(|(subpage, _)| *subpage).collect();
+        let puts: Vec<(usize, TxnOp)> = taken
             .into_iter()
             .map(|(subpage, leaves)| {
                 let record = SubpageRecord {
                     subpage,
                     lsn,
                     leaves,
-                };
-                (subpage, record.encode())
+                }
+                .encode();
+                let len = record.len();
+                let key = core.keyspace.merkle_subpage(subpage);
+                (len, TxnOp::put(key, record, None))
             })
             .collect();
-        if let Err(e) = write_records(core, &records).await {
+        if let Err(e) = write_records(core, puts).await {
             let mut index = core.index();
-            for (subpage, _) in &records {
+            for subpage in &subpages {
                 index.mark_dirty(*subpage);
             }
             return Err(e);
         }
-        written += records.len();
+        written += subpages.len();
     }
     let checkpoint = Checkpoint {
         geometry,
@@ -101,27 +105,21 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
     Ok(written)
 }
 
-async fn write_records(core: &Core, records: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
+/// Writes record puts (each with its size) in fenced transactions within etcd's limits.
+async fn write_records(core: &Core, puts: Vec<(usize, TxnOp)>) -> Result<(), StoreError> {
     let max_ops = core.limits.max_txn_ops;
-    let mut start = 0;
-    while start < records.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < records.len()
-            && end - start < max_ops
-            && (end == start || bytes + records[end].1.len() <= MAX_TXN_BYTES)
-        {
-            bytes += records[end].1.len();
-            end += 1;
+    let mut txn: Vec<TxnOp> = Vec::new();
+    let mut bytes = 0;
+    for (len, put) in puts {
+        if !txn.is_empty() && (txn.len() == max_ops || bytes + len > MAX_TXN_BYTES) {
+            core.fenced(std::mem::take(&mut txn)).await?;
+            bytes = 0;
         }
-        let ops: Vec<TxnOp> = records[start..end]
-            .iter()
-            .map(|(subpage, record)| {
-                TxnOp::put(core.keyspace.merkle_subpage(*subpage), record.clone(), None)
-            })
-            .collect();
-        core.fenced(ops).await?;
-        start = end;
+        bytes += len;
+        txn.push(put);
+    }
+    if !txn.is_empty() {
+        core.fenced(txn).await?;
     }
     Ok(())
 }

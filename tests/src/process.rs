@@ -80,10 +80,6 @@ impl Process {
             self.log.display()
         )
     }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
 }
 
 impl Drop for Process {

@@ -229,8 +229,3 @@ impl Sidecar {
         self.process.as_ref().and_then(Process::pid)
     }
 }
-
-/// The cluster keyspace root the sidecar uses, for tests that inspect etcd directly.
-pub fn keyspace_root(cluster: &str) -> String {
-    format!("/ferry/{cluster}/")
-}

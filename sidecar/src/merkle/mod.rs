@@ -287,10 +287,6 @@ impl MerkleIndex {
         &self.subpage_hashes[start..start + per]
     }
 
-    pub fn subpage_hash(&self, subpage: u32) -> Digest {
-        self.subpage_hashes[subpage as usize]
-    }
-
     pub fn leaves(&self, subpage: u32) -> &[Leaf] {
         &self.subpages[subpage as usize]
     }
