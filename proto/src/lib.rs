@@ -1,4 +1,5 @@
-//! Ferry's wire protocol, generated from `proto/ferry/storage/v1/storage.proto`.
+//! Ferry's wire protocol, generated from `proto/ferry/storage/v1/storage.proto` and
+//! `proto/ferry/replication/v1/replication.proto`.
 //!
 //! The storage API is how `ferry-vault` reaches its cluster's storage: every operation goes
 //! through the sidecar on a Unix socket. [`connect_unix`] opens a client channel to that socket.
@@ -12,6 +13,13 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub mod storage {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("ferry.storage.v1");
+}
+
+/// The replication protocol between clusters, version 1: served on the cluster port over mutual
+/// TLS.
+pub mod replication {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("ferry.replication.v1");
 }
 
 /// Opens a gRPC channel to a sidecar listening on the Unix socket at `path`.

@@ -13,12 +13,17 @@ use tokio::sync::oneshot;
 use crate::error::StoreError;
 use crate::path::{PathClass, validate_key};
 
+/// Slots of every transaction kept for other than the writes: the WAL entry, and on a
+/// secondary the record of the primary's index applied. A primary's group leaves the second
+/// free too, so that a secondary can apply any of its WAL entries in one transaction.
+pub const RESERVED_OPS: usize = 2;
+
 /// Size limits on keys, values, batches and transactions.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
-    /// Most operations in one write request (one slot of a transaction is the WAL entry).
+    /// Most operations in one write request (see [`RESERVED_OPS`]).
     pub max_batch_ops: usize,
     /// Most key and value bytes in one write request.
     pub max_batch_bytes: usize,
@@ -35,7 +40,7 @@ impl Limits {
         Self {
             max_key_bytes,
             max_value_bytes,
-            max_batch_ops: max_txn_ops - 1,
+            max_batch_ops: max_txn_ops - RESERVED_OPS,
             max_batch_bytes,
             max_txn_ops,
             max_txn_bytes: 2 * max_batch_bytes + 64 * 1024,
@@ -115,11 +120,22 @@ pub fn validate(ops: &[WriteOp], limits: &Limits) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Who asked for a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A client of the storage API: refused on replicated paths unless this cluster is writable.
+    Client,
+    /// The replication applier of a secondary: writes from the primary, plus the record of what
+    /// was applied (`meta/applied`), stored in the same transaction.
+    Primary { applied: Option<Vec<u8>> },
+}
+
 /// A queued write request and where to send its outcome: the WAL index that carries it (0 when
 /// it touched only local paths).
 #[derive(Debug)]
 pub struct Pending {
     pub ops: Vec<WriteOp>,
+    pub source: Source,
     pub reply: oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -138,7 +154,7 @@ impl Group {
         Self {
             limits,
             requests: Vec::new(),
-            ops: 1, // the WAL entry
+            ops: RESERVED_OPS,
             bytes: 0,
             keys: HashSet::new(),
         }
@@ -196,6 +212,7 @@ mod tests {
     fn pending(ops: Vec<WriteOp>) -> Pending {
         Pending {
             ops,
+            source: Source::Client,
             reply: oneshot::channel().0,
         }
     }
@@ -206,7 +223,7 @@ mod tests {
         let too_many: Vec<_> = (0..200).map(|i| put(&format!("k{i}"), 1)).collect();
         let err = validate(&too_many, &limits).unwrap_err().to_string();
         assert!(
-            err.contains("200 operations, over the limit of 127"),
+            err.contains("200 operations, over the limit of 126"),
             "{err}"
         );
         let big = vec![put("k", limits.max_value_bytes + 1)];
@@ -244,8 +261,8 @@ mod tests {
             }
             taken += 1;
         }
-        // 127 writes plus the WAL entry make 128 operations.
-        assert_eq!(taken, 127);
+        // 126 writes, the WAL entry and the applied record slot make 128 operations.
+        assert_eq!(taken, 126);
     }
 
     #[test]

@@ -34,7 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::commit::{Group, Pending};
+use crate::commit::{Group, Pending, Source};
+use crate::core::WriteMode;
 use crate::core::{Core, TXN_TIMEOUT};
 use crate::error::{StoreError, definitely_not_applied};
 use crate::merkle::{Change, Staged};
@@ -223,9 +224,17 @@ impl Committer {
     fn launch(&mut self, requests: Vec<Pending>) {
         let core = &self.core;
         let ks = &core.keyspace;
+        let mode = core.write_mode();
         let requests: Vec<Pending> = requests
             .into_iter()
             .filter(|r| !r.reply.is_closed())
+            .filter_map(|r| match refusal(&r, mode) {
+                Some(error) => {
+                    let _ = r.reply.send(Err(error));
+                    None
+                }
+                None => Some(r),
+            })
             .collect();
         if requests.is_empty() {
             return;
@@ -252,6 +261,14 @@ impl Committer {
                 });
             }
         }
+        for request in &requests {
+            if let Source::Primary {
+                applied: Some(record),
+            } = &request.source
+            {
+                ops.push(TxnOp::put(ks.applied(), record.clone(), None));
+            }
+        }
         let mut compares = vec![fence];
         let (mut staged, mut entry) = (None, None);
         if !wal_ops.is_empty() {
@@ -268,12 +285,13 @@ impl Committer {
                 .filter_map(|f| f.staged.as_ref())
                 .collect();
             let s = core.index().stage_on(&pending, &changes);
+            let stream = core.stream();
             let len = WalEntry::encoded_len(&wal_ops) as u64;
             let index = last + 1;
             let record = WalEntry {
                 index,
-                stream_id: core.stream.stream_id,
-                epoch: core.stream.epoch,
+                stream_id: stream.stream_id,
+                epoch: stream.epoch,
                 merkle_root: s.root(),
                 cumulative_bytes: cumulative + len,
                 ops: wal_ops,
@@ -446,6 +464,31 @@ impl Committer {
 fn send(core: &Core, txn: Txn) -> JoinHandle<TxnOutcome> {
     let mut kv = core.kv();
     tokio::spawn(async move { tokio::time::timeout(TXN_TIMEOUT, kv.txn(txn)).await })
+}
+
+/// Why `request` may not commit while the cluster is in write `mode`, if it may not: the
+/// check happens here, at launch, so that a role change followed by a pause (which drains what
+/// was launched) leaves nothing behind that could still commit.
+fn refusal(request: &Pending, mode: WriteMode) -> Option<StoreError> {
+    let replicated = request
+        .ops
+        .iter()
+        .any(|op| op.class == PathClass::Replicated);
+    match (&request.source, mode) {
+        (Source::Client, WriteMode::Open) => None,
+        (Source::Client, WriteMode::Secondary) if replicated => Some(StoreError::ReadOnly(
+            "this cluster is a performance secondary; replicated writes go to the primary".into(),
+        )),
+        (Source::Client, WriteMode::Closed) if replicated => Some(StoreError::ReadOnly(
+            "this cluster was demoted or fenced by a newer primary; it accepts no replicated writes"
+                .into(),
+        )),
+        (Source::Client, _) => None,
+        (Source::Primary { .. }, WriteMode::Secondary) => None,
+        (Source::Primary { .. }, _) => Some(StoreError::ReadOnly(
+            "this cluster is no longer a secondary; the primary's writes are not applied".into(),
+        )),
+    }
 }
 
 fn reply_all(requests: Vec<Pending>, result: Result<u64, StoreError>) {

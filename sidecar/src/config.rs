@@ -138,6 +138,25 @@ pub struct Config {
     #[arg(long)]
     pub reindex_on_start: bool,
 
+    /// Where the cluster port (replication between clusters, mutual TLS) listens once this
+    /// cluster has a replication role.
+    #[arg(long, env = "FERRY_CLUSTER_LISTEN", default_value = "127.0.0.1:8201")]
+    pub cluster_listen: std::net::SocketAddr,
+
+    /// The address other clusters reach this node's cluster port at (default: the listen
+    /// address).
+    #[arg(long, env = "FERRY_CLUSTER_ADDR")]
+    pub cluster_addr: Option<String>,
+
+    /// Where the replication API (Vault's `sys/replication/...`, JSON over HTTP) listens. Keep it
+    /// on loopback: it is unauthenticated, and the Vault-like server fronts it.
+    #[arg(long, env = "FERRY_API_ADDR", default_value = "127.0.0.1:8202")]
+    pub api_addr: std::net::SocketAddr,
+
+    /// How often a secondary heartbeats its primary, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub heartbeat_interval_ms: u64,
+
     /// Log filter, in `tracing` syntax.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     pub log: String,
@@ -162,6 +181,17 @@ impl Config {
 
     pub fn gc_interval(&self) -> Duration {
         Duration::from_millis(self.wal_gc_interval_ms)
+    }
+
+    pub fn replication(&self) -> crate::replication::ReplicationConfig {
+        crate::replication::ReplicationConfig {
+            cluster_listen: self.cluster_listen,
+            cluster_addr: self
+                .cluster_addr
+                .clone()
+                .unwrap_or_else(|| self.cluster_listen.to_string()),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The state every part of the sidecar shares: the etcd client, the keyspace, the merkle index,
 //! the WAL position and the fence.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use etcd_client::{Client, KvClient, Txn, TxnOp};
@@ -27,6 +28,19 @@ pub struct StartupReport {
     pub redo_entries: u64,
 }
 
+/// Whether this cluster accepts replicated writes from its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WriteMode {
+    /// Replication disabled, or a primary: replicated writes are accepted.
+    Open = 0,
+    /// A performance secondary: replicated writes are refused (the server forwards them) and
+    /// only the replication applier writes replicated paths.
+    Secondary = 1,
+    /// A demoted or fenced primary: replicated writes are refused and nothing is applied.
+    Closed = 2,
+}
+
 /// Shared sidecar state.
 pub struct Core {
     pub client: Client,
@@ -34,7 +48,10 @@ pub struct Core {
     pub classes: PathClassifier,
     pub limits: Limits,
     pub fence: Arc<Fence>,
-    pub stream: StreamState,
+    stream: RwLock<StreamState>,
+    write_mode: AtomicU8,
+    /// The last WAL index committed to etcd and applied to the index: WAL shippers wait on it.
+    committed: tokio::sync::watch::Sender<u64>,
     pub startup: StartupReport,
     index: Mutex<MerkleIndex>,
     wal: Mutex<WalPosition>,
@@ -67,7 +84,9 @@ impl Core {
             classes,
             limits,
             fence,
-            stream,
+            stream: RwLock::new(stream),
+            write_mode: AtomicU8::new(WriteMode::Open as u8),
+            committed: tokio::sync::watch::Sender::new(wal.last),
             startup,
             index: Mutex::new(index),
             wal: Mutex::new(wal),
@@ -90,7 +109,39 @@ impl Core {
     }
 
     pub fn update_wal(&self, f: impl FnOnce(&mut WalPosition)) {
-        f(&mut self.wal.lock().expect("WAL position lock poisoned"));
+        let last = {
+            let mut pos = self.wal.lock().expect("WAL position lock poisoned");
+            f(&mut pos);
+            pos.last
+        };
+        self.committed
+            .send_if_modified(|c| std::mem::replace(c, last) != last);
+    }
+
+    /// Follows the last committed WAL index.
+    pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// This cluster's WAL stream and epoch.
+    pub fn stream(&self) -> StreamState {
+        *self.stream.read().expect("stream lock poisoned")
+    }
+
+    pub fn set_stream(&self, stream: StreamState) {
+        *self.stream.write().expect("stream lock poisoned") = stream;
+    }
+
+    pub fn write_mode(&self) -> WriteMode {
+        match self.write_mode.load(Ordering::Acquire) {
+            0 => WriteMode::Open,
+            1 => WriteMode::Secondary,
+            _ => WriteMode::Closed,
+        }
+    }
+
+    pub fn set_write_mode(&self, mode: WriteMode) {
+        self.write_mode.store(mode as u8, Ordering::Release);
     }
 
     /// Commits `ops` in one transaction under the write fence. A failed compare means the fence

@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The transaction was sent but its outcome is unknown: it may or may not have committed.
     #[error("etcd transaction outcome unknown, the write may or may not be applied: {0}")]
     OutcomeUnknown(String),
+    /// A replicated write reached a cluster that does not accept them (a performance secondary,
+    /// or a demoted primary); the message starts with "read-only". Nothing was written.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
     /// Stored data failed a check.
     #[error("{0}")]
     Corrupt(String),
@@ -37,7 +41,7 @@ impl From<StoreError> for tonic::Status {
         let msg = e.to_string();
         match e {
             StoreError::InvalidArgument(_) => Status::invalid_argument(msg),
-            StoreError::FenceLost(_) => Status::failed_precondition(msg),
+            StoreError::FenceLost(_) | StoreError::ReadOnly(_) => Status::failed_precondition(msg),
             StoreError::Unavailable(_) | StoreError::ShuttingDown => Status::unavailable(msg),
             StoreError::OutcomeUnknown(_) => Status::unknown(msg),
             StoreError::Corrupt(_) => Status::data_loss(msg),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::commit::{Pending, WriteOp, validate};
+use crate::commit::{Pending, Source, WriteOp, validate};
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::etcd::{Scan, get, scan};
@@ -50,13 +50,27 @@ impl Gateway {
     /// Validates `ops` and commits them atomically; returns the WAL index that carries them.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError> {
         validate(&ops, &self.core.limits)?;
+        self.commit(ops, Source::Client).await
+    }
+
+    /// Commits writes that came from the primary, with the record of what was applied, if any.
+    /// `ops` must already fit one transaction.
+    pub async fn apply(
+        &self,
+        ops: Vec<WriteOp>,
+        applied: Option<Vec<u8>>,
+    ) -> Result<u64, StoreError> {
+        self.commit(ops, Source::Primary { applied }).await
+    }
+
+    async fn commit(&self, ops: Vec<WriteOp>, source: Source) -> Result<u64, StoreError> {
         if !self.core.fence.is_held() {
             return Err(self.core.fence.lost_error());
         }
         let (reply, outcome) = oneshot::channel();
         self.core
             .commits
-            .write(Pending { ops, reply }, QUEUE_WAIT)
+            .write(Pending { ops, source, reply }, QUEUE_WAIT)
             .await?;
         outcome.await.map_err(|_| StoreError::ShuttingDown)?
     }

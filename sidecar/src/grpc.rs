@@ -84,8 +84,8 @@ impl Admin for Gateway {
         Ok(Response::new(StatusResponse {
             node_id: core.fence.node_id().to_owned(),
             fence_held: core.fence.is_held(),
-            stream_id: core.stream.stream_id.to_hex(),
-            epoch: core.stream.epoch,
+            stream_id: core.stream().stream_id.to_hex(),
+            epoch: core.stream().epoch,
             last_wal: wal.last,
             first_wal: wal.first,
             wal_retained_bytes: wal.retained_bytes(),

@@ -11,6 +11,7 @@
 //! <root>meta/fence                  the write fence: holder's node id, under the holder's lease
 //! <root>meta/stream                 this cluster's WAL stream id and replication epoch
 //! <root>meta/merkle-checkpoint      geometry and the WAL index every subpage is flushed up to
+//! <root>meta/applied                secondary: the primary's stream and the last index applied
 //! ```
 //!
 //! WAL indexes are fixed-width hexadecimal so that etcd's byte order is index order. Data keys
@@ -86,6 +87,10 @@ impl Keyspace {
 
     pub fn stream(&self) -> String {
         format!("{}meta/stream", self.root)
+    }
+
+    pub fn applied(&self) -> String {
+        format!("{}meta/applied", self.root)
     }
 
     pub fn merkle_checkpoint(&self) -> String {

@@ -5,12 +5,14 @@
 //! writes every update in one etcd transaction with its WAL entry under the cluster's write fence
 //! ([`commit`], [`committer`], [`fence`]), keeps a merkle index of the replicated keys in memory ([`merkle`]),
 //! flushes it in the background ([`flusher`]), recovers it after a crash ([`recovery`]), and
-//! trims the WAL within its retention limits ([`wal::gc`]).
+//! trims the WAL within its retention limits ([`wal::gc`]). It replicates between clusters
+//! ([`replication`]) over the cluster port, and serves Vault's `sys/replication` API ([`api`]).
 //!
 //! Layering: [`path`], [`list`], [`codec`], [`merkle`] and [`wal::record`] are pure logic; the
 //! other modules are thin shells around them that talk to etcd or gRPC.
 
 pub mod admin_cli;
+pub mod api;
 pub mod codec;
 pub mod commit;
 pub mod committer;
@@ -28,6 +30,7 @@ pub mod merkle;
 pub mod path;
 pub mod recovery;
 pub mod reindex;
+pub mod replication;
 pub mod tasks;
 pub mod wal;
 
@@ -132,6 +135,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             supervisor.shutdown_signal(),
         ),
     );
+    let replication =
+        replication::Replication::start(core.clone(), gateway.clone(), config.replication())
+            .await
+            .context("failed to load the replication role")?;
+    supervisor.spawn(
+        "cluster-port",
+        replication::transport::serve(
+            config.cluster_listen,
+            replication::service::ReplicationService::new(replication.clone()),
+            replication.material(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    supervisor.spawn(
+        "replication-api",
+        api::serve(
+            config.api_addr,
+            replication.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
     supervisor.spawn(
         "storage-api",
         serve(
@@ -142,6 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let result = supervisor.run_until(shutdown_signal()).await;
+    replication.shutdown();
     if core.fence.is_held() {
         core.fence.release(&core.client).await;
     }

@@ -177,9 +177,9 @@ async fn bad_input_is_rejected_and_writes_nothing() -> anyhow::Result<()> {
         ),
         (
             BatchRequest {
-                operations: (0..128).map(|i| put(&format!("k{i}"), b"v")).collect(),
+                operations: (0..127).map(|i| put(&format!("k{i}"), b"v")).collect(),
             },
-            "over the limit of 127",
+            "over the limit of 126",
         ),
         (
             BatchRequest {

@@ -287,6 +287,15 @@ impl MerkleIndex {
         &self.subpage_hashes[start..start + per]
     }
 
+    /// The value hash the index holds for `path`, if the key is present.
+    pub fn value_of(&self, path: &PathHash) -> Option<ValueHash> {
+        let leaves = &self.subpages[self.geometry.subpage_of(path) as usize];
+        leaves
+            .binary_search_by(|l| l.path.cmp(path))
+            .ok()
+            .map(|i| leaves[i].value)
+    }
+
     pub fn leaves(&self, subpage: u32) -> &[Leaf] {
         &self.subpages[subpage as usize]
     }

@@ -18,7 +18,7 @@ use crate::memory::memory_bench;
 use crate::report::{Report, Row, Target, round};
 
 /// Puts per `Batch` request while filling (etcd's 128 operations per transaction, less the WAL
-/// entry, bound a batch at 127).
+/// entry and a secondary's applied record, bound a batch at 126).
 const FILL_BATCH: u64 = 120;
 const FILLERS: usize = 8;
 /// Puts written after the index is flushed, so that recovery has WAL to redo.

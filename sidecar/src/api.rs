@@ -1,0 +1,337 @@
+//! The replication API over HTTP: Vault's `sys/replication/...` paths and JSON shapes, served on
+//! the sidecar's local admin address. The Vault-like server proxies `/v1/sys/replication/` here;
+//! the operator and tests call it directly.
+//!
+//! Errors follow Vault: a status code and `{"errors": ["..."]}`. Bad input and calls that do not
+//! fit the cluster's role are 400 and change nothing; an unreachable peer is 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::error::StoreError;
+use crate::replication::Replication;
+use crate::replication::control::{ControlError, DEFAULT_TOKEN_TTL};
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+type Shared = State<Arc<Replication>>;
+
+/// An API failure, rendered Vault style.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "errors": [self.message] }))).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Invalid(m) => Self::bad_request(m),
+            ControlError::Unavailable(m) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: m,
+            },
+            ControlError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            StoreError::Unavailable(_) | StoreError::ShuttingDown | StoreError::FenceLost(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The routes, under `/v1/sys/replication/`.
+pub fn router(replication: Arc<Replication>) -> Router {
+    const P: &str = "/v1/sys/replication/performance";
+    Router::new()
+        .route("/v1/sys/replication/status", get(status))
+        .route(&format!("{P}/status"), get(performance_status))
+        .route(
+            &format!("{P}/primary/enable"),
+            post(primary_enable).put(primary_enable),
+        )
+        .route(
+            &format!("{P}/primary/secondary-token"),
+            post(secondary_token).put(secondary_token),
+        )
+        .route(
+            &format!("{P}/primary/revoke-secondary"),
+            post(revoke_secondary).put(revoke_secondary),
+        )
+        .route(&format!("{P}/primary/demote"), post(demote).put(demote))
+        .route(
+            &format!("{P}/primary/disable"),
+            post(primary_disable).put(primary_disable),
+        )
+        .route(
+            &format!("{P}/secondary/enable"),
+            post(secondary_enable).put(secondary_enable),
+        )
+        .route(
+            &format!("{P}/secondary/promote"),
+            post(promote).put(promote),
+        )
+        .route(
+            &format!("{P}/secondary/update-primary"),
+            post(update_primary).put(update_primary),
+        )
+        .route(
+            &format!("{P}/secondary/disable"),
+            post(secondary_disable).put(secondary_disable),
+        )
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "unsupported path".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(replication)
+}
+
+/// Serves the API on `listen` until `shutdown`.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    replication: Arc<Replication>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("failed to listen on the replication API address {listen}"))?;
+    info!(%listen, "replication API ready");
+    axum::serve(listener, router(replication))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .context("replication API server failed")
+}
+
+/// Parses a JSON body; an empty body is `{}`. Unknown fields are refused by name.
+fn body<T: DeserializeOwned>(raw: &Bytes) -> Result<T, ApiError> {
+    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        raw
+    };
+    serde_json::from_slice(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+fn data(value: Value) -> Response {
+    axum::Json(json!({ "data": value })).into_response()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn status(State(r): Shared) -> ApiResult {
+    Ok(data(r.status().await?))
+}
+
+async fn performance_status(State(r): Shared) -> ApiResult {
+    Ok(data(r.performance_status().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrimaryEnable {
+    #[serde(default)]
+    primary_cluster_addr: String,
+}
+
+async fn primary_enable(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: PrimaryEnable = body(&raw)?;
+    r.enable_primary(req.primary_cluster_addr).await?;
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecondaryToken {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    ttl: Option<Value>,
+}
+
+async fn secondary_token(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: SecondaryToken = body(&raw)?;
+    let ttl = match &req.ttl {
+        None => DEFAULT_TOKEN_TTL,
+        Some(v) => parse_ttl(v).map_err(ApiError::bad_request)?,
+    };
+    let wrap = r.secondary_token(req.id, ttl).await?;
+    Ok(axum::Json(json!({
+        "request_id": "",
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": null,
+        "wrap_info": wrap,
+        "warnings": null,
+        "auth": null,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Id {
+    #[serde(default)]
+    id: String,
+}
+
+async fn revoke_secondary(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: Id = body(&raw)?;
+    r.revoke_secondary(req.id).await?;
+    Ok(no_content())
+}
+
+async fn demote(State(r): Shared) -> ApiResult {
+    let last = r.demote().await?;
+    Ok(data(json!({ "last_wal": last })))
+}
+
+async fn primary_disable(State(r): Shared) -> ApiResult {
+    r.disable_primary().await?;
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecondaryEnable {
+    #[serde(default)]
+    token: String,
+}
+
+async fn secondary_enable(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: SecondaryEnable = body(&raw)?;
+    if req.token.trim().is_empty() {
+        return Err(ApiError::bad_request("token is required"));
+    }
+    r.enable_secondary(req.token).await?;
+    Ok(no_content())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    primary_cluster_addr: Option<String>,
+}
+
+async fn promote(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: Promote = body(&raw)?;
+    let done = r.promote(req.force, req.primary_cluster_addr).await?;
+    Ok(data(serde_json::to_value(done).expect("serialises")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdatePrimary {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    update_primary_addrs: Option<Vec<String>>,
+}
+
+async fn update_primary(State(r): Shared, raw: Bytes) -> ApiResult {
+    let req: UpdatePrimary = body(&raw)?;
+    r.update_primary(req.token, req.update_primary_addrs)
+        .await?;
+    Ok(no_content())
+}
+
+async fn secondary_disable(State(r): Shared) -> ApiResult {
+    r.disable_secondary().await?;
+    Ok(no_content())
+}
+
+/// A TTL as Vault takes it: whole seconds, or a number with `s`, `m`, `h` or `d`.
+fn parse_ttl(value: &Value) -> Result<Duration, String> {
+    let bad = || format!("ttl {value} is not a duration such as 30m, 1h or 3600");
+    let seconds = match value {
+        Value::Number(n) => n.as_u64().ok_or_else(bad)?,
+        Value::String(s) => {
+            let s = s.trim();
+            let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+                Some(i) => s.split_at(i),
+                None => (s, "s"),
+            };
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            let scale = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(bad()),
+            };
+            n.checked_mul(scale).ok_or_else(bad)?
+        }
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_like_vault() {
+        assert_eq!(parse_ttl(&json!("30m")), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl(&json!("2h")), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_ttl(&json!(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl(&json!("45")), Ok(Duration::from_secs(45)));
+        assert!(parse_ttl(&json!("soon")).is_err());
+        assert!(parse_ttl(&json!("5y")).is_err());
+        assert!(parse_ttl(&json!(-1)).is_err());
+    }
+}

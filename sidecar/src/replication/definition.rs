@@ -1,0 +1,137 @@
+//! What a cluster stores about replication, and where.
+//!
+//! ```text
+//! path (storage class)                             content (JSON)
+//! core/cluster/replicated/info (local)            ClusterDefinition: this cluster's role
+//! core/cluster/replicated-dr/info (local)         reserved for DR replication
+//! core/primary-addrs/perf (local)                  the primary's cluster addresses, from heartbeats
+//! core/perf-replication/ca (replicated)            the replication CA, certificate and key
+//! core/perf-replication/secondaries/<id> (repl.)   SecondaryRecord: one activation token's state
+//! ```
+//!
+//! The CA and the secondary records are replicated on purpose: after a promotion the new primary
+//! holds the same CA and membership, so the other secondaries follow it without new tokens.
+//! The epoch is not here: it lives with the WAL stream (`meta/stream`).
+
+use serde::{Deserialize, Serialize};
+
+use super::pki::CertifiedKey;
+
+pub const DEFINITION_PATH: &str = "core/cluster/replicated/info";
+pub const DR_DEFINITION_PATH: &str = "core/cluster/replicated-dr/info";
+pub const PRIMARY_ADDRS_PATH: &str = "core/primary-addrs/perf";
+pub const CA_PATH: &str = "core/perf-replication/ca";
+pub const SECONDARIES_PREFIX: &str = "core/perf-replication/secondaries/";
+
+/// Longest secondary id accepted.
+pub const MAX_SECONDARY_ID_BYTES: usize = 128;
+
+/// A cluster's replication role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Primary,
+    Secondary,
+}
+
+/// This cluster's replication role and identity, stored at [`DEFINITION_PATH`]. No definition
+/// means replication is disabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDefinition {
+    pub mode: Mode,
+    /// The replication set's id, the same on the primary and all its secondaries.
+    pub cluster_id: String,
+    /// Primary: the address set at enable (may be empty). Secondary: the primary's address from
+    /// its token or the last update-primary.
+    pub primary_cluster_addr: String,
+    /// Secondary: the id its activation token named (kept through a demotion).
+    #[serde(default)]
+    pub secondary_id: String,
+    /// A demoted primary: a secondary that follows no primary until update-primary.
+    #[serde(default)]
+    pub demoted: bool,
+    /// Why writes stopped, when a higher epoch was learned of.
+    #[serde(default)]
+    pub fenced_by_epoch: Option<u64>,
+    /// The replication CA certificate this cluster trusts.
+    pub ca_cert_pem: String,
+    /// This cluster's certificate and key for the cluster port.
+    pub identity: CertifiedKey,
+}
+
+impl ClusterDefinition {
+    /// Whether this cluster follows a primary.
+    pub fn follows_primary(&self) -> bool {
+        self.mode == Mode::Secondary && !self.demoted && !self.primary_cluster_addr.is_empty()
+    }
+}
+
+/// One activation token's state on the primary, stored under [`SECONDARIES_PREFIX`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryRecord {
+    pub id: String,
+    pub token_id: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// Unix seconds when the token was consumed; `None` while it is outstanding.
+    pub activated_at: Option<u64>,
+    /// The fingerprint of the certificate the token carries: the secondary must present it.
+    pub cert_fingerprint: String,
+    /// The record of the replication set's first primary, so that it can follow a promoted
+    /// secondary after a switchover; not listed among the known secondaries.
+    #[serde(default)]
+    pub is_primary: bool,
+}
+
+/// Checks a secondary id: what it may look like, since it becomes a storage path segment.
+pub fn validate_secondary_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("secondary id is required".into());
+    }
+    if id.len() > MAX_SECONDARY_ID_BYTES {
+        return Err(format!(
+            "secondary id is {} bytes, over the limit of {MAX_SECONDARY_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "secondary id {id:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secondary_ids_are_checked() {
+        assert!(validate_secondary_id("eu-west.1").is_ok());
+        assert!(validate_secondary_id("").is_err());
+        assert!(validate_secondary_id("a/b").is_err());
+        assert!(validate_secondary_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn the_paths_have_the_intended_storage_class() {
+        let classes = crate::path::PathClassifier::new(
+            &crate::path::DEFAULT_LOCAL_PREFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        );
+        use crate::path::PathClass::{Local, Replicated};
+        assert_eq!(classes.classify(DEFINITION_PATH), Local);
+        assert_eq!(classes.classify(PRIMARY_ADDRS_PATH), Local);
+        assert_eq!(classes.classify(CA_PATH), Replicated);
+        assert_eq!(
+            classes.classify(&format!("{SECONDARIES_PREFIX}east")),
+            Replicated
+        );
+    }
+}

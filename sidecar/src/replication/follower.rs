@@ -1,0 +1,718 @@
+//! The secondary's follower: connect, heartbeat, stream the WAL, reconcile when needed.
+//!
+//! ```text
+//!   connecting ──▶ stream-wals ◀──────────────┐
+//!        ▲             │ refused: guard,      │ root matches the snapshot:
+//!        │             │ WAL gone, stream     │ store (stream, index) applied
+//!        │             ▼                      │
+//!   (backoff) ◀── merkle-diff ──▶ merkle-sync ┘
+//! ```
+//!
+//! Streaming: consecutive entries are merged (the last write to a key wins) into transactions
+//! that stay within one transaction's limits, each committed with the applied record of its last
+//! entry; after each, the local merkle root must equal the root that entry carries, or the
+//! follower reconciles. Reconciling: two round trips against one primary snapshot locate the
+//! conflicting subpages; the primary's keys in them are fetched and written where they differ,
+//! local keys the primary lacks there are deleted, and once the local root equals the
+//! snapshot's, the snapshot's index is stored as applied and streaming resumes from it.
+//!
+//! Any other failure (the primary unreachable, a call timing out, the heartbeat failing three
+//! times in a row) ends the session; the follower waits with bounded exponential backoff and
+//! connects again. Reads keep being served throughout: the follower only ever adds writes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry_proto::replication as pb;
+use ferry_proto::replication::replication_client::ReplicationClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use super::Replication;
+use super::applied::Applied;
+use super::definition::PRIMARY_ADDRS_PATH;
+use super::resolver::{self, Targets};
+use super::snapshot::{conflicting_pages, conflicting_subpages};
+use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
+use crate::commit::WriteOp;
+use crate::error::StoreError;
+use crate::etcd::{Scan, get, scan};
+use crate::keyspace::prefix_end;
+use crate::merkle::{hash_path, hash_value};
+use crate::path::PathClass;
+use crate::wal::record::{StreamId, WalEntry};
+
+/// First and longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest a unary call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeats missed in a row before the session is dropped.
+const MAX_MISSED_HEARTBEATS: u32 = 3;
+
+type Client = ReplicationClient<Channel>;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Stopped,
+    Failed(String),
+}
+
+impl From<Status> for End {
+    fn from(s: Status) -> Self {
+        End::Failed(format!("{}: {}", code_name(s.code()), s.message()))
+    }
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Failed(format!("local storage: {e}"))
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable => "primary unavailable",
+        Code::DeadlineExceeded => "timed out",
+        Code::PermissionDenied => "refused by the primary",
+        Code::FailedPrecondition => "primary not ready",
+        _ => "replication call failed",
+    }
+}
+
+/// Follows the primary until `stop`.
+pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>) {
+    let Some(definition) = replication.definition() else {
+        return;
+    };
+    let tls = TlsMaterial::of(&definition);
+    let targets = Arc::new(Targets::default());
+    tokio::spawn(resolver::run(
+        replication.clone(),
+        tls.clone(),
+        targets.clone(),
+        stop.clone(),
+    ));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        set_state(&replication, "connecting", "connecting");
+        let started = Instant::now();
+        match session(&replication, &tls, &targets, &mut stop).await {
+            End::Stopped => {
+                set_state(&replication, "idle", "shutdown");
+                return;
+            }
+            End::Failed(reason) => {
+                warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "replication session ended");
+                {
+                    let mut s = replication.follower_status();
+                    s.last_error = Some(reason);
+                    s.connection_state = "transient_failure";
+                }
+            }
+        }
+        // A session that ran a while resets the backoff.
+        if started.elapsed() > BACKOFF_MAX * 2 {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {
+                set_state(&replication, "idle", "shutdown");
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn set_state(replication: &Replication, state: &'static str, connection: &'static str) {
+    let mut s = replication.follower_status();
+    s.state = state;
+    s.connection_state = connection;
+}
+
+/// One connection to the primary: connect, then stream and reconcile until something fails.
+async fn session(
+    replication: &Arc<Replication>,
+    tls: &TlsMaterial,
+    targets: &Targets,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    let (address, client) = match connect(replication, tls, targets).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    {
+        let mut s = replication.follower_status();
+        s.connected_to = address.clone();
+        s.connection_state = "ready";
+        s.last_error = None;
+    }
+    let (lost_tx, mut lost) = watch::channel(false);
+    let heartbeat = tokio::spawn(heartbeats(
+        replication.clone(),
+        client.clone(),
+        address.clone(),
+        lost_tx,
+    ));
+    let result = tokio::select! {
+        end = follow(replication, client) => end,
+        _ = stop.changed() => End::Stopped,
+        _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
+    };
+    heartbeat.abort();
+    result
+}
+
+/// Tries each target with a heartbeat; the first that answers is the primary.
+async fn connect(
+    replication: &Replication,
+    tls: &TlsMaterial,
+    targets: &Targets,
+) -> Result<(String, Client), End> {
+    let mut list = targets.list();
+    if list.is_empty() {
+        list = resolver::candidates(replication);
+    }
+    let mut errors = Vec::new();
+    for address in &list {
+        let mut c = match client(address, tls) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{address}: {e:#}"));
+                continue;
+            }
+        };
+        match timeout(c.heartbeat(heartbeat_request(replication))).await {
+            Ok(reply) => {
+                note_heartbeat(replication, reply.into_inner(), Duration::ZERO, true).await;
+                info!(primary = %address, "connected to the primary");
+                return Ok((address.clone(), c));
+            }
+            Err(status) => errors.push(format!("{address}: {}", status.message())),
+        }
+    }
+    targets.report_none_work();
+    Err(End::Failed(format!(
+        "no primary address works: {}",
+        if errors.is_empty() {
+            "none known".to_string()
+        } else {
+            errors.join("; ")
+        }
+    )))
+}
+
+async fn timeout<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn secondary_id(replication: &Replication) -> String {
+    replication
+        .definition()
+        .map(|d| d.secondary_id)
+        .unwrap_or_default()
+}
+
+fn heartbeat_request(replication: &Replication) -> pb::HeartbeatRequest {
+    let status = replication.follower_status();
+    pb::HeartbeatRequest {
+        secondary_id: secondary_id(replication),
+        cluster_addr: replication.config.cluster_addr.clone(),
+        epoch: replication.core.stream().epoch.max(status.primary_epoch),
+        last_remote_wal: status.last_remote_wal,
+        sent_at_ms: super::unix_now_ms(),
+    }
+}
+
+/// Records a heartbeat reply; persists and logs the primary's addresses when they changed.
+async fn note_heartbeat(
+    replication: &Replication,
+    reply: pb::HeartbeatResponse,
+    took: Duration,
+    first: bool,
+) {
+    let changed = {
+        let mut s = replication.follower_status();
+        s.last_heartbeat = Some(SystemTime::now());
+        s.last_heartbeat_duration_ms = took.as_millis() as u64;
+        s.primary_last_wal = reply.last_wal;
+        s.primary_epoch = reply.epoch;
+        let changed = s.known_primary_cluster_addrs != reply.cluster_addrs;
+        s.known_primary_cluster_addrs = reply.cluster_addrs.clone();
+        changed
+    };
+    if changed {
+        let gateway = &replication.gateway;
+        let value = serde_json::to_vec(&reply.cluster_addrs).expect("addresses serialise");
+        if let Err(e) = gateway
+            .write(vec![gateway.op(PRIMARY_ADDRS_PATH.into(), Some(value))])
+            .await
+        {
+            warn!(error = %e, "failed to store the primary's cluster addresses");
+        }
+    }
+    if changed || first {
+        info!(known_primary_cluster_addrs = ?reply.cluster_addrs, "replication: successful heartbeat");
+    } else {
+        debug!(known_primary_cluster_addrs = ?reply.cluster_addrs, "replication: successful heartbeat");
+    }
+}
+
+/// Heartbeats the primary every interval; raises `lost` after too many misses in a row.
+async fn heartbeats(
+    replication: Arc<Replication>,
+    mut client: Client,
+    address: String,
+    lost: watch::Sender<bool>,
+) {
+    let mut missed = 0;
+    let mut ticker = tokio::time::interval(replication.config.heartbeat_interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        match timeout(client.heartbeat(heartbeat_request(&replication))).await {
+            Ok(reply) => {
+                missed = 0;
+                note_heartbeat(&replication, reply.into_inner(), started.elapsed(), false).await;
+            }
+            Err(status) => {
+                missed += 1;
+                warn!(primary = %address, missed, error = %status.message(), "replication heartbeat failed");
+                if missed >= MAX_MISSED_HEARTBEATS {
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Streams while the primary accepts our position; reconciles when it does not.
+async fn follow(replication: &Replication, mut client: Client) -> End {
+    loop {
+        let applied = match load_applied(replication).await {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        match stream(replication, &mut client, applied).await {
+            Err(End::Failed(reason)) if reason.starts_with(REFUSED) => {
+                info!(reason = %reason, "cannot stream from the current position; reconciling");
+                if let Err(e) = reconcile(replication, &mut client).await {
+                    return e;
+                }
+            }
+            Err(e) => return e,
+            Ok(()) => return End::Failed("the primary ended the WAL stream".into()),
+        }
+    }
+}
+
+/// The prefix of a failure that reconciling resolves.
+const REFUSED: &str = "refused: ";
+
+fn refused(reason: impl std::fmt::Display) -> End {
+    End::Failed(format!("{REFUSED}{reason}"))
+}
+
+async fn load_applied(replication: &Replication) -> Result<Option<Applied>, End> {
+    let core = &replication.core;
+    let found = get(&mut core.kv(), &core.keyspace.applied()).await?;
+    found
+        .map(|kv| {
+            Applied::decode(kv.value())
+                .map_err(|e| End::Failed(format!("the applied record is corrupt: {e}")))
+        })
+        .transpose()
+}
+
+/// Streams WAL entries after `applied` and applies them, until the stream ends or fails.
+async fn stream(
+    replication: &Replication,
+    client: &mut Client,
+    applied: Option<Applied>,
+) -> Result<(), End> {
+    let core = &replication.core;
+    let Some(mut position) = applied else {
+        return Err(refused("nothing applied yet"));
+    };
+    let request = pb::StreamWalsRequest {
+        secondary_id: secondary_id(replication),
+        stream_id: position.stream_id.0.to_vec(),
+        after_index: position.index,
+        guard: core.index().root().to_vec(),
+        epoch: core.stream().epoch.max(position.epoch),
+    };
+    info!(after = position.index, "requesting WAL stream");
+    let mut messages = match timeout(client.stream_wals(request)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::FailedPrecondition => return Err(refused(s.message())),
+        Err(s) => return Err(s.into()),
+    };
+    {
+        let mut s = replication.follower_status();
+        s.state = "stream-wals";
+        s.last_remote_wal = position.index;
+    }
+    loop {
+        let message = match messages.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(s) if s.code() == Code::FailedPrecondition => return Err(refused(s.message())),
+            Err(s) => return Err(s.into()),
+        };
+        replication.follower_status().primary_last_wal = message.primary_last_wal;
+        let mut entries = Vec::with_capacity(message.entries.len());
+        for raw in &message.entries {
+            let entry = WalEntry::decode(raw)
+                .map_err(|e| End::Failed(format!("the primary sent a corrupt WAL entry: {e}")))?;
+            entries.push(entry);
+        }
+        for batch in merge(
+            &entries,
+            core.limits.max_batch_ops,
+            core.limits.max_txn_bytes,
+        ) {
+            let last = batch.last;
+            if last.stream_id != position.stream_id || batch.first_index != position.index + 1 {
+                return Err(refused(format!(
+                    "the primary sent index {} after {}",
+                    batch.first_index, position.index
+                )));
+            }
+            position = Applied {
+                stream_id: last.stream_id,
+                index: last.index,
+                epoch: last.epoch,
+            };
+            replication
+                .gateway
+                .apply(batch.ops, Some(position.encode()))
+                .await?;
+            let root = core.index().root();
+            if root != last.merkle_root {
+                return Err(refused(format!(
+                    "the merkle root after index {} differs from the primary's",
+                    last.index
+                )));
+            }
+            let mut s = replication.follower_status();
+            s.last_remote_wal = position.index;
+            s.primary_epoch = s.primary_epoch.max(position.epoch);
+        }
+    }
+}
+
+/// Consecutive entries merged into one transaction.
+struct Batch<'e> {
+    first_index: u64,
+    last: &'e WalEntry,
+    ops: Vec<WriteOp>,
+}
+
+/// Splits `entries` into runs whose merged writes (the last write to each key wins) fit one
+/// transaction: at most `max_ops` keys and about `max_bytes`. A single entry always fits,
+/// because the primary built it within the same limits.
+fn merge(entries: &[WalEntry], max_ops: usize, max_bytes: usize) -> Vec<Batch<'_>> {
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let mut keys: BTreeMap<&str, Option<&Vec<u8>>> = BTreeMap::new();
+        let mut bytes = 0;
+        let start = i;
+        while i < entries.len() {
+            let entry = &entries[i];
+            let new_keys = entry
+                .ops
+                .iter()
+                .filter(|op| !keys.contains_key(op.key.as_str()))
+                .count();
+            let entry_bytes: usize = entry
+                .ops
+                .iter()
+                .map(|op| 2 * (op.key.len() + op.value.as_ref().map_or(0, Vec::len) + 16))
+                .sum();
+            if i > start && (keys.len() + new_keys > max_ops || bytes + entry_bytes > max_bytes) {
+                break;
+            }
+            for op in &entry.ops {
+                keys.insert(&op.key, op.value.as_ref());
+            }
+            bytes += entry_bytes;
+            i += 1;
+        }
+        batches.push(Batch {
+            first_index: entries[start].index,
+            last: &entries[i - 1],
+            ops: keys
+                .into_iter()
+                .map(|(key, value)| WriteOp {
+                    key: key.to_owned(),
+                    value: value.cloned(),
+                    class: PathClass::Replicated,
+                })
+                .collect(),
+        });
+    }
+    batches
+}
+
+/// merkle-diff then merkle-sync against one primary snapshot; stores the snapshot's index as
+/// applied once the local root matches it.
+async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(), End> {
+    let core = &replication.core;
+    let id = secondary_id(replication);
+    {
+        let mut s = replication.follower_status();
+        s.state = "merkle-diff";
+        s.merkle_syncs += 1;
+        s.sync_progress = 0;
+        s.sync_total_keys = 0;
+    }
+    let geometry = core.index().geometry();
+    let pages = timeout(client.merkle_pages(pb::MerklePagesRequest {
+        secondary_id: id.clone(),
+        pages: geometry.pages,
+        subpages_per_page: geometry.subpages_per_page,
+    }))
+    .await?
+    .into_inner();
+    let stream_id = StreamId(
+        pages
+            .stream_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| End::Failed("the primary sent a malformed stream id".into()))?,
+    );
+    let conflicting = conflicting_pages(&core.index(), &pages.page_hashes).map_err(End::Failed)?;
+    let subpages = if conflicting.is_empty() {
+        Vec::new()
+    } else {
+        let hashes = timeout(client.merkle_subpages(pb::MerkleSubpagesRequest {
+            secondary_id: id.clone(),
+            generation: pages.generation,
+            pages: conflicting.clone(),
+        }))
+        .await?
+        .into_inner();
+        conflicting_subpages(&core.index(), &conflicting, &hashes.subpage_hashes)
+            .map_err(End::Failed)?
+    };
+    info!(
+        generation = pages.generation,
+        wal_index = pages.wal_index,
+        conflicting_pages = conflicting.len(),
+        conflicting_subpages = subpages.len(),
+        "merkle-diff done"
+    );
+    if !subpages.is_empty() {
+        sync(replication, client, &id, pages.generation, &subpages).await?;
+    }
+    let root = core.index().root();
+    if root.as_slice() != pages.root.as_slice() {
+        return Err(End::Failed(
+            "after merkle-sync the merkle root still differs from the primary's snapshot".into(),
+        ));
+    }
+    let applied = Applied {
+        stream_id,
+        index: pages.wal_index,
+        epoch: pages.epoch,
+    };
+    replication
+        .gateway
+        .apply(Vec::new(), Some(applied.encode()))
+        .await?;
+    let mut s = replication.follower_status();
+    s.last_remote_wal = pages.wal_index;
+    s.primary_epoch = s.primary_epoch.max(pages.epoch);
+    Ok(())
+}
+
+/// Copies the primary's keys in `subpages` and deletes the local ones it lacks there.
+async fn sync(
+    replication: &Replication,
+    client: &mut Client,
+    id: &str,
+    generation: u64,
+    subpages: &[u32],
+) -> Result<(), End> {
+    let core = &replication.core;
+    replication.follower_status().state = "merkle-sync";
+    let mut stale = local_keys_in(replication, subpages).await?;
+    let mut chunks = timeout(client.merkle_sync(pb::MerkleSyncRequest {
+        secondary_id: id.to_owned(),
+        generation,
+        subpages: subpages.to_vec(),
+    }))
+    .await?
+    .into_inner();
+    let max_ops = core.limits.max_batch_ops;
+    let max_bytes = core.limits.max_batch_bytes;
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut written = 0u64;
+    while let Some(chunk) = chunks.message().await? {
+        if chunk.total_keys > 0 {
+            replication.follower_status().sync_total_keys = chunk.total_keys;
+        }
+        let received = chunk.keys.len() as u64;
+        for kv in chunk.keys {
+            stale.remove(&kv.key);
+            let same = core.index().value_of(&hash_path(&kv.key)) == Some(hash_value(&kv.value));
+            if same {
+                continue;
+            }
+            let size = kv.key.len() + kv.value.len();
+            if !batch.is_empty() && (batch.len() >= max_ops || bytes + size > max_bytes) {
+                written += flush(replication, &mut batch).await?;
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(WriteOp {
+                key: kv.key,
+                value: Some(kv.value),
+                class: PathClass::Replicated,
+            });
+        }
+        replication.follower_status().sync_progress += received;
+    }
+    written += flush(replication, &mut batch).await?;
+    let deleted = stale.len();
+    let mut stale: Vec<String> = stale.into_iter().collect();
+    stale.sort_unstable();
+    for part in stale.chunks(max_ops) {
+        let mut ops: Vec<WriteOp> = part
+            .iter()
+            .map(|key| WriteOp {
+                key: key.clone(),
+                value: None,
+                class: PathClass::Replicated,
+            })
+            .collect();
+        flush(replication, &mut ops).await?;
+    }
+    info!(written, deleted, "merkle-sync done");
+    Ok(())
+}
+
+async fn flush(replication: &Replication, batch: &mut Vec<WriteOp>) -> Result<u64, End> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let ops = std::mem::take(batch);
+    let n = ops.len() as u64;
+    replication.gateway.apply(ops, None).await?;
+    Ok(n)
+}
+
+/// This cluster's replicated keys that fall into `subpages`.
+async fn local_keys_in(
+    replication: &Replication,
+    subpages: &[u32],
+) -> Result<HashSet<String>, End> {
+    let core = &replication.core;
+    let ks = &core.keyspace;
+    let geometry = core.index().geometry();
+    let wanted: HashSet<u32> = subpages.iter().copied().collect();
+    let prefix = ks.data_prefix();
+    let mut keys = HashSet::new();
+    scan(
+        &mut core.kv(),
+        prefix.clone().into_bytes(),
+        prefix_end(&prefix),
+        Scan {
+            keys_only: true,
+            page: 2000,
+            ..Scan::default()
+        },
+        |kv| {
+            if let Some(path) = ks.path_of(kv.key())
+                && core.classes.classify(path) == PathClass::Replicated
+                && wanted.contains(&geometry.subpage_of(&hash_path(path)))
+            {
+                keys.insert(path.to_owned());
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .await?;
+    Ok(keys)
+}
+
+/// Used by `control`: checks a primary answers, and returns its heartbeat reply.
+pub async fn probe(
+    address: &str,
+    tls: &TlsMaterial,
+    secondary_id: &str,
+) -> Result<pb::HeartbeatResponse, Status> {
+    let mut c = client(address, tls).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+    let call = c.heartbeat(pb::HeartbeatRequest {
+        secondary_id: secondary_id.to_owned(),
+        ..Default::default()
+    });
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the primary at {address} did not answer within {}s",
+            (CONNECT_TIMEOUT * 2).as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::WalOp;
+
+    fn entry(index: u64, keys: &[&str]) -> WalEntry {
+        WalEntry {
+            index,
+            stream_id: StreamId([1; 16]),
+            epoch: 1,
+            merkle_root: [0; 32],
+            cumulative_bytes: 0,
+            ops: keys
+                .iter()
+                .map(|k| WalOp {
+                    key: (*k).into(),
+                    value: Some(index.to_be_bytes().to_vec()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn merged_entries_keep_the_last_write_and_respect_the_limits() {
+        let entries = vec![
+            entry(1, &["a", "b"]),
+            entry(2, &["b", "c"]),
+            entry(3, &["d", "e", "f"]),
+        ];
+        let batches = merge(&entries, 4, usize::MAX);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].first_index, 1);
+        assert_eq!(batches[0].last.index, 2);
+        let b = batches[0].ops.iter().find(|o| o.key == "b").unwrap();
+        assert_eq!(b.value.as_deref(), Some(&2u64.to_be_bytes()[..]));
+        assert_eq!(batches[0].ops.len(), 3);
+        assert_eq!(batches[1].first_index, 3);
+        // One entry over the limit still travels alone.
+        assert_eq!(merge(&entries[2..], 1, 1).len(), 1);
+    }
+}

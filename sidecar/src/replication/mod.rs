@@ -1,0 +1,286 @@
+//! Replication between clusters: roles, activation, WAL streaming, merkle reconciliation,
+//! heartbeats, address resolution, promotion and fencing.
+//!
+//! One primary ships its WAL to any number of secondaries over the cluster port (gRPC over
+//! mutual TLS, see [`transport`]). The pieces:
+//!
+//! * [`definition`]: what a cluster stores about its role, and where; [`pki`] and [`token`]: the
+//!   replication CA and the activation tokens it signs.
+//! * [`control`]: the role changes behind Vault's `sys/replication/performance/...` API (enable,
+//!   secondary-token, revoke, demote, disable; secondary enable, promote, update-primary), each
+//!   serialised under one lock and persisted before it takes effect.
+//! * [`service`]: what a primary serves on the cluster port: Activate, Heartbeat, RemoteResolve,
+//!   StreamWals, MerklePages/MerkleSubpages/MerkleSync, AnnounceEpoch.
+//! * [`follower`]: the secondary's loop. It streams the WAL after its last applied index with
+//!   its merkle root as guard (`stream-wals`); when the primary refuses (guard mismatch, WAL
+//!   collected, another stream), it locates the differences in two round trips
+//!   (`merkle-diff`, [`snapshot`]), copies them (`merkle-sync`) and streams again. It reconnects by
+//!   itself with bounded backoff and keeps serving reads meanwhile; [`resolver`] keeps its list of
+//!   primary addresses fresh from heartbeats and RemoteResolve.
+//!
+//! Writes and roles: the committer refuses replicated writes from clients unless this cluster
+//! is writable ([`WriteMode`]); the follower's writes carry the applied record (`meta/applied`,
+//! [`applied`]) in the same transaction. A secondary keeps its own WAL stream for what it
+//! applies, so its merkle index recovers after a crash exactly like a primary's.
+//!
+//! Epochs: each promotion raises the epoch, stored with the WAL stream. A primary that hears of
+//! a higher epoch (a secondary's request, or the new primary's announcement) demotes itself, so
+//! there are never two writable primaries that can talk to each other.
+
+pub mod applied;
+pub mod control;
+pub mod definition;
+pub mod follower;
+pub mod pki;
+pub mod resolver;
+pub mod service;
+pub mod snapshot;
+pub mod status;
+pub mod token;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::core::{Core, WriteMode};
+use crate::error::StoreError;
+use crate::gateway::Gateway;
+use definition::{ClusterDefinition, DEFINITION_PATH, Mode, PRIMARY_ADDRS_PATH};
+use snapshot::SnapshotCache;
+use transport::TlsMaterial;
+
+/// Settings of the replication side of the sidecar.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Where the cluster port listens.
+    pub cluster_listen: SocketAddr,
+    /// The address peers reach this node's cluster port at.
+    pub cluster_addr: String,
+    /// How often a secondary heartbeats its primary.
+    pub heartbeat_interval: Duration,
+}
+
+/// What a secondary's follower reports, for `status`.
+#[derive(Clone, Debug, Default)]
+pub struct FollowerStatus {
+    /// `idle`, `connecting`, `merkle-diff`, `merkle-sync` or `stream-wals`.
+    pub state: &'static str,
+    /// gRPC connectivity: `idle`, `connecting`, `ready`, `transient_failure` or `shutdown`.
+    pub connection_state: &'static str,
+    pub last_remote_wal: u64,
+    /// The primary's last WAL index, as last heard.
+    pub primary_last_wal: u64,
+    pub sync_progress: u64,
+    pub sync_total_keys: u64,
+    pub known_primary_cluster_addrs: Vec<String>,
+    /// The address the follower is connected to, or last tried.
+    pub connected_to: String,
+    pub last_heartbeat: Option<SystemTime>,
+    pub last_heartbeat_duration_ms: u64,
+    pub primary_epoch: u64,
+    pub last_error: Option<String>,
+    /// Merkle reconciliations run since start.
+    pub merkle_syncs: u64,
+}
+
+/// What a primary knows of one secondary from its heartbeats.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStatus {
+    pub cluster_address: String,
+    pub last_heartbeat: Option<SystemTime>,
+    pub clock_skew_ms: i64,
+    pub last_remote_wal: u64,
+}
+
+/// How long a secondary counts as connected after its last heartbeat (Vault's cache expiry).
+pub const PEER_EXPIRY: Duration = Duration::from_secs(15);
+
+/// The replication side of a sidecar.
+pub struct Replication {
+    pub core: Arc<Core>,
+    pub gateway: Gateway,
+    pub config: ReplicationConfig,
+    definition: Mutex<Option<ClusterDefinition>>,
+    /// Serialises role changes and token bookkeeping.
+    pub(crate) control: tokio::sync::Mutex<()>,
+    material: watch::Sender<Option<TlsMaterial>>,
+    follower: Mutex<Option<FollowerHandle>>,
+    follower_status: Mutex<FollowerStatus>,
+    pub(crate) peers: Mutex<BTreeMap<String, PeerStatus>>,
+    pub(crate) snapshots: Mutex<SnapshotCache>,
+}
+
+struct FollowerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Replication {
+    /// Loads the stored role and starts what it needs (the cluster port, the follower).
+    pub async fn start(
+        core: Arc<Core>,
+        gateway: Gateway,
+        config: ReplicationConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let definition =
+            match gateway.get(DEFINITION_PATH).await? {
+                Some(raw) => Some(serde_json::from_slice::<ClusterDefinition>(&raw).map_err(
+                    |e| StoreError::Corrupt(format!("failed to read {DEFINITION_PATH}: {e}")),
+                )?),
+                None => None,
+            };
+        let known = match gateway.get(PRIMARY_ADDRS_PATH).await? {
+            Some(raw) => serde_json::from_slice::<Vec<String>>(&raw).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let replication = Arc::new(Self {
+            core,
+            gateway,
+            config,
+            definition: Mutex::new(None),
+            control: tokio::sync::Mutex::new(()),
+            material: watch::Sender::new(None),
+            follower: Mutex::new(None),
+            follower_status: Mutex::new(FollowerStatus {
+                state: "idle",
+                connection_state: "idle",
+                known_primary_cluster_addrs: known,
+                ..FollowerStatus::default()
+            }),
+            peers: Mutex::new(BTreeMap::new()),
+            snapshots: Mutex::new(SnapshotCache::default()),
+        });
+        if let Some(d) = &definition {
+            info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
+        }
+        replication.adopt(definition);
+        Ok(replication)
+    }
+
+    /// The TLS material the cluster port serves with, when this cluster has a role.
+    pub fn material(&self) -> watch::Receiver<Option<TlsMaterial>> {
+        self.material.subscribe()
+    }
+
+    pub fn definition(&self) -> Option<ClusterDefinition> {
+        self.definition
+            .lock()
+            .expect("definition lock poisoned")
+            .clone()
+    }
+
+    pub fn follower_status(&self) -> MutexGuard<'_, FollowerStatus> {
+        self.follower_status
+            .lock()
+            .expect("follower status lock poisoned")
+    }
+
+    /// Makes `definition` the current role: write mode, cluster port, follower.
+    pub(crate) fn adopt(self: &Arc<Self>, definition: Option<ClusterDefinition>) {
+        let mode = match &definition {
+            None => WriteMode::Open,
+            Some(d) if d.mode == Mode::Primary && !d.demoted => WriteMode::Open,
+            Some(d) if d.follows_primary() => WriteMode::Secondary,
+            Some(_) => WriteMode::Closed,
+        };
+        self.core.set_write_mode(mode);
+        let material = definition.as_ref().map(TlsMaterial::of);
+        self.material.send_if_modified(|m| {
+            let changed = *m != material;
+            *m = material;
+            changed
+        });
+        let follow = definition.as_ref().is_some_and(|d| d.follows_primary());
+        *self.definition.lock().expect("definition lock poisoned") = definition;
+        self.stop_follower();
+        if follow {
+            self.start_follower();
+        } else {
+            let mut status = self.follower_status();
+            status.state = "idle";
+            status.connection_state = "idle";
+        }
+    }
+
+    fn start_follower(self: &Arc<Self>) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(follower::run(self.clone(), stopped));
+        *self.follower.lock().expect("follower lock poisoned") =
+            Some(FollowerHandle { stop, task });
+    }
+
+    fn stop_follower(&self) {
+        if let Some(handle) = self.follower.lock().expect("follower lock poisoned").take() {
+            let _ = handle.stop.send(true);
+            // The follower checks its stop signal between steps; abort covers a stuck call.
+            handle.task.abort();
+        }
+    }
+
+    /// Stores `definition` (or removes it) at [`DEFINITION_PATH`], then adopts it.
+    pub(crate) async fn persist(
+        self: &Arc<Self>,
+        definition: Option<ClusterDefinition>,
+    ) -> Result<(), StoreError> {
+        let value = definition
+            .as_ref()
+            .map(|d| serde_json::to_vec(d).expect("definition serialises"));
+        self.gateway
+            .write(vec![self.gateway.op(DEFINITION_PATH.into(), value)])
+            .await?;
+        self.adopt(definition);
+        Ok(())
+    }
+
+    /// A primary that hears of `epoch`, higher than its own, stops accepting replicated writes
+    /// and demotes itself. Returns whether it did.
+    pub async fn fence_by_epoch(self: &Arc<Self>, epoch: u64, from: &str) -> bool {
+        let _guard = self.control.lock().await;
+        let own = self.core.stream().epoch;
+        let Some(mut definition) = self.definition() else {
+            return false;
+        };
+        if epoch <= own || definition.mode != Mode::Primary || definition.demoted {
+            return false;
+        }
+        warn!(
+            own_epoch = own,
+            epoch, from, "a newer primary exists: refusing replicated writes from now on"
+        );
+        self.core.set_write_mode(WriteMode::Closed);
+        definition.demoted = true;
+        definition.mode = Mode::Secondary;
+        definition.fenced_by_epoch = Some(epoch);
+        definition.primary_cluster_addr.clear();
+        if let Err(e) = self.persist(Some(definition)).await {
+            // The write mode is already closed; the stored role catches up on the next change.
+            warn!(error = %e, "failed to store the fenced role");
+        }
+        true
+    }
+
+    /// Stops the follower, for shutdown.
+    pub fn shutdown(&self) {
+        self.stop_follower();
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,115 @@
+//! Where a secondary finds its primary.
+//!
+//! The target list is the primary's cluster addresses learned from heartbeats
+//! (`known_primary_cluster_addrs`, persisted under `core/primary-addrs/perf`) plus the
+//! `primary_cluster_addr` of the stored cluster definition. A resolver task rebuilds it every
+//! [`RESOLVE_INTERVAL`]; on its first pass, and whenever the follower reports that no target
+//! works, it also asks the candidates' `RemoteResolve` where the primary's active node is (a node
+//! that is not the active primary can answer that) and puts the answer first.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_proto::replication::RemoteResolveRequest;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info};
+
+use super::Replication;
+use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
+
+/// How often the target list is rebuilt.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Most addresses kept in the target list.
+const MAX_TARGETS: usize = 16;
+
+/// The follower's current target list, shared with the resolver task.
+#[derive(Default)]
+pub struct Targets {
+    list: Mutex<Vec<String>>,
+    /// Raised by the follower when no target worked.
+    none_work: Notify,
+}
+
+impl Targets {
+    pub fn list(&self) -> Vec<String> {
+        self.list.lock().expect("targets lock poisoned").clone()
+    }
+
+    pub fn report_none_work(&self) {
+        self.none_work.notify_one();
+    }
+}
+
+/// The candidates: heartbeat addresses first, then the stored primary address.
+pub fn candidates(replication: &Replication) -> Vec<String> {
+    let mut out = replication
+        .follower_status()
+        .known_primary_cluster_addrs
+        .clone();
+    if let Some(d) = replication.definition()
+        && !d.primary_cluster_addr.is_empty()
+    {
+        out.push(d.primary_cluster_addr);
+    }
+    dedup(out)
+}
+
+fn dedup(list: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in list {
+        if !a.is_empty() && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out.truncate(MAX_TARGETS);
+    out
+}
+
+/// Rebuilds `targets` until `stop`.
+pub async fn run(
+    replication: Arc<Replication>,
+    tls: TlsMaterial,
+    targets: Arc<Targets>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut resolve = true; // the first pass asks RemoteResolve
+    loop {
+        let mut list = candidates(&replication);
+        if resolve && let Some(active) = remote_resolve(&replication, &tls, &list).await {
+            list.insert(0, active);
+            list = dedup(list);
+        }
+        debug!(addresses = ?list, "loaded addresses");
+        *targets.list.lock().expect("targets lock poisoned") = list;
+        tokio::select! {
+            _ = tokio::time::sleep(RESOLVE_INTERVAL) => resolve = false,
+            _ = targets.none_work.notified() => resolve = true,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Asks each candidate in turn where the primary's active node is.
+async fn remote_resolve(
+    replication: &Replication,
+    tls: &TlsMaterial,
+    candidates: &[String],
+) -> Option<String> {
+    let secondary_id = replication.definition()?.secondary_id;
+    for address in candidates {
+        let Ok(mut c) = client(address, tls) else {
+            continue;
+        };
+        let call = c.remote_resolve(RemoteResolveRequest {
+            secondary_id: secondary_id.clone(),
+        });
+        if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
+            let active = reply.into_inner().address;
+            if !active.is_empty() {
+                info!(via = %address, active = %active, "resolved the primary's active node");
+                return Some(active);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,624 @@
+//! The replication service on the cluster port: what a primary serves its secondaries.
+//!
+//! Every call names the calling secondary. Apart from Activate (which checks the token), the
+//! primary serves only a secondary whose activation was completed and who presents the very
+//! certificate its token carried, so revoking a secondary cuts it off at its next call. Domain
+//! errors map to precise codes: a token or guard problem is `INVALID_ARGUMENT` or
+//! `FAILED_PRECONDITION` with a message naming it; a role problem is `FAILED_PRECONDITION`.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use ferry_proto::replication as pb;
+use ferry_proto::replication::replication_server::Replication as ReplicationRpc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+use super::definition::{CA_PATH, Mode, SECONDARIES_PREFIX, SecondaryRecord};
+use super::pki::{ReplicationCa, fingerprint_der};
+use super::snapshot::MerkleSnapshot;
+use super::token::{TokenClaims, TokenError};
+use super::{PeerStatus, Replication, unix_now, unix_now_ms};
+use crate::error::StoreError;
+use crate::etcd::{Scan, scan};
+use crate::keyspace::prefix_end;
+use crate::merkle::{Geometry, MerkleIndex, hash_path};
+use crate::path::PathClass;
+use crate::wal::reader::{WalRead, read_after, read_range};
+
+/// Most WAL entries in one streamed message (besides the byte bound of the reader).
+const SHIP_ENTRIES: usize = 512;
+/// Messages a WAL or sync stream buffers for a slow secondary before its task waits.
+const STREAM_BUFFER: usize = 4;
+/// An idle WAL stream sends an empty message this often, so both ends see it is alive.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(2);
+/// Keys per merkle-sync message.
+const SYNC_CHUNK_KEYS: usize = 256;
+/// Reads per etcd transaction when fetching values of selected keys.
+const SYNC_GETS_PER_TXN: usize = 64;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ReplicationService {
+    replication: Arc<Replication>,
+}
+
+impl ReplicationService {
+    pub fn new(replication: Arc<Replication>) -> Self {
+        Self { replication }
+    }
+
+    fn core(&self) -> &crate::core::Core {
+        &self.replication.core
+    }
+
+    /// This cluster must be a writable primary.
+    fn active_primary(&self) -> Result<(), Status> {
+        match self.replication.definition() {
+            Some(d) if d.mode == Mode::Primary && !d.demoted => Ok(()),
+            _ => Err(Status::failed_precondition(
+                "this cluster is not an active performance primary",
+            )),
+        }
+    }
+
+    /// This cluster must be a primary, active or demoted: a demoted primary goes on shipping what
+    /// it has, so that its secondaries can drain it before one of them is promoted.
+    fn serves_wal(&self) -> Result<(), Status> {
+        match self.replication.definition() {
+            Some(d) if d.mode == Mode::Primary || d.demoted => Ok(()),
+            _ => Err(Status::failed_precondition(
+                "this cluster is not a performance primary",
+            )),
+        }
+    }
+
+    /// The calling secondary must be activated and present the certificate issued to it.
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        secondary_id: &str,
+    ) -> Result<SecondaryRecord, Status> {
+        let record = load_secondary(&self.replication, secondary_id)
+            .await?
+            .filter(|r| r.activated_at.is_some())
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "secondary {secondary_id:?} is not activated with this replication set (revoked?)"
+                ))
+            })?;
+        check_certificate(request, &record)?;
+        Ok(record)
+    }
+
+    /// A caller that knows a higher epoch than ours fences this primary.
+    async fn check_epoch(&self, epoch: u64, from: &str) -> Result<(), Status> {
+        let own = self.core().stream().epoch;
+        if epoch > own {
+            self.replication.fence_by_epoch(epoch, from).await;
+            return Err(Status::failed_precondition(format!(
+                "this cluster's epoch {own} is older than {epoch}: it no longer acts as primary"
+            )));
+        }
+        Ok(())
+    }
+
+    fn own_address(&self) -> String {
+        self.replication.config.cluster_addr.clone()
+    }
+}
+
+async fn load_secondary(
+    replication: &Replication,
+    id: &str,
+) -> Result<Option<SecondaryRecord>, Status> {
+    let raw = replication
+        .gateway
+        .get(&format!("{SECONDARIES_PREFIX}{id}"))
+        .await
+        .map_err(Status::from)?;
+    raw.map(|raw| {
+        serde_json::from_slice(&raw)
+            .map_err(|e| Status::data_loss(format!("secondary record {id:?} is corrupt: {e}")))
+    })
+    .transpose()
+}
+
+/// Reads the replication CA from storage.
+pub async fn load_ca(replication: &Replication) -> Result<ReplicationCa, StoreError> {
+    let raw = replication.gateway.get(CA_PATH).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "the replication CA is missing at {CA_PATH}: this cluster has not received it yet"
+        ))
+    })?;
+    serde_json::from_slice(&raw).map_err(|e| {
+        StoreError::Corrupt(format!("the replication CA at {CA_PATH} is corrupt: {e}"))
+    })
+}
+
+fn check_certificate<T>(request: &Request<T>, record: &SecondaryRecord) -> Result<(), Status> {
+    let presented = request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| fingerprint_der(c.as_ref())));
+    if presented.as_deref() != Some(record.cert_fingerprint.as_str()) {
+        return Err(Status::permission_denied(format!(
+            "the client certificate is not the one issued to secondary {:?}",
+            record.id
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ReplicationRpc for ReplicationService {
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        let _guard = self.replication.control.lock().await;
+        self.active_primary()?;
+        let ca = load_ca(&self.replication).await?;
+        let claims = TokenClaims::verify_issued_by(&request.get_ref().token, &ca, unix_now())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = claims.secondary_id.clone();
+        let mut record = match load_secondary(&self.replication, &id).await? {
+            Some(r) if r.token_id == claims.token_id => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    TokenError::Revoked(id).to_string(),
+                ));
+            }
+        };
+        if record.activated_at.is_some() {
+            return Err(Status::invalid_argument(
+                TokenError::Replayed(id).to_string(),
+            ));
+        }
+        check_certificate(&request, &record)?;
+        record.activated_at = Some(unix_now());
+        let gateway = &self.replication.gateway;
+        gateway
+            .write(vec![gateway.op(
+                format!("{SECONDARIES_PREFIX}{id}"),
+                Some(serde_json::to_vec(&record).expect("record serialises")),
+            )])
+            .await?;
+        info!(secondary_id = %id, "activated a performance secondary");
+        Ok(Response::new(pb::ActivateResponse {
+            cluster_id: claims.cluster_id,
+            epoch: self.core().stream().epoch,
+            cluster_addrs: vec![self.own_address()],
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        self.check_epoch(req.epoch, &req.secondary_id).await?;
+        self.serves_wal()?;
+        let now = unix_now_ms();
+        self.replication
+            .peers
+            .lock()
+            .expect("peers lock poisoned")
+            .insert(
+                req.secondary_id.clone(),
+                PeerStatus {
+                    cluster_address: req.cluster_addr.clone(),
+                    last_heartbeat: Some(std::time::SystemTime::now()),
+                    clock_skew_ms: req.sent_at_ms as i64 - now as i64,
+                    last_remote_wal: req.last_remote_wal,
+                },
+            );
+        let definition = self
+            .replication
+            .definition()
+            .unwrap_or_else(|| unreachable!("a primary has a definition"));
+        Ok(Response::new(pb::HeartbeatResponse {
+            cluster_addrs: vec![self.own_address()],
+            epoch: self.core().stream().epoch,
+            last_wal: self.core().wal().last,
+            active: definition.mode == Mode::Primary && !definition.demoted,
+            cluster_id: definition.cluster_id,
+        }))
+    }
+
+    async fn remote_resolve(
+        &self,
+        request: Request<pb::RemoteResolveRequest>,
+    ) -> Result<Response<pb::RemoteResolveResponse>, Status> {
+        self.authenticate(&request, &request.get_ref().secondary_id)
+            .await?;
+        let address = match self.replication.definition() {
+            Some(d) if d.mode == Mode::Primary && !d.demoted => self.own_address(),
+            Some(d) if d.follows_primary() => {
+                let connected = self.replication.follower_status().connected_to.clone();
+                if connected.is_empty() {
+                    d.primary_cluster_addr
+                } else {
+                    connected
+                }
+            }
+            _ => {
+                return Err(Status::not_found(
+                    "this cluster neither is nor follows a primary",
+                ));
+            }
+        };
+        Ok(Response::new(pb::RemoteResolveResponse { address }))
+    }
+
+    type StreamWalsStream = ResponseStream<pb::StreamWalsResponse>;
+
+    async fn stream_wals(
+        &self,
+        request: Request<pb::StreamWalsRequest>,
+    ) -> Result<Response<Self::StreamWalsStream>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        self.check_epoch(req.epoch, &req.secondary_id).await?;
+        self.serves_wal()?;
+        let core = self.core();
+        let stream = core.stream();
+        if req.stream_id != stream.stream_id.0 {
+            return Err(Status::failed_precondition(
+                "no matching WALs available: the secondary followed another WAL stream",
+            ));
+        }
+        let after = req.after_index;
+        let root = if after == 0 {
+            MerkleIndex::new(core.index().geometry()).root()
+        } else {
+            let entries = read_range(&core.keyspace, &mut core.kv(), after, 1, usize::MAX).await?;
+            match entries.into_iter().next() {
+                Some(entry) => entry.merkle_root,
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "no matching WALs available: index {after} is no longer retained (oldest is {})",
+                        core.wal().first
+                    )));
+                }
+            }
+        };
+        if req.guard != root {
+            return Err(Status::failed_precondition(format!(
+                "non-matching guard at index {after}"
+            )));
+        }
+        debug!(secondary_id = %req.secondary_id, after, "streaming WALs");
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(ship(self.replication.clone(), stream.stream_id, after, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn merkle_pages(
+        &self,
+        request: Request<pb::MerklePagesRequest>,
+    ) -> Result<Response<pb::MerklePagesResponse>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        self.serves_wal()?;
+        let core = self.core();
+        let theirs = Geometry::new(req.pages, req.subpages_per_page)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let generation = self
+            .replication
+            .snapshots
+            .lock()
+            .expect("snapshots lock poisoned")
+            .next_generation();
+        let mut snapshot = {
+            let index = core.index();
+            if index.geometry() != theirs {
+                let ours = index.geometry();
+                return Err(Status::failed_precondition(format!(
+                    "merkle geometry differs: the primary has {} pages × {} subpages, the secondary {} × {}",
+                    ours.pages, ours.subpages_per_page, theirs.pages, theirs.subpages_per_page
+                )));
+            }
+            MerkleSnapshot::take(&index, generation, 0)
+        };
+        snapshot.revision = revision_of(core, snapshot.wal_index).await?;
+        let stream = core.stream();
+        let response = pb::MerklePagesResponse {
+            generation,
+            stream_id: stream.stream_id.0.to_vec(),
+            wal_index: snapshot.wal_index,
+            root: snapshot.root.to_vec(),
+            page_hashes: snapshot.page_hashes.clone(),
+            epoch: stream.epoch,
+        };
+        self.replication
+            .snapshots
+            .lock()
+            .expect("snapshots lock poisoned")
+            .insert(snapshot);
+        info!(secondary_id = %req.secondary_id, generation, wal_index = response.wal_index, "serving conflicting pages");
+        Ok(Response::new(response))
+    }
+
+    async fn merkle_subpages(
+        &self,
+        request: Request<pb::MerkleSubpagesRequest>,
+    ) -> Result<Response<pb::MerkleSubpagesResponse>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        let snapshot = self.snapshot(req.generation)?;
+        let subpage_hashes = snapshot
+            .subpage_hashes_of(&req.pages)
+            .map_err(Status::invalid_argument)?;
+        info!(secondary_id = %req.secondary_id, pages = req.pages.len(), "serving subpage hashes");
+        Ok(Response::new(pb::MerkleSubpagesResponse { subpage_hashes }))
+    }
+
+    type MerkleSyncStream = ResponseStream<pb::MerkleSyncResponse>;
+
+    async fn merkle_sync(
+        &self,
+        request: Request<pb::MerkleSyncRequest>,
+    ) -> Result<Response<Self::MerkleSyncStream>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        self.serves_wal()?;
+        let snapshot = self.snapshot(req.generation)?;
+        let subpages = snapshot.geometry.subpages();
+        if let Some(bad) = req.subpages.iter().find(|&&s| s >= subpages) {
+            return Err(Status::invalid_argument(format!(
+                "subpage {bad} is out of range (the index has {subpages})"
+            )));
+        }
+        let wanted: HashSet<u32> = req.subpages.iter().copied().collect();
+        let total = snapshot.keys_in(&req.subpages);
+        info!(secondary_id = %req.secondary_id, subpages = wanted.len(), keys = total, "serving merkle-sync");
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(serve_sync(
+            self.replication.clone(),
+            snapshot,
+            wanted,
+            total,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn announce_epoch(
+        &self,
+        request: Request<pb::AnnounceEpochRequest>,
+    ) -> Result<Response<pb::AnnounceEpochResponse>, Status> {
+        let req = request.get_ref();
+        self.authenticate(&request, &req.secondary_id).await?;
+        let fenced = self
+            .replication
+            .fence_by_epoch(req.epoch, &req.primary_cluster_addr)
+            .await;
+        Ok(Response::new(pb::AnnounceEpochResponse { fenced }))
+    }
+}
+
+impl ReplicationService {
+    fn snapshot(&self, generation: u64) -> Result<Arc<MerkleSnapshot>, Status> {
+        self.replication
+            .snapshots
+            .lock()
+            .expect("snapshots lock poisoned")
+            .get(generation)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "merkle snapshot {generation} expired; start the diff again"
+                ))
+            })
+    }
+}
+
+/// The etcd revision at which the data matches WAL index `index`: that of the entry's own
+/// transaction (the current revision when the WAL is empty).
+async fn revision_of(core: &crate::core::Core, index: u64) -> Result<i64, Status> {
+    let mut kv = core.kv();
+    let key = if index == 0 {
+        core.keyspace.stream()
+    } else {
+        core.keyspace.wal(index)
+    };
+    let resp = kv.get(key, None).await.map_err(StoreError::from)?;
+    if index == 0 {
+        return Ok(resp.header().map_or(0, |h| h.revision()));
+    }
+    resp.kvs()
+        .first()
+        .map(|kv| kv.mod_revision())
+        .ok_or_else(|| Status::unavailable(format!("WAL entry {index} vanished; retry")))
+}
+
+/// Ships WAL entries after `after` to one secondary until it goes away or this cluster stops
+/// being its primary.
+async fn ship(
+    replication: Arc<Replication>,
+    stream_id: crate::wal::record::StreamId,
+    mut after: u64,
+    tx: mpsc::Sender<Result<pb::StreamWalsResponse, Status>>,
+) {
+    let core = &replication.core;
+    let mut committed = core.watch_committed();
+    loop {
+        let still_primary =
+            matches!(replication.definition(), Some(d) if d.mode == Mode::Primary || d.demoted);
+        if !still_primary || core.stream().stream_id != stream_id {
+            let _ = tx
+                .send(Err(Status::failed_precondition(
+                    "this cluster stopped being the primary of this WAL stream",
+                )))
+                .await;
+            return;
+        }
+        committed.borrow_and_update();
+        let message = match read_after(core, after, SHIP_ENTRIES).await {
+            Ok(WalRead::Entries(entries)) if !entries.is_empty() => {
+                after = entries.last().expect("not empty").index;
+                pb::StreamWalsResponse {
+                    entries: entries.iter().map(|e| e.encode()).collect(),
+                    primary_last_wal: core.wal().last,
+                }
+            }
+            Ok(WalRead::Entries(_)) => {
+                match tokio::time::timeout(STREAM_KEEPALIVE, committed.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => pb::StreamWalsResponse {
+                        entries: Vec::new(),
+                        primary_last_wal: core.wal().last,
+                    },
+                }
+            }
+            Ok(WalRead::NotRetained { first }) => {
+                let _ = tx
+                    .send(Err(Status::failed_precondition(format!(
+                        "no matching WALs available: index {} is no longer retained (oldest is {first})",
+                        after + 1
+                    ))))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if tx.send(Ok(message)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Streams the primary's replicated keys in `wanted` subpages, as of the snapshot's revision.
+async fn serve_sync(
+    replication: Arc<Replication>,
+    snapshot: Arc<MerkleSnapshot>,
+    wanted: HashSet<u32>,
+    total: u64,
+    tx: mpsc::Sender<Result<pb::MerkleSyncResponse, Status>>,
+) {
+    let result = sync_chunks(&replication, &snapshot, &wanted, total, &tx).await;
+    if let Err(e) = result {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+async fn sync_chunks(
+    replication: &Replication,
+    snapshot: &MerkleSnapshot,
+    wanted: &HashSet<u32>,
+    total: u64,
+    tx: &mpsc::Sender<Result<pb::MerkleSyncResponse, Status>>,
+) -> Result<(), Status> {
+    let core = &replication.core;
+    let ks = &core.keyspace;
+    let geometry = snapshot.geometry;
+    let selects = |path: &str| {
+        core.classes.classify(path) == PathClass::Replicated
+            && wanted.contains(&geometry.subpage_of(&hash_path(path)))
+    };
+    // Most subpages wanted (a new secondary): read values along with the scan. Otherwise a
+    // keys-only scan, then the values of the selected keys.
+    let with_values = wanted.len() as u64 * 2 > u64::from(geometry.subpages());
+    let prefix = ks.data_prefix();
+    let end = prefix_end(&prefix);
+    let mut from = prefix.into_bytes();
+    let mut first = true;
+    let mut kv = core.kv();
+    loop {
+        let mut chunk: Vec<pb::KeyValue> = Vec::new();
+        let mut next = None;
+        scan(
+            &mut kv,
+            from.clone(),
+            end.clone(),
+            Scan {
+                revision: snapshot.revision,
+                keys_only: !with_values,
+                page: 2000,
+            },
+            |item| {
+                let Some(path) = ks.path_of(item.key()) else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                if selects(path) {
+                    chunk.push(pb::KeyValue {
+                        key: path.to_owned(),
+                        value: item.value().to_vec(),
+                    });
+                    if chunk.len() >= SYNC_CHUNK_KEYS {
+                        let mut after = item.key().to_vec();
+                        after.push(0);
+                        next = Some(after);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("merkle-sync read failed: {e}")))?;
+        if !with_values {
+            fetch_values(core, snapshot.revision, &mut chunk).await?;
+        }
+        let done = next.is_none();
+        if !chunk.is_empty() || first {
+            let message = pb::MerkleSyncResponse {
+                total_keys: if first { total } else { 0 },
+                keys: chunk,
+            };
+            first = false;
+            if tx.send(Ok(message)).await.is_err() {
+                return Ok(());
+            }
+        }
+        match next {
+            Some(n) if !done => from = n,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Fills in the values of `chunk`'s keys as of `revision`.
+async fn fetch_values(
+    core: &crate::core::Core,
+    revision: i64,
+    chunk: &mut [pb::KeyValue],
+) -> Result<(), Status> {
+    let mut kv = core.kv();
+    for part in chunk.chunks_mut(SYNC_GETS_PER_TXN) {
+        let gets: Vec<TxnOp> = part
+            .iter()
+            .map(|item| {
+                TxnOp::get(
+                    core.keyspace.data(&item.key),
+                    Some(GetOptions::new().with_revision(revision)),
+                )
+            })
+            .collect();
+        let resp = kv
+            .txn(Txn::new().and_then(gets))
+            .await
+            .map_err(|e| Status::unavailable(format!("merkle-sync read failed: {e}")))?;
+        for (item, op) in part.iter_mut().zip(resp.op_responses()) {
+            if let TxnOpResponse::Get(get) = op
+                && let Some(found) = get.kvs().first()
+            {
+                item.value = found.value().to_vec();
+            }
+        }
+    }
+    Ok(())
+}
