@@ -6,9 +6,11 @@
 //! stops it on drop; readiness is polled, never slept for.
 
 pub mod etcd;
+pub mod http;
 pub mod inspect;
 pub mod ports;
 pub mod process;
+pub mod region;
 pub mod sidecar;
 
 use std::time::{Duration, Instant};

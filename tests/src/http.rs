@@ -1,0 +1,102 @@
+//! A small JSON-over-HTTP/1.1 client for the replication API (and, later, the Vault API).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client of one HTTP base address such as `http://127.0.0.1:8202`.
+#[derive(Clone)]
+pub struct JsonClient {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response: status code and JSON body (`Null` when empty).
+#[derive(Clone, Debug)]
+pub struct JsonResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl JsonResponse {
+    /// The first of Vault's `errors`, or an empty string.
+    pub fn error(&self) -> String {
+        self.body["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Fails unless the status is 2xx.
+    pub fn ok(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (200..300).contains(&self.status),
+            "HTTP {}: {}",
+            self.status,
+            self.body
+        );
+        Ok(self)
+    }
+}
+
+impl JsonClient {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<JsonResponse> {
+        self.request("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<JsonResponse> {
+        self.request("POST", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    /// Sends raw bytes as the body, for malformed-input tests.
+    pub async fn post_raw(&self, path: &str, body: &[u8]) -> anyhow::Result<JsonResponse> {
+        self.request("POST", path, Some(body.to_vec())).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<JsonResponse> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .with_context(|| format!("{method} {path} timed out"))?
+            .with_context(|| format!("{method} {path} failed"))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{method} {path}: body is not JSON: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })?
+        };
+        Ok(JsonResponse { status, body })
+    }
+}
