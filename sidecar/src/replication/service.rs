@@ -278,18 +278,25 @@ impl ReplicationRpc for ReplicationService {
             ));
         }
         let after = req.after_index;
+        let position = core.wal();
+        let not_retained = || {
+            Status::failed_precondition(format!(
+                "no matching WALs available: index {after} is not retained (this primary holds {} to {})",
+                position.first, position.last
+            ))
+        };
         let root = if after == 0 {
             MerkleIndex::new(core.index().geometry()).root()
+        } else if after < position.first || after > position.last {
+            return Err(not_retained());
         } else {
-            let entries = read_range(&core.keyspace, &mut core.kv(), after, 1, usize::MAX).await?;
+            // The GC may trim between the check and the read: a gap means "not retained".
+            let entries = read_range(&core.keyspace, &mut core.kv(), after, 1, usize::MAX)
+                .await
+                .map_err(|_| not_retained())?;
             match entries.into_iter().next() {
-                Some(entry) => entry.merkle_root,
-                None => {
-                    return Err(Status::failed_precondition(format!(
-                        "no matching WALs available: index {after} is no longer retained (oldest is {})",
-                        core.wal().first
-                    )));
-                }
+                Some(entry) if entry.index == after => entry.merkle_root,
+                _ => return Err(not_retained()),
             }
         };
         if req.guard != root {
