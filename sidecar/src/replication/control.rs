@@ -293,7 +293,21 @@ impl Replication {
             }
         };
         let (definition, addrs) = match (token, addrs) {
-            (Some(token), None) if !token.trim().is_empty() => activate(&token).await?,
+            (Some(token), None) if !token.trim().is_empty() => {
+                // Moving to another replication set would need a wipe: disable, then enable.
+                let claims =
+                    TokenClaims::verify(&token, unix_now()).map_err(|e| invalid(e.to_string()))?;
+                if claims.cluster_id != current.cluster_id {
+                    return Err(invalid(
+                        TokenError::Foreign(format!(
+                            "{}; this secondary belongs to {}",
+                            claims.cluster_id, current.cluster_id
+                        ))
+                        .to_string(),
+                    ));
+                }
+                activate(&token).await?
+            }
             (None, Some(addrs)) if !addrs.is_empty() => {
                 if addrs.len() > MAX_PRIMARY_ADDRS {
                     return Err(invalid(format!(
