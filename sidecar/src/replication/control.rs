@@ -611,7 +611,7 @@ async fn announce(
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
