@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use crate::etcd::EtcdServer;
 use crate::http::{JsonClient, JsonResponse};
-use crate::ports::free_port;
 use crate::sidecar::{Sidecar, SidecarOptions};
 use crate::wait_for;
 
@@ -38,16 +37,12 @@ impl Region {
 
     /// Starts a sidecar named `name` on an existing etcd.
     pub async fn start_on(name: &str, etcd: EtcdServer, extra: &[&str]) -> anyhow::Result<Self> {
-        let cluster_port = free_port();
-        let api_port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut options = SidecarOptions::new(name, &format!("{name}-node"));
-        for a in port_args(cluster_port, api_port)
-            .into_iter()
-            .chain(extra.clone())
-        {
+        for a in base_args().into_iter().chain(extra.clone()) {
             options = options.arg(a);
         }
+        let (cluster_port, api_port) = (options.cluster_port, options.api_port);
         let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
         let region = Self {
             name: name.into(),
@@ -83,10 +78,7 @@ impl Region {
     /// Restarts the sidecar with `extra` flags instead of the ones it had.
     pub async fn restart_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
-        let args = port_args(self.cluster_port, self.api_port)
-            .into_iter()
-            .chain(self.extra.clone())
-            .collect();
+        let args = base_args().into_iter().chain(self.extra.clone()).collect();
         self.sidecar.restart_with(args).await?;
         self.wait_api().await
     }
@@ -199,12 +191,9 @@ impl Region {
     }
 }
 
-fn port_args(cluster_port: u16, api_port: u16) -> Vec<String> {
-    vec![
-        format!("--cluster-listen=127.0.0.1:{cluster_port}"),
-        format!("--api-addr=127.0.0.1:{api_port}"),
-        "--heartbeat-interval-ms=500".into(),
-    ]
+/// Flags every region's sidecar gets: heartbeats often enough for tests to see them.
+fn base_args() -> Vec<String> {
+    vec!["--heartbeat-interval-ms=500".into()]
 }
 
 /// A primary and a secondary named `east`, connected and streaming.

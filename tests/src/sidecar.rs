@@ -11,6 +11,7 @@ use ferry_proto::storage::{StatusRequest, StatusResponse};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::ports::free_port;
 use crate::process::Process;
 use crate::wait_for;
 
@@ -37,6 +38,9 @@ pub struct SidecarOptions {
     pub args: Vec<String>,
     /// How long start-up (fence, recovery) may take.
     pub ready_timeout: Duration,
+    /// Loopback ports for the cluster port and the replication API, free when chosen.
+    pub cluster_port: u16,
+    pub api_port: u16,
 }
 
 impl SidecarOptions {
@@ -46,6 +50,8 @@ impl SidecarOptions {
             node_id: node_id.into(),
             args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
+            cluster_port: free_port(),
+            api_port: free_port(),
         }
     }
 
@@ -92,6 +98,11 @@ impl Sidecar {
             .arg(format!("--cluster={}", self.options.cluster))
             .arg(format!("--node-id={}", self.options.node_id))
             .arg(format!("--storage-socket={}", self.socket().display()))
+            .arg(format!(
+                "--cluster-listen=127.0.0.1:{}",
+                self.options.cluster_port
+            ))
+            .arg(format!("--api-addr=127.0.0.1:{}", self.options.api_port))
             .args(&self.options.args)
             .env(
                 "FERRY_LOG",
@@ -223,6 +234,10 @@ impl Sidecar {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    pub fn options(&self) -> &SidecarOptions {
+        &self.options
     }
 
     pub fn pid(&self) -> Option<u32> {
