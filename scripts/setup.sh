@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# etcdctl: the benchmarks compare with `etcdctl make-mirror`.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
@@ -17,4 +19,5 @@ fi
 
 # Both must answer now: a broken install fails here, not in the middle of a test.
 etcd --version >/dev/null
+etcdctl version >/dev/null
 protoc --version >/dev/null

@@ -27,17 +27,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferry_proto::replication as pb;
 use ferry_proto::replication::replication_client::ReplicationClient;
+use prost::Message as _;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use super::Replication;
 use super::applied::Applied;
 use super::definition::PRIMARY_ADDRS_PATH;
 use super::resolver::{self, Targets};
 use super::snapshot::{conflicting_pages, conflicting_subpages};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
+use super::{ReconcileReport, Replication};
 use crate::commit::WriteOp;
 use crate::error::StoreError;
 use crate::etcd::{Scan, get, scan};
@@ -484,14 +485,20 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
         s.sync_progress = 0;
         s.sync_total_keys = 0;
     }
+    let started = Instant::now();
     let geometry = core.index().geometry();
-    let pages = timeout(client.merkle_pages(pb::MerklePagesRequest {
+    let request = pb::MerklePagesRequest {
         secondary_id: id.clone(),
         pages: geometry.pages,
         subpages_per_page: geometry.subpages_per_page,
-    }))
-    .await?
-    .into_inner();
+    };
+    let mut report = ReconcileReport {
+        round_trips: 1,
+        locate_bytes: request.encoded_len() as u64,
+        ..ReconcileReport::default()
+    };
+    let pages = timeout(client.merkle_pages(request)).await?.into_inner();
+    report.locate_bytes += pages.encoded_len() as u64;
     let stream_id = StreamId(
         pages
             .stream_id
@@ -503,13 +510,15 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
     let subpages = if conflicting.is_empty() {
         Vec::new()
     } else {
-        let hashes = timeout(client.merkle_subpages(pb::MerkleSubpagesRequest {
+        let request = pb::MerkleSubpagesRequest {
             secondary_id: id.clone(),
             generation: pages.generation,
             pages: conflicting.clone(),
-        }))
-        .await?
-        .into_inner();
+        };
+        report.round_trips += 1;
+        report.locate_bytes += request.encoded_len() as u64;
+        let hashes = timeout(client.merkle_subpages(request)).await?.into_inner();
+        report.locate_bytes += hashes.encoded_len() as u64;
         conflicting_subpages(&core.index(), &conflicting, &hashes.subpage_hashes)
             .map_err(End::Failed)?
     };
@@ -520,8 +529,18 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
         conflicting_subpages = subpages.len(),
         "merkle-diff done"
     );
+    report.conflicting_pages = conflicting.len() as u64;
+    report.conflicting_subpages = subpages.len() as u64;
     if !subpages.is_empty() {
-        sync(replication, client, &id, pages.generation, &subpages).await?;
+        sync(
+            replication,
+            client,
+            &id,
+            pages.generation,
+            &subpages,
+            &mut report,
+        )
+        .await?;
     }
     let root = core.index().root();
     if root.as_slice() != pages.root.as_slice() {
@@ -538,9 +557,13 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
         .gateway
         .apply(Vec::new(), Some(applied.encode()))
         .await?;
+    report.wal_index = pages.wal_index;
+    report.seconds = started.elapsed().as_secs_f64();
+    info!(?report, "merkle reconciliation done");
     let mut s = replication.follower_status();
     s.last_remote_wal = pages.wal_index;
     s.primary_epoch = s.primary_epoch.max(pages.epoch);
+    s.last_reconcile = Some(report);
     Ok(())
 }
 
@@ -551,6 +574,7 @@ async fn sync(
     id: &str,
     generation: u64,
     subpages: &[u32],
+    report: &mut ReconcileReport,
 ) -> Result<(), End> {
     let core = &replication.core;
     replication.follower_status().state = "merkle-sync";
@@ -572,6 +596,7 @@ async fn sync(
             replication.follower_status().sync_total_keys = chunk.total_keys;
         }
         let received = chunk.keys.len() as u64;
+        report.keys_received += received;
         for kv in chunk.keys {
             stale.remove(&kv.key);
             let same = core.index().value_of(&hash_path(&kv.key)) == Some(hash_value(&kv.value));
@@ -607,7 +632,8 @@ async fn sync(
             .collect();
         flush(replication, &mut ops).await?;
     }
-    info!(written, deleted, "merkle-sync done");
+    report.keys_written = written;
+    report.keys_deleted = deleted as u64;
     Ok(())
 }
 

@@ -87,6 +87,27 @@ pub struct FollowerStatus {
     pub last_error: Option<String>,
     /// Merkle reconciliations run since start.
     pub merkle_syncs: u64,
+    /// What the last completed reconciliation did.
+    pub last_reconcile: Option<ReconcileReport>,
+}
+
+/// One merkle reconciliation, as the follower measured it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReconcileReport {
+    /// Calls made to locate the conflicts: 1 when the page hashes agree, else 2.
+    pub round_trips: u32,
+    /// Protobuf bytes of those calls, both directions.
+    pub locate_bytes: u64,
+    pub conflicting_pages: u64,
+    pub conflicting_subpages: u64,
+    /// Keys the primary sent, and how many of them were written or deleted here.
+    pub keys_received: u64,
+    pub keys_written: u64,
+    pub keys_deleted: u64,
+    /// The primary's WAL index the reconciliation reached.
+    pub wal_index: u64,
+    /// From the first diff call to the applied record being stored.
+    pub seconds: f64,
 }
 
 /// What a primary knows of one secondary from its heartbeats.

@@ -82,6 +82,9 @@ impl Replication {
         fields.insert("sync_progress".into(), json!(follower.sync_progress));
         fields.insert("sync_total_keys".into(), json!(follower.sync_total_keys));
         fields.insert("merkle_syncs".into(), json!(follower.merkle_syncs));
+        if let Some(report) = &follower.last_reconcile {
+            fields.insert("last_reconcile".into(), json!(report));
+        }
         fields.insert("primary_last_wal".into(), json!(follower.primary_last_wal));
         if definition.demoted {
             fields.insert("demoted".into(), json!(true));
