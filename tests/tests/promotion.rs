@@ -86,12 +86,16 @@ async fn a_planned_switchover_loses_no_acknowledged_write() -> anyhow::Result<()
     }
     b.put("logical/on-b", b"new primary").await?;
 
-    // The old primary and the other secondary follow B by address, without new tokens.
+    // The old primary follows B by address, without a new token. The other secondary is told
+    // nothing: A no longer serves it, so it asks A's RemoteResolve and finds B by itself.
     let addrs = json!({ "update_primary_addrs": [b.cluster_addr()] });
-    a.call("secondary/update-primary", addrs.clone())
-        .await?
-        .ok()?;
-    c.call("secondary/update-primary", addrs).await?.ok()?;
+    a.call("secondary/update-primary", addrs).await?.ok()?;
+    let status = c
+        .wait_status("the other secondary to find the new primary", |s| {
+            s["known_primary_cluster_addrs"][0] == b.cluster_addr().as_str()
+        })
+        .await?;
+    assert_eq!(status["mode"], "secondary");
     for follower in [&a, &c] {
         let status = follower.wait_caught_up(&b).await?;
         assert_eq!(status["merkle_root"], b.status().await?["merkle_root"]);

@@ -387,18 +387,26 @@ impl Replication {
             stream_id: StreamId::random(),
             epoch: self.core.stream().epoch.max(known).max(applied_epoch) + 1,
         };
-        // Stop following before this cluster starts writing as primary.
+        // Stop following, and settle what the follower already launched, before this cluster
+        // starts a new stream; if that fails, go back to following.
         self.adopt(Some(ClusterDefinition {
             demoted: true,
             ..definition.clone()
         }));
-        self.core
-            .fenced([etcd_client::TxnOp::put(
-                self.core.keyspace.stream(),
-                stream.encode(),
-                None,
-            )])
-            .await?;
+        let started = async {
+            drop(self.core.commits.pause().await?);
+            self.core
+                .fenced([etcd_client::TxnOp::put(
+                    self.core.keyspace.stream(),
+                    stream.encode(),
+                    None,
+                )])
+                .await
+        };
+        if let Err(e) = started.await {
+            self.adopt(Some(definition));
+            return Err(e.into());
+        }
         self.core.set_stream(stream);
         let old_primaries = super::resolver::candidates(self);
         let promoted = ClusterDefinition {
