@@ -136,11 +136,17 @@ async fn a_primary_that_learns_of_a_higher_epoch_refuses_writes() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forced_promotion_fences_the_old_primary_when_it_returns() -> anyhow::Result<()> {
-    let (mut a, b) = primary_and_secondary(&[]).await?;
+async fn a_forced_promotion_fences_the_old_primary_and_keeps_its_unshipped_writes()
+-> anyhow::Result<()> {
+    let (mut a, mut b) = primary_and_secondary(&[]).await?;
     a.put("logical/f/1", b"1").await?;
     b.wait_caught_up(&a).await?;
+    // A write the secondary never receives: it is down, then the primary is lost.
+    b.sidecar.kill();
+    a.put("logical/f/unshipped", b"only on a").await?;
+    a.put("logical/f/1", b"changed on a").await?;
     a.sidecar.kill();
+    b.restart().await?;
 
     let reply = b.call("secondary/promote", json!({})).await?;
     assert_eq!(reply.status, 400);
@@ -151,6 +157,7 @@ async fn a_forced_promotion_fences_the_old_primary_when_it_returns() -> anyhow::
         .await?
         .ok()?;
     assert_eq!(b.get("logical/f/1").await?.as_deref(), Some(&b"1"[..]));
+    b.put("logical/f/on-b", b"b").await?;
 
     // The old primary comes back believing it is primary; the new one tells it otherwise.
     a.restart().await?;
@@ -160,5 +167,34 @@ async fn a_forced_promotion_fences_the_old_primary_when_it_returns() -> anyhow::
     .await?;
     let err = a.put("logical/f/2", b"2").await.unwrap_err();
     assert!(format!("{err:#}").contains("read-only"), "{err:#}");
+
+    // It follows the new primary; what only it had is kept aside, not dropped.
+    a.call(
+        "secondary/update-primary",
+        json!({ "update_primary_addrs": [b.cluster_addr()] }),
+    )
+    .await?
+    .ok()?;
+    let status = a.wait_caught_up(&b).await?;
+    assert_eq!(
+        status["last_reconcile"]["keys_kept_aside"].as_u64(),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(a.get("logical/f/unshipped").await?, None);
+    assert_eq!(a.get("logical/f/1").await?.as_deref(), Some(&b"1"[..]));
+    assert_eq!(a.get("logical/f/on-b").await?.as_deref(), Some(&b"b"[..]));
+    assert_eq!(
+        a.get("core/local/unshipped/e1/logical/f/unshipped")
+            .await?
+            .as_deref(),
+        Some(&b"only on a"[..])
+    );
+    assert_eq!(
+        a.get("core/local/unshipped/e1/logical/f/1")
+            .await?
+            .as_deref(),
+        Some(&b"changed on a"[..])
+    );
     Ok(())
 }

@@ -114,6 +114,7 @@ impl Replication {
             secondary_id: member.clone(),
             demoted: false,
             fenced_by_epoch: None,
+            keep_aside_epoch: None,
             ca_cert_pem: ca.key.cert_pem.clone(),
             identity,
         };
@@ -240,9 +241,10 @@ impl Replication {
     /// `performance/primary/disable`: replication off; secondaries can no longer connect.
     pub async fn disable_primary(self: &Arc<Self>) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
-        match self.definition() {
-            Some(d) if d.mode == Mode::Primary || d.demoted => {}
-            _ => return Err(invalid("this cluster is not a performance primary")),
+        if self.active_primary().is_err() {
+            return Err(invalid(
+                "this cluster is not an active performance primary (a demoted primary is disabled with secondary/disable)",
+            ));
         }
         let g = &self.gateway;
         let members = g.list(SECONDARIES_PREFIX).await?;
@@ -322,7 +324,7 @@ impl Replication {
                     primary_cluster_addr: addrs[0].clone(),
                     demoted: false,
                     fenced_by_epoch: None,
-                    ..current
+                    ..current.clone()
                 };
                 (definition, addrs)
             }
@@ -333,9 +335,19 @@ impl Replication {
             }
             _ => return Err(invalid("either token or update_primary_addrs is required")),
         };
+        // A former primary may hold writes the new primary never received: the first
+        // reconciliation keeps what it replaces aside instead of dropping it.
+        let keep_aside = current
+            .demoted
+            .then(|| self.core.stream().epoch)
+            .or(current.keep_aside_epoch);
+        let definition = ClusterDefinition {
+            keep_aside_epoch: keep_aside,
+            ..definition
+        };
         self.store_primary_addrs(addrs).await?;
         self.persist(Some(definition)).await?;
-        info!("following a new primary");
+        info!(keep_aside = ?keep_aside, "following a new primary");
         Ok(())
     }
 
@@ -343,7 +355,7 @@ impl Replication {
     pub async fn disable_secondary(self: &Arc<Self>) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
         match self.definition() {
-            Some(d) if d.mode == Mode::Secondary && !d.demoted => {}
+            Some(d) if d.mode == Mode::Secondary => {}
             _ => return Err(invalid("this cluster is not a performance secondary")),
         }
         self.persist(None).await?;
@@ -416,6 +428,7 @@ impl Replication {
             secondary_id: definition.secondary_id.clone(),
             demoted: false,
             fenced_by_epoch: None,
+            keep_aside_epoch: None,
             ca_cert_pem: ca.key.cert_pem.clone(),
             identity: definition.identity.clone(),
         };
@@ -585,6 +598,7 @@ async fn activate(token: &str) -> Result<(ClusterDefinition, Vec<String>), Contr
         secondary_id: claims.secondary_id,
         demoted: false,
         fenced_by_epoch: None,
+        keep_aside_epoch: None,
         ca_cert_pem: claims.ca_cert_pem,
         identity: claims.client,
     };

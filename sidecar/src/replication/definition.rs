@@ -7,6 +7,8 @@
 //! core/primary-addrs/perf (local)                  the primary's cluster addresses, from heartbeats
 //! core/perf-replication/ca (replicated)            the replication CA, certificate and key
 //! core/perf-replication/secondaries/<id> (repl.)   SecondaryRecord: one activation token's state
+//! core/local/unshipped/e<epoch>/<path> (local)     a former primary's values its first
+//!                                                  reconciliation replaced, kept for operators
 //! ```
 //!
 //! The CA and the secondary records are replicated on purpose: after a promotion the new primary
@@ -22,6 +24,8 @@ pub const DR_DEFINITION_PATH: &str = "core/cluster/replicated-dr/info";
 pub const PRIMARY_ADDRS_PATH: &str = "core/primary-addrs/perf";
 pub const CA_PATH: &str = "core/perf-replication/ca";
 pub const SECONDARIES_PREFIX: &str = "core/perf-replication/secondaries/";
+/// Where a former primary keeps what its first reconciliation replaced (local, never shipped).
+pub const UNSHIPPED_PREFIX: &str = "core/local/unshipped/";
 
 /// Longest secondary id accepted.
 pub const MAX_SECONDARY_ID_BYTES: usize = 128;
@@ -53,6 +57,12 @@ pub struct ClusterDefinition {
     /// Why writes stopped, when a higher epoch was learned of.
     #[serde(default)]
     pub fenced_by_epoch: Option<u64>,
+    /// A former primary now following another: until its first reconciliation is done, every
+    /// replicated key that reconciliation replaces or deletes is copied first to the local path
+    /// `core/local/unshipped/e<epoch>/<path>`, so that writes the new primary never received are
+    /// kept for an operator to see rather than dropped.
+    #[serde(default)]
+    pub keep_aside_epoch: Option<u64>,
     /// The replication CA certificate this cluster trusts.
     pub ca_cert_pem: String,
     /// This cluster's certificate and key for the cluster port.

@@ -34,7 +34,7 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::applied::Applied;
-use super::definition::PRIMARY_ADDRS_PATH;
+use super::definition::{PRIMARY_ADDRS_PATH, UNSHIPPED_PREFIX};
 use super::resolver::{self, Targets};
 use super::snapshot::{conflicting_pages, conflicting_subpages};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
@@ -531,16 +531,15 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
     );
     report.conflicting_pages = conflicting.len() as u64;
     report.conflicting_subpages = subpages.len() as u64;
+    let keep_aside = replication.definition().and_then(|d| d.keep_aside_epoch);
     if !subpages.is_empty() {
-        sync(
-            replication,
-            client,
-            &id,
-            pages.generation,
-            &subpages,
-            &mut report,
-        )
-        .await?;
+        let target = SyncTarget {
+            id: &id,
+            generation: pages.generation,
+            subpages: &subpages,
+            keep_aside,
+        };
+        sync(replication, client, target, &mut report).await?;
     }
     let root = core.index().root();
     if root.as_slice() != pages.root.as_slice() {
@@ -557,6 +556,11 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
         .gateway
         .apply(Vec::new(), Some(applied.encode()))
         .await?;
+    if keep_aside.is_some() {
+        replication
+            .store_definition(|d| d.keep_aside_epoch = None)
+            .await?;
+    }
     report.wal_index = pages.wal_index;
     report.seconds = started.elapsed().as_secs_f64();
     info!(?report, "merkle reconciliation done");
@@ -567,30 +571,33 @@ async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(),
     Ok(())
 }
 
-/// Copies the primary's keys in `subpages` and deletes the local ones it lacks there.
+/// What one merkle-sync fetches.
+struct SyncTarget<'a> {
+    id: &'a str,
+    generation: u64,
+    subpages: &'a [u32],
+    /// Set on a former primary: copy what is replaced aside first (see `definition`).
+    keep_aside: Option<u64>,
+}
+
+/// Copies the primary's keys in the target's subpages and deletes the local ones it lacks there.
 async fn sync(
     replication: &Replication,
     client: &mut Client,
-    id: &str,
-    generation: u64,
-    subpages: &[u32],
+    target: SyncTarget<'_>,
     report: &mut ReconcileReport,
 ) -> Result<(), End> {
     let core = &replication.core;
     replication.follower_status().state = "merkle-sync";
-    let mut stale = local_keys_in(replication, subpages).await?;
+    let mut stale = local_keys_in(replication, target.subpages).await?;
     let mut chunks = timeout(client.merkle_sync(pb::MerkleSyncRequest {
-        secondary_id: id.to_owned(),
-        generation,
-        subpages: subpages.to_vec(),
+        secondary_id: target.id.to_owned(),
+        generation: target.generation,
+        subpages: target.subpages.to_vec(),
     }))
     .await?
     .into_inner();
-    let max_ops = core.limits.max_batch_ops;
-    let max_bytes = core.limits.max_batch_bytes;
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    let mut written = 0u64;
+    let mut batch = Batcher::new(replication, target.keep_aside);
     while let Some(chunk) = chunks.message().await? {
         if chunk.total_keys > 0 {
             replication.follower_status().sync_total_keys = chunk.total_keys;
@@ -599,52 +606,92 @@ async fn sync(
         report.keys_received += received;
         for kv in chunk.keys {
             stale.remove(&kv.key);
-            let same = core.index().value_of(&hash_path(&kv.key)) == Some(hash_value(&kv.value));
-            if same {
+            let local = core.index().value_of(&hash_path(&kv.key));
+            if local == Some(hash_value(&kv.value)) {
                 continue;
             }
-            let size = kv.key.len() + kv.value.len();
-            if !batch.is_empty() && (batch.len() >= max_ops || bytes + size > max_bytes) {
-                written += flush(replication, &mut batch).await?;
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(WriteOp {
-                key: kv.key,
-                value: Some(kv.value),
-                class: PathClass::Replicated,
-            });
+            batch.push(kv.key, Some(kv.value), local.is_some()).await?;
         }
         replication.follower_status().sync_progress += received;
     }
-    written += flush(replication, &mut batch).await?;
-    let deleted = stale.len();
     let mut stale: Vec<String> = stale.into_iter().collect();
     stale.sort_unstable();
-    for part in stale.chunks(max_ops) {
-        let mut ops: Vec<WriteOp> = part
-            .iter()
-            .map(|key| WriteOp {
-                key: key.clone(),
-                value: None,
-                class: PathClass::Replicated,
-            })
-            .collect();
-        flush(replication, &mut ops).await?;
+    report.keys_deleted = stale.len() as u64;
+    for key in stale {
+        batch.push(key, None, true).await?;
     }
-    report.keys_written = written;
-    report.keys_deleted = deleted as u64;
+    batch.flush().await?;
+    report.keys_written = batch.written;
+    report.keys_kept_aside = batch.kept_aside;
     Ok(())
 }
 
-async fn flush(replication: &Replication, batch: &mut Vec<WriteOp>) -> Result<u64, End> {
-    if batch.is_empty() {
-        return Ok(0);
+/// Groups a merkle-sync's writes into transactions of bounded size.
+struct Batcher<'r> {
+    replication: &'r Replication,
+    keep_aside: Option<u64>,
+    ops: Vec<WriteOp>,
+    bytes: usize,
+    /// Puts made (deletes are counted by the caller).
+    written: u64,
+    kept_aside: u64,
+}
+
+impl<'r> Batcher<'r> {
+    fn new(replication: &'r Replication, keep_aside: Option<u64>) -> Self {
+        Self {
+            replication,
+            keep_aside,
+            ops: Vec::new(),
+            bytes: 0,
+            written: 0,
+            kept_aside: 0,
+        }
     }
-    let ops = std::mem::take(batch);
-    let n = ops.len() as u64;
-    replication.gateway.apply(ops, None).await?;
-    Ok(n)
+
+    /// Adds a put (or, with `value` `None`, a delete) of `key`; `exists` says whether the key
+    /// is present here, so that a former primary keeps its current value aside first.
+    async fn push(&mut self, key: String, value: Option<Vec<u8>>, exists: bool) -> Result<(), End> {
+        let limits = self.replication.core.limits;
+        let put = value.is_some();
+        let mut ops = Vec::with_capacity(2);
+        if let (Some(epoch), true) = (self.keep_aside, exists)
+            && let Some(old) = self.replication.gateway.get(&key).await?
+        {
+            ops.push(WriteOp {
+                key: format!("{UNSHIPPED_PREFIX}e{epoch}/{key}"),
+                value: Some(old),
+                class: PathClass::Local,
+            });
+            self.kept_aside += 1;
+        }
+        ops.push(WriteOp {
+            key,
+            value,
+            class: PathClass::Replicated,
+        });
+        let size: usize = ops.iter().map(WriteOp::txn_bytes).sum();
+        if !self.ops.is_empty()
+            && (self.ops.len() + ops.len() > limits.max_batch_ops
+                || self.bytes + size > limits.max_batch_bytes)
+        {
+            self.flush().await?;
+        }
+        self.bytes += size;
+        self.written += u64::from(put);
+        self.ops.extend(ops);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        self.bytes = 0;
+        self.replication.gateway.apply(ops, None).await?;
+        Ok(())
+    }
 }
 
 /// This cluster's replicated keys that fall into `subpages`.

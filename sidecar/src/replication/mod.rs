@@ -104,6 +104,8 @@ pub struct ReconcileReport {
     pub keys_received: u64,
     pub keys_written: u64,
     pub keys_deleted: u64,
+    /// Former values copied aside under `core/local/unshipped/` (a former primary only).
+    pub keys_kept_aside: u64,
     /// The primary's WAL index the reconciliation reached.
     pub wal_index: u64,
     /// From the first diff call to the applied record being stored.
@@ -256,6 +258,27 @@ impl Replication {
             .write(vec![self.gateway.op(DEFINITION_PATH.into(), value)])
             .await?;
         self.adopt(definition);
+        Ok(())
+    }
+
+    /// Stores a changed definition without re-adopting it (the follower keeps running): for
+    /// bookkeeping the follower itself does.
+    pub(crate) async fn store_definition(
+        &self,
+        change: impl FnOnce(&mut ClusterDefinition),
+    ) -> Result<(), StoreError> {
+        let _guard = self.control.lock().await;
+        let Some(mut definition) = self.definition() else {
+            return Ok(());
+        };
+        change(&mut definition);
+        self.gateway
+            .write(vec![self.gateway.op(
+                DEFINITION_PATH.into(),
+                Some(serde_json::to_vec(&definition).expect("definition serialises")),
+            )])
+            .await?;
+        *self.definition.lock().expect("definition lock poisoned") = Some(definition);
         Ok(())
     }
 
