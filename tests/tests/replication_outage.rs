@@ -25,6 +25,12 @@ async fn a_secondary_serves_reads_while_the_primary_is_down_then_reconnects() ->
     );
     let known = status["known_primary_cluster_addrs"].clone();
     assert_eq!(known[0], primary.cluster_addr(), "{status}");
+    // The addresses are persisted (local storage) for the next start.
+    let stored = secondary
+        .get("core/primary-addrs/perf")
+        .await?
+        .unwrap_or_default();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&stored)?, known);
 
     primary.restart().await?;
     primary.put("logical/o/after", b"2").await?;

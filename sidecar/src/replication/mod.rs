@@ -162,6 +162,12 @@ impl Replication {
             Some(raw) => serde_json::from_slice::<Vec<String>>(&raw).unwrap_or_default(),
             None => Vec::new(),
         };
+        // Until the follower streams again, status reports the index stored as applied.
+        let last_remote_wal =
+            match crate::etcd::get(&mut core.kv(), &core.keyspace.applied()).await? {
+                Some(kv) => applied::Applied::decode(kv.value()).map_or(0, |a| a.index),
+                None => 0,
+            };
         let replication = Arc::new(Self {
             core,
             gateway,
@@ -174,6 +180,7 @@ impl Replication {
                 state: "idle",
                 connection_state: "idle",
                 known_primary_cluster_addrs: known,
+                last_remote_wal,
                 ..FollowerStatus::default()
             }),
             peers: Mutex::new(BTreeMap::new()),
