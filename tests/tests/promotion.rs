@@ -132,6 +132,18 @@ async fn a_primary_that_learns_of_a_higher_epoch_refuses_writes() -> anyhow::Res
     let err = a.put("logical/e/2", b"2").await.unwrap_err();
     assert!(format!("{err:#}").contains("read-only"), "{err:#}");
     b.put("logical/e/2", b"from b").await?;
+
+    // B (epoch 2) leaves this set and joins a new one whose primary is at epoch 1: its old
+    // epoch belongs to the old set and must not fence the new primary.
+    b.call("primary/disable", json!({})).await?.ok()?;
+    let d = Region::start("south", &[]).await?;
+    d.enable_primary().await?;
+    b.follow(&d, "b").await?;
+    d.put("logical/d/1", b"d").await?;
+    b.wait_caught_up(&d).await?;
+    let status = d.status().await?;
+    assert_eq!(status["mode"], "primary", "{status}");
+    d.put("logical/d/2", b"still writable").await?;
     Ok(())
 }
 

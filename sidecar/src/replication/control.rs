@@ -273,6 +273,14 @@ impl Replication {
             )));
         }
         let (definition, addrs) = activate(&token).await?;
+        // Whatever this cluster applied before belonged to another replication set.
+        self.core
+            .fenced([etcd_client::TxnOp::delete(
+                self.core.keyspace.applied(),
+                None,
+            )])
+            .await?;
+        self.follower_status().primary_epoch = 0;
         self.store_primary_addrs(addrs).await?;
         self.persist(Some(definition)).await?;
         info!("enabled performance replication as secondary");

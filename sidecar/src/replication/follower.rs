@@ -234,7 +234,9 @@ fn heartbeat_request(replication: &Replication) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
         secondary_id: secondary_id(replication),
         cluster_addr: replication.config.cluster_addr.clone(),
-        epoch: replication.core.stream().epoch.max(status.primary_epoch),
+        // The epoch of this replication set as far as we know it (our own stream's epoch may
+        // come from an earlier life of this cluster and means nothing to this primary).
+        epoch: status.primary_epoch,
         last_remote_wal: status.last_remote_wal,
         sent_at_ms: super::unix_now_ms(),
     }
@@ -357,7 +359,10 @@ async fn stream(
         stream_id: position.stream_id.0.to_vec(),
         after_index: position.index,
         guard: core.index().root().to_vec(),
-        epoch: core.stream().epoch.max(position.epoch),
+        epoch: replication
+            .follower_status()
+            .primary_epoch
+            .max(position.epoch),
     };
     info!(after = position.index, "requesting WAL stream");
     let mut messages = match timeout(client.stream_wals(request)).await {
