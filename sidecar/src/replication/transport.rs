@@ -105,7 +105,7 @@ pub async fn serve(
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming(listener), async move {
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = stop_all.changed() => {}
@@ -120,6 +120,19 @@ pub async fn serve(
             return Ok(());
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: WAL shipments are small and latency-bound,
+/// and tonic sets `TCP_NODELAY` only on listeners it binds itself.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Binds `listen`, retrying briefly: a server just stopped may still hold the port.
