@@ -13,13 +13,25 @@
 //!   Both must arrive at the root the sidecar had before the crash.
 //! * `memory`: the merkle index's own accounting at the largest key count, cross-checked with
 //!   the process's resident set against a sidecar of an empty cluster.
+//! * `replication`: a primary and a secondary region, each on its own etcd.
+//!   - Lag from a put acknowledged on the primary to its put event on the secondary's etcd, p50
+//!     and p99 at 500 and 2,000 puts a second from an open-loop writer, against `etcdctl
+//!     make-mirror` between two etcd servers driven the same way; 500/s runs again at the end
+//!     for the noise.
+//!   - Catch-up: the secondary is killed while 64 writers put on the primary for `--seconds`;
+//!     its apply rate when it streams the backlog against the primary's write rate (no merkle
+//!     pass allowed).
+//!   - Merkle reconciliation at the largest `--keys` count: the initial full copy, then 10,
+//!     1,000 and 100,000 keys overwritten while the secondary was down and its WAL collected
+//!     (at most a tenth of the keys with `--quick`): round trips, bytes to locate the
+//!     conflicts, time against the full copy, keys written.
 //!
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
-//! Flags: `--seconds N` (measured time per write case, default 5), `--keys 100000,1000000`
-//! (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only write|recovery|memory` (comma
-//! separated for several).
+//! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
+//! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
+//! write|recovery|memory|replication` (comma separated for several; all by default).
 
 mod args;
 mod common;
@@ -27,6 +39,7 @@ mod harness;
 mod memory;
 mod procfs;
 mod recovery;
+mod replication;
 mod report;
 mod write;
 
@@ -37,6 +50,7 @@ use anyhow::Context;
 
 use crate::args::{Args, Bench, parse_args};
 use crate::recovery::recovery_bench;
+use crate::replication::replication_bench;
 use crate::report::Report;
 use crate::write::write_bench;
 
@@ -50,6 +64,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         recovery_bench(args, report)
             .await
             .context("recovery/memory benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Replication) {
+        replication_bench(args, report)
+            .await
+            .context("replication benchmark failed")?;
     }
     Ok(())
 }
@@ -82,7 +101,7 @@ async fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "ferry-bench: {:?}, {}s per write case, keys {:?}, {} CPUs",
+        "ferry-bench: {:?}, {}s per write and lag case, keys {:?}, {} CPUs",
         args.only,
         args.seconds,
         args.keys,

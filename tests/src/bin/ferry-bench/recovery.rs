@@ -32,17 +32,58 @@ fn put_op(key: String, value: Vec<u8>) -> Operation {
     }
 }
 
-/// Writes `keys` keys through `Batch` requests of [`FILL_BATCH`] puts from [`FILLERS`] tasks.
+/// The key the fill writes as its `i`th.
+pub fn fill_key(i: u64) -> String {
+    format!("logical/bench/fill/{}/k{i}", i / 10_000)
+}
+
+/// Writes `keys` keys ([`fill_key`], [`value_for`]) through `Batch` requests.
 async fn fill(sidecar: &Sidecar, keys: u64) -> anyhow::Result<f64> {
+    let written = write_batches(sidecar, keys, "fill", |i| (fill_key(i), value_for(i))).await?;
+    Ok(written.seconds)
+}
+
+/// What [`write_batches`] did.
+pub struct Written {
+    pub seconds: f64,
+    /// Batch requests that failed and were sent again, and the first error.
+    pub retries: u64,
+    pub first_error: Option<String>,
+}
+
+/// Batch attempts that fail before the writing fails.
+const ATTEMPTS: u64 = 8;
+/// Failed attempts printed one by one; the rest are only counted.
+const PRINTED_FAILURES: u64 = 5;
+
+/// Writes the puts `put(0..count)` through `Batch` requests of [`FILL_BATCH`] puts from
+/// [`FILLERS`] tasks, with progress on stderr every 10 s. A failed batch is sent again (up to
+/// [`ATTEMPTS`] times); how many were is returned and printed.
+pub async fn write_batches<F>(
+    sidecar: &Sidecar,
+    count: u64,
+    what: &'static str,
+    put: F,
+) -> anyhow::Result<Written>
+where
+    F: Fn(u64) -> (String, Vec<u8>) + Send + Sync + 'static,
+{
+    let keys = count;
+    let put = Arc::new(put);
     let batches = keys.div_ceil(FILL_BATCH);
     let next = Arc::new(AtomicU64::new(0));
     let written = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..FILLERS {
         let mut storage = sidecar.storage();
         let next = next.clone();
         let written = written.clone();
+        let retries = retries.clone();
+        let first_error = first_error.clone();
+        let put = put.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let b = next.fetch_add(1, Ordering::Relaxed);
@@ -53,10 +94,8 @@ async fn fill(sidecar: &Sidecar, keys: u64) -> anyhow::Result<f64> {
                 let n = range.end - range.start;
                 let operations: Vec<Operation> = range
                     .map(|i| {
-                        put_op(
-                            format!("logical/bench/fill/{}/k{i}", i / 10_000),
-                            value_for(i),
-                        )
+                        let (key, value) = put(i);
+                        put_op(key, value)
                     })
                     .collect();
                 let mut attempt = 0;
@@ -69,11 +108,19 @@ async fn fill(sidecar: &Sidecar, keys: u64) -> anyhow::Result<f64> {
                         .await
                     {
                         Ok(_) => break,
-                        Err(e) if attempt < 5 => {
-                            eprintln!("fill: batch {b} failed (attempt {attempt}), retrying: {e}");
-                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        Err(e) if attempt < ATTEMPTS => {
+                            first_error
+                                .lock()
+                                .expect("error lock")
+                                .get_or_insert_with(|| e.message().to_owned());
+                            if retries.fetch_add(1, Ordering::Relaxed) < PRINTED_FAILURES {
+                                eprintln!(
+                                    "{what}: batch {b} failed (attempt {attempt}), retrying: {e}"
+                                );
+                            }
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                         }
-                        Err(e) => bail!("fill: batch {b} failed {attempt} times: {e}"),
+                        Err(e) => bail!("{what}: batch {b} failed {attempt} times: {e}"),
                     }
                 }
                 written.fetch_add(n, Ordering::Relaxed);
@@ -92,18 +139,29 @@ async fn fill(sidecar: &Sidecar, keys: u64) -> anyhow::Result<f64> {
                     let done = written.load(Ordering::Relaxed);
                     let secs = started.elapsed().as_secs_f64();
                     eprintln!(
-                        "fill: {done}/{keys} keys in {secs:.0}s ({:.0} keys/s)",
+                        "{what}: {done}/{keys} keys in {secs:.0}s ({:.0} keys/s)",
                         done as f64 / secs
                     );
                 }
             }
         }
     }
-    Ok(started.elapsed().as_secs_f64())
+    let retries = retries.load(Ordering::Relaxed);
+    if retries > 0 {
+        eprintln!("{what}: {retries} failed batch requests were sent again");
+    }
+    let first_error = first_error.lock().expect("error lock").take();
+    Ok(Written {
+        seconds: started.elapsed().as_secs_f64(),
+        retries,
+        first_error,
+    })
 }
 
 /// Waits for every task; the first error wins.
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>) -> anyhow::Result<()> {
+pub async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+) -> anyhow::Result<()> {
     let mut first_error = None;
     for task in tasks {
         let result = match task.await {

@@ -17,6 +17,8 @@ pub const RESULTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/be
 pub enum Target {
     /// value / baseline at least this.
     RatioAtLeast(f64),
+    /// value / baseline at most this.
+    RatioAtMost(f64),
     /// value at most this.
     AtMost(f64),
 }
@@ -25,6 +27,7 @@ impl Target {
     fn describe(&self, unit: &str) -> String {
         match self {
             Target::RatioAtLeast(r) => format!("≥{r}×"),
+            Target::RatioAtMost(r) => format!("≤{r}×"),
             Target::AtMost(v) => format!("≤{v} {unit}"),
         }
     }
@@ -84,6 +87,7 @@ impl Row {
     fn met(&self) -> Option<bool> {
         match self.target? {
             Target::RatioAtLeast(r) => self.ratio().map(|ratio| ratio >= r),
+            Target::RatioAtMost(r) => self.ratio().map(|ratio| ratio <= r),
             Target::AtMost(v) => Some(self.value <= v),
         }
     }
@@ -255,8 +259,9 @@ pub fn round(x: f64) -> f64 {
 
 fn format_value(v: f64, unit: &str) -> String {
     match unit {
-        "ops/s" | "keys/s" | "entries" => format!("{v:.0}"),
+        "ops/s" | "keys/s" | "entries" | "keys" | "round trips" => format!("{v:.0}"),
         "s" => format!("{v:.3}"),
+        "ms" => format!("{v:.2}"),
         "%" => format!("{v:.1}"),
         _ => format!("{v:.1}"),
     }
