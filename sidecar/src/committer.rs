@@ -82,6 +82,8 @@ struct Flight {
     keys: HashSet<String>,
     staged: Option<Staged>,
     entry: Option<EntryMeta>,
+    /// The group's WAL entry as written, for the shippers' cache.
+    encoded: Option<Arc<[u8]>>,
     /// Kept to send again only when groups can overtake one another (more than one in flight).
     txn: Option<Txn>,
     sends: u32,
@@ -270,7 +272,7 @@ impl Committer {
             }
         }
         let mut compares = vec![fence];
-        let (mut staged, mut entry) = (None, None);
+        let (mut staged, mut entry, mut encoded) = (None, None, None);
         if !wal_ops.is_empty() {
             let (last, cumulative) = match self.window.iter().rev().find_map(|f| f.entry) {
                 Some(e) => (e.index, e.cumulative),
@@ -304,7 +306,9 @@ impl Committer {
                     0,
                 ));
             }
-            ops.push(TxnOp::put(ks.wal(index), record.encode(), None));
+            let bytes = record.encode();
+            encoded = Some(Arc::from(bytes.as_slice()));
+            ops.push(TxnOp::put(ks.wal(index), bytes, None));
             entry = Some(EntryMeta {
                 index,
                 cumulative: cumulative + len,
@@ -324,6 +328,7 @@ impl Committer {
             keys,
             staged,
             entry,
+            encoded,
             txn,
             sends: 1,
             handle,
@@ -418,6 +423,13 @@ impl Committer {
                 let mut merkle = self.core.index();
                 merkle.commit(flight.staged.expect("staged with the entry"));
                 merkle.set_lsn(entry.index);
+            }
+            if let Some(encoded) = flight.encoded {
+                self.core
+                    .recent
+                    .lock()
+                    .expect("recent entries lock poisoned")
+                    .push(entry.index, encoded);
             }
             self.core
                 .update_wal(|pos| pos.append(entry.index, entry.cumulative, entry.len));

@@ -57,6 +57,8 @@ pub struct Core {
     wal: Mutex<WalPosition>,
     /// The WAL index up to which every merkle subpage is flushed, once one is stored.
     checkpoint: Mutex<Option<u64>>,
+    /// The newest committed WAL entries, encoded, for WAL shippers.
+    pub recent: Mutex<crate::wal::recent::RecentEntries>,
     /// The committer's queue: writes, and pauses that line etcd up with the index.
     pub commits: CommitQueue,
     /// Held by a flush round, and by a reindex while it swaps the index.
@@ -92,6 +94,9 @@ impl Core {
             wal: Mutex::new(wal),
             checkpoint: Mutex::new(checkpoint),
             commits,
+            recent: Mutex::new(crate::wal::recent::RecentEntries::new(
+                crate::wal::recent::DEFAULT_RECENT_BYTES,
+            )),
             flush_gate: tokio::sync::Mutex::new(()),
         }
     }

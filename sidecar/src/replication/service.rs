@@ -31,7 +31,7 @@ use crate::etcd::{Scan, scan};
 use crate::keyspace::prefix_end;
 use crate::merkle::{Geometry, MerkleIndex, hash_path};
 use crate::path::PathClass;
-use crate::wal::reader::{WalRead, read_after, read_range};
+use crate::wal::reader::{MAX_SHIP_BYTES, WalRead, read_after, read_range};
 
 /// Most WAL entries in one streamed message (besides the byte bound of the reader).
 const SHIP_ENTRIES: usize = 512;
@@ -470,6 +470,24 @@ async fn ship(
             return;
         }
         committed.borrow_and_update();
+        let cached = core
+            .recent
+            .lock()
+            .expect("recent entries lock poisoned")
+            .after(after, SHIP_ENTRIES, MAX_SHIP_BYTES);
+        if let Some(entries) = cached
+            && !entries.is_empty()
+        {
+            after += entries.len() as u64;
+            let message = pb::StreamWalsResponse {
+                entries: entries.iter().map(|e| e.to_vec()).collect(),
+                primary_last_wal: core.wal().last,
+            };
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let message = match read_after(core, after, SHIP_ENTRIES).await {
             Ok(WalRead::Entries(entries)) if !entries.is_empty() => {
                 after = entries.last().expect("not empty").index;

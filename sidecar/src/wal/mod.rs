@@ -2,6 +2,7 @@
 
 pub mod gc;
 pub mod reader;
+pub mod recent;
 pub mod record;
 
 use record::StreamId;
