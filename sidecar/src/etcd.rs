@@ -40,12 +40,70 @@ impl Default for Scan {
     }
 }
 
-/// Reads every key in `[start, end)` in key order, page by page, all at one revision, calling
-/// `each` on each until it breaks. Returns the revision read.
-///
-/// Pages grow towards [`TARGET_PAGE_BYTES`] once the first shows how big entries are: etcd 3.4
-/// walks its index over the whole rest of the range for every limited request, so a scan of `N`
-/// keys in pages of `P` costs `N²/2P`, and small pages make a million-key scan minutes long.
+/// Reads a key range page by page at one revision: the pages grow towards
+/// [`TARGET_PAGE_BYTES`] from `scan.page` keys, so that large ranges take few round trips (and
+/// etcd 3.4, whose ranges with a limit cost as much as the rest of the range, is not asked too
+/// often).
+pub struct Pages {
+    from: Vec<u8>,
+    end: Vec<u8>,
+    scan: Scan,
+    done: bool,
+}
+
+impl Pages {
+    pub fn new(start: Vec<u8>, end: Vec<u8>, scan: Scan) -> Self {
+        Self {
+            from: start,
+            end,
+            scan,
+            done: false,
+        }
+    }
+
+    /// The revision read (pinned by the first page when the scan asked for 0).
+    pub fn revision(&self) -> i64 {
+        self.scan.revision
+    }
+
+    /// The next page, or `None` at the end of the range.
+    pub async fn next(&mut self, kv: &mut KvClient) -> Result<Option<Vec<KeyValue>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut opts = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(self.scan.page)
+            .with_revision(self.scan.revision);
+        if self.scan.keys_only {
+            opts = opts.with_keys_only();
+        }
+        let mut resp = kv.get(self.from.clone(), Some(opts)).await?;
+        if self.scan.revision == 0 {
+            self.scan.revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        let Some(last) = kvs.last() else {
+            self.done = true;
+            return Ok(None);
+        };
+        let bytes: usize = kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len() + 32)
+            .sum();
+        let per_key = (bytes / kvs.len()).max(1);
+        self.scan.page =
+            ((TARGET_PAGE_BYTES / per_key) as i64).clamp(self.scan.page, MAX_PAGE_KEYS);
+        self.from = last.key().to_vec();
+        self.from.push(0);
+        self.done = !more;
+        Ok(Some(kvs))
+    }
+}
+
+/// Calls `each` on every key in `[start, end)` in order, until it breaks; see [`Pages`].
+/// Returns the revision read.
 pub async fn scan(
     kv: &mut KvClient,
     start: Vec<u8>,
@@ -53,43 +111,15 @@ pub async fn scan(
     scan: Scan,
     mut each: impl FnMut(KeyValue) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<i64, StoreError> {
-    let mut from = start;
-    let mut revision = scan.revision;
-    let mut page = scan.page;
-    loop {
-        let mut opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(page)
-            .with_revision(revision);
-        if scan.keys_only {
-            opts = opts.with_keys_only();
-        }
-        let mut resp = kv.get(from.clone(), Some(opts)).await?;
-        if revision == 0 {
-            revision = resp.header().map_or(0, |h| h.revision());
-        }
-        let more = resp.more();
-        let kvs = resp.take_kvs();
-        let Some(last) = kvs.last() else {
-            return Ok(revision);
-        };
-        let bytes: usize = kvs
-            .iter()
-            .map(|kv| kv.key().len() + kv.value().len() + 32)
-            .sum();
-        let per_key = (bytes / kvs.len()).max(1);
-        page = ((TARGET_PAGE_BYTES / per_key) as i64).clamp(scan.page, MAX_PAGE_KEYS);
-        from = last.key().to_vec();
-        from.push(0);
-        for kv in kvs {
+    let mut pages = Pages::new(start, end, scan);
+    while let Some(page) = pages.next(kv).await? {
+        for kv in page {
             if each(kv)?.is_break() {
-                return Ok(revision);
+                return Ok(pages.revision());
             }
         }
-        if !more {
-            return Ok(revision);
-        }
     }
+    Ok(pages.revision())
 }
 
 /// Reads one key's value.

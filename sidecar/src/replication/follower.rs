@@ -43,7 +43,7 @@ use crate::commit::WriteOp;
 use crate::error::StoreError;
 use crate::etcd::{Scan, get, scan};
 use crate::keyspace::prefix_end;
-use crate::merkle::{hash_path, hash_value};
+use crate::merkle::{PathHash, hash_path, hash_value};
 use crate::path::PathClass;
 use crate::wal::record::{StreamId, WalEntry};
 
@@ -594,7 +594,15 @@ async fn sync(
 ) -> Result<(), End> {
     let core = &replication.core;
     replication.follower_status().state = "merkle-sync";
-    let mut stale = local_keys_in(replication, target.subpages).await?;
+    // The local keys there, by path hash; those the primary does not send are deleted.
+    let mut stale: HashSet<PathHash> = {
+        let index = core.index();
+        target
+            .subpages
+            .iter()
+            .flat_map(|&s| index.leaves(s).iter().map(|leaf| leaf.path))
+            .collect()
+    };
     let mut chunks = timeout(client.merkle_sync(pb::MerkleSyncRequest {
         secondary_id: target.id.to_owned(),
         generation: target.generation,
@@ -610,7 +618,7 @@ async fn sync(
         let received = chunk.keys.len() as u64;
         report.keys_received += received;
         for kv in chunk.keys {
-            stale.remove(&kv.key);
+            stale.remove(&hash_path(&kv.key));
             let local = core.index().value_of(&hash_path(&kv.key));
             if local == Some(hash_value(&kv.value)) {
                 continue;
@@ -619,7 +627,12 @@ async fn sync(
         }
         replication.follower_status().sync_progress += received;
     }
-    let mut stale: Vec<String> = stale.into_iter().collect();
+    // Only when there is something to delete: find the paths of those hashes.
+    let mut stale = if stale.is_empty() {
+        Vec::new()
+    } else {
+        paths_of(replication, &stale).await?
+    };
     stale.sort_unstable();
     report.keys_deleted = stale.len() as u64;
     for key in stale {
@@ -699,17 +712,15 @@ impl<'r> Batcher<'r> {
     }
 }
 
-/// This cluster's replicated keys that fall into `subpages`.
-async fn local_keys_in(
+/// The paths of this cluster's replicated keys whose hashes are in `hashes`: a keys-only scan.
+async fn paths_of(
     replication: &Replication,
-    subpages: &[u32],
-) -> Result<HashSet<String>, End> {
+    hashes: &HashSet<PathHash>,
+) -> Result<Vec<String>, End> {
     let core = &replication.core;
     let ks = &core.keyspace;
-    let geometry = core.index().geometry();
-    let wanted: HashSet<u32> = subpages.iter().copied().collect();
     let prefix = ks.data_prefix();
-    let mut keys = HashSet::new();
+    let mut paths = Vec::new();
     scan(
         &mut core.kv(),
         prefix.clone().into_bytes(),
@@ -722,15 +733,15 @@ async fn local_keys_in(
         |kv| {
             if let Some(path) = ks.path_of(kv.key())
                 && core.classes.classify(path) == PathClass::Replicated
-                && wanted.contains(&geometry.subpage_of(&hash_path(path)))
+                && hashes.contains(&hash_path(path))
             {
-                keys.insert(path.to_owned());
+                paths.push(path.to_owned());
             }
             Ok(ControlFlow::Continue(()))
         },
     )
     .await?;
-    Ok(keys)
+    Ok(paths)
 }
 
 /// Used by `control`: checks a primary answers, and returns its heartbeat reply.

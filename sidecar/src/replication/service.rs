@@ -7,7 +7,6 @@
 //! `FAILED_PRECONDITION` with a message naming it; a role problem is `FAILED_PRECONDITION`.
 
 use std::collections::HashSet;
-use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,7 @@ use super::snapshot::MerkleSnapshot;
 use super::token::{TokenClaims, TokenError};
 use super::{PeerStatus, Replication, unix_now, unix_now_ms};
 use crate::error::StoreError;
-use crate::etcd::{Scan, scan};
+use crate::etcd::{Pages, Scan};
 use crate::keyspace::prefix_end;
 use crate::merkle::{Geometry, MerkleIndex, hash_path};
 use crate::path::PathClass;
@@ -39,8 +38,9 @@ const SHIP_ENTRIES: usize = 512;
 const STREAM_BUFFER: usize = 4;
 /// An idle WAL stream sends an empty message this often, so both ends see it is alive.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(2);
-/// Keys per merkle-sync message.
-const SYNC_CHUNK_KEYS: usize = 256;
+/// Most keys, and about the most key and value bytes, per merkle-sync message.
+const SYNC_CHUNK_KEYS: usize = 1024;
+const SYNC_CHUNK_BYTES: usize = 1024 * 1024;
 /// Reads per etcd transaction when fetching values of selected keys.
 const SYNC_GETS_PER_TXN: usize = 64;
 
@@ -558,61 +558,84 @@ async fn sync_chunks(
     // keys-only scan, then the values of the selected keys.
     let with_values = wanted.len() as u64 * 2 > u64::from(geometry.subpages());
     let prefix = ks.data_prefix();
-    let end = prefix_end(&prefix);
-    let mut from = prefix.into_bytes();
-    let mut first = true;
+    let mut pages = Pages::new(
+        prefix.clone().into_bytes(),
+        prefix_end(&prefix),
+        Scan {
+            revision: snapshot.revision,
+            keys_only: !with_values,
+            page: 2000,
+        },
+    );
     let mut kv = core.kv();
-    loop {
-        let mut chunk: Vec<pb::KeyValue> = Vec::new();
-        let mut next = None;
-        scan(
-            &mut kv,
-            from.clone(),
-            end.clone(),
-            Scan {
-                revision: snapshot.revision,
-                keys_only: !with_values,
-                page: 2000,
-            },
-            |item| {
-                let Some(path) = ks.path_of(item.key()) else {
-                    return Ok(ControlFlow::Continue(()));
-                };
-                if selects(path) {
-                    chunk.push(pb::KeyValue {
-                        key: path.to_owned(),
-                        value: item.value().to_vec(),
-                    });
-                    if chunk.len() >= SYNC_CHUNK_KEYS {
-                        let mut after = item.key().to_vec();
-                        after.push(0);
-                        next = Some(after);
-                        return Ok(ControlFlow::Break(()));
-                    }
-                }
-                Ok(ControlFlow::Continue(()))
-            },
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("merkle-sync read failed: {e}")))?;
-        if !with_values {
-            fetch_values(core, snapshot.revision, &mut chunk).await?;
-        }
-        let done = next.is_none();
-        if !chunk.is_empty() || first {
-            let message = pb::MerkleSyncResponse {
-                total_keys: if first { total } else { 0 },
-                keys: chunk,
+    let mut chunk = Chunk::new(total);
+    let read_failed = |e: StoreError| Status::unavailable(format!("merkle-sync read failed: {e}"));
+    while let Some(page) = pages.next(&mut kv).await.map_err(read_failed)? {
+        for item in page {
+            let Some(path) = ks.path_of(item.key()).filter(|p| selects(p)) else {
+                continue;
             };
-            first = false;
-            if tx.send(Ok(message)).await.is_err() {
+            chunk.push(pb::KeyValue {
+                key: path.to_owned(),
+                value: item.value().to_vec(),
+            });
+            if chunk.full() && !chunk.send(core, with_values, snapshot.revision, tx).await? {
                 return Ok(());
             }
         }
-        match next {
-            Some(n) if !done => from = n,
-            _ => return Ok(()),
+    }
+    chunk.send(core, with_values, snapshot.revision, tx).await?;
+    Ok(())
+}
+
+/// The keys of one merkle-sync message, bounded by count and bytes.
+struct Chunk {
+    keys: Vec<pb::KeyValue>,
+    bytes: usize,
+    /// Sent in the first message only.
+    total: Option<u64>,
+}
+
+impl Chunk {
+    fn new(total: u64) -> Self {
+        Self {
+            keys: Vec::new(),
+            bytes: 0,
+            total: Some(total),
         }
+    }
+
+    fn push(&mut self, kv: pb::KeyValue) {
+        self.bytes += kv.key.len() + kv.value.len();
+        self.keys.push(kv);
+    }
+
+    fn full(&self) -> bool {
+        self.keys.len() >= SYNC_CHUNK_KEYS || self.bytes >= SYNC_CHUNK_BYTES
+    }
+
+    /// Sends what is gathered (the first message even when empty); false when the secondary
+    /// went away.
+    async fn send(
+        &mut self,
+        core: &crate::core::Core,
+        with_values: bool,
+        revision: i64,
+        tx: &mpsc::Sender<Result<pb::MerkleSyncResponse, Status>>,
+    ) -> Result<bool, Status> {
+        if self.keys.is_empty() && self.total.is_none() {
+            return Ok(true);
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        self.bytes = 0;
+        if !with_values {
+            fetch_values(core, revision, &mut keys).await?;
+        }
+        let message = pb::MerkleSyncResponse {
+            total_keys: self.total.take().unwrap_or(0),
+            keys,
+        };
+        Ok(tx.send(Ok(message)).await.is_ok())
     }
 }
 
