@@ -122,7 +122,13 @@ impl Committer {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         loop {
             let command = match self.held.take() {
-                Some(c) => c,
+                Some(c) if self.window.len() < MAX_IN_FLIGHT => c,
+                Some(c) => {
+                    // The window is full: settle before launching what was held back.
+                    self.held = Some(c);
+                    self.settle_next().await;
+                    continue;
+                }
                 None if self.window.is_empty() => tokio::select! {
                     c = self.queue.recv() => match c {
                         Some(c) => c,

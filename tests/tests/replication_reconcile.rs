@@ -103,3 +103,33 @@ async fn keys_tampered_in_a_secondarys_etcd_are_repaired() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_reconciles_with_a_primary_whose_history_etcd_compacted() -> anyhow::Result<()>
+{
+    let retention = ["--wal-retain-entries=5", "--wal-gc-interval-ms=50"];
+    let (primary, mut secondary) = primary_and_secondary(&retention).await?;
+    secondary.sidecar.kill();
+    for i in 0..30 {
+        primary.put(&format!("logical/c/{i}"), b"v").await?;
+    }
+    primary
+        .sidecar
+        .wait_status("the WAL to be trimmed", |s| s.first_wal > 10)
+        .await?;
+    // The primary then stays idle while etcd compacts its history (local writes, such as
+    // tokens, move the revision on past its last WAL entry).
+    primary.put("sys/token/id/local", b"x").await?;
+    let mut etcd = primary.etcd.client().await?;
+    let revision = etcd.get("/", None).await?.header().unwrap().revision();
+    etcd.compact(revision, None).await?;
+
+    secondary.restart().await?;
+    let status = secondary.wait_caught_up(&primary).await?;
+    assert_eq!(status["merkle_syncs"].as_u64(), Some(1), "{status}");
+    assert_eq!(
+        secondary.get("logical/c/29").await?.as_deref(),
+        Some(&b"v"[..])
+    );
+    Ok(())
+}

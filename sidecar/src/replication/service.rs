@@ -41,6 +41,8 @@ const STREAM_KEEPALIVE: Duration = Duration::from_secs(2);
 /// Most keys, and about the most key and value bytes, per merkle-sync message.
 const SYNC_CHUNK_KEYS: usize = 1024;
 const SYNC_CHUNK_BYTES: usize = 1024 * 1024;
+/// Snapshots tried while writes go on before the committer is held for one.
+const SNAPSHOT_ATTEMPTS: usize = 5;
 /// Reads per etcd transaction when fetching values of selected keys.
 const SYNC_GETS_PER_TXN: usize = 64;
 
@@ -326,18 +328,14 @@ impl ReplicationRpc for ReplicationService {
             .lock()
             .expect("snapshots lock poisoned")
             .next_generation();
-        let mut snapshot = {
-            let index = core.index();
-            if index.geometry() != theirs {
-                let ours = index.geometry();
-                return Err(Status::failed_precondition(format!(
-                    "merkle geometry differs: the primary has {} pages × {} subpages, the secondary {} × {}",
-                    ours.pages, ours.subpages_per_page, theirs.pages, theirs.subpages_per_page
-                )));
-            }
-            MerkleSnapshot::take(&index, generation, 0)
-        };
-        snapshot.revision = revision_of(core, snapshot.wal_index).await?;
+        let ours = core.index().geometry();
+        if ours != theirs {
+            return Err(Status::failed_precondition(format!(
+                "merkle geometry differs: the primary has {} pages × {} subpages, the secondary {} × {}",
+                ours.pages, ours.subpages_per_page, theirs.pages, theirs.subpages_per_page
+            )));
+        }
+        let snapshot = take_snapshot(core, generation).await?;
         let stream = core.stream();
         let response = pb::MerklePagesResponse {
             generation,
@@ -429,23 +427,46 @@ impl ReplicationService {
     }
 }
 
-/// The etcd revision at which the data matches WAL index `index`: that of the entry's own
-/// transaction (the current revision when the WAL is empty).
-async fn revision_of(core: &crate::core::Core, index: u64) -> Result<i64, Status> {
-    let mut kv = core.kv();
-    let key = if index == 0 {
-        core.keyspace.stream()
-    } else {
-        core.keyspace.wal(index)
-    };
-    let resp = kv.get(key, None).await.map_err(StoreError::from)?;
-    if index == 0 {
-        return Ok(resp.header().map_or(0, |h| h.revision()));
+/// The current etcd revision, provided the data there still matches WAL index `index` (no
+/// later entry has committed); `None` otherwise. The current revision rather than that of the
+/// entry's own transaction: an idle primary's last entry can be older than etcd's compaction
+/// window, and a sync reading there would fail for ever.
+async fn revision_at(core: &crate::core::Core, index: u64) -> Result<Option<i64>, Status> {
+    let later = core
+        .kv()
+        .get(
+            core.keyspace.wal(index + 1),
+            Some(
+                GetOptions::new()
+                    .with_range(prefix_end(&core.keyspace.wal_prefix()))
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let revision = later.header().map_or(0, |h| h.revision());
+    Ok((later.count() == 0 && revision > 0).then_some(revision))
+}
+
+/// A snapshot of the merkle index with the etcd revision its data matches. Tries a few times
+/// while writes go on; then holds the committer for a moment.
+async fn take_snapshot(
+    core: &crate::core::Core,
+    generation: u64,
+) -> Result<MerkleSnapshot, Status> {
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        let mut snapshot = MerkleSnapshot::take(&core.index(), generation, 0);
+        if let Some(revision) = revision_at(core, snapshot.wal_index).await? {
+            snapshot.revision = revision;
+            return Ok(snapshot);
+        }
     }
-    resp.kvs()
-        .first()
-        .map(|kv| kv.mod_revision())
-        .ok_or_else(|| Status::unavailable(format!("WAL entry {index} vanished; retry")))
+    let _paused = core.commits.pause().await?;
+    let mut snapshot = MerkleSnapshot::take(&core.index(), generation, 0);
+    snapshot.revision = revision_at(core, snapshot.wal_index)
+        .await?
+        .ok_or_else(|| Status::internal("the WAL moved while the committer was paused"))?;
+    Ok(snapshot)
 }
 
 /// Ships WAL entries after `after` to one secondary until it goes away or this cluster stops
