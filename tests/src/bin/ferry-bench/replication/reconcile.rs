@@ -9,7 +9,7 @@ use ferry_tests::region::Region;
 use ferry_tests::wait_for;
 use serde_json::Value;
 
-use super::{NO_COMPACTION, start_region, wait_caught_up, with_logs};
+use super::{start_region, wait_caught_up, with_logs};
 use crate::args::Args;
 use crate::common::{count_label, value_for};
 use crate::harness::wait_flushed;
@@ -102,7 +102,6 @@ pub async fn reconcile_bench(args: &Args, report: &mut Report) -> anyhow::Result
         "replication: reconcile: {} keys, differing {diffs:?}; starting the primary",
         count_label(keys)
     );
-    report.note(format!("reconcile: {NO_COMPACTION}"));
     let primary = start_region("west", &FLAGS).await?;
     let mut secondary = None;
     let outcome = reconcile_at(report, &primary, &mut secondary, keys, &diffs).await;
