@@ -18,6 +18,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct JsonClient {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `X-Vault-Token` when set.
+    token: Option<String>,
 }
 
 /// A response: status code and JSON body (`Null` when empty).
@@ -53,6 +55,15 @@ impl JsonClient {
         Self {
             base: base.into(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as `X-Vault-Token`.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -76,11 +87,14 @@ impl JsonClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<JsonResponse> {
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("x-vault-token", token);
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .with_context(|| format!("{method} {path} timed out"))?

@@ -12,6 +12,7 @@ pub mod ports;
 pub mod process;
 pub mod region;
 pub mod sidecar;
+pub mod vault;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,117 @@
+//! A real `ferry-vault` process on a sidecar's storage socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::http::JsonClient;
+use crate::ports::free_port;
+use crate::process::Process;
+use crate::sidecar::bin_dir;
+use crate::wait_for;
+
+/// One ferry-vault with its own key files, killed on drop.
+pub struct VaultServer {
+    dir: TempDir,
+    socket: PathBuf,
+    port: u16,
+    process: Option<Process>,
+    pub api: JsonClient,
+}
+
+impl VaultServer {
+    /// Starts ferry-vault on `socket` with `root_key` (file contents) and `root_token` as the
+    /// initial root token; waits until `sys/health` answers.
+    pub async fn start(socket: &Path, root_key: &str, root_token: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
+        std::fs::write(dir.path().join("root.key"), root_key)?;
+        std::fs::write(dir.path().join("root.token"), root_token)?;
+        let port = free_port();
+        let mut server = Self {
+            dir,
+            socket: socket.to_path_buf(),
+            port,
+            process: None,
+            api: JsonClient::new(format!("http://127.0.0.1:{port}")),
+        };
+        server.launch()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin_dir().join("ferry-vault"));
+        cmd.arg(format!("--listen=127.0.0.1:{}", self.port))
+            .arg(format!("--storage-socket={}", self.socket.display()))
+            .arg(format!(
+                "--root-key-file={}",
+                self.dir.path().join("root.key").display()
+            ))
+            .arg(format!(
+                "--initial-root-token-file={}",
+                self.dir.path().join("root.token").display()
+            ));
+        self.process = Some(Process::spawn(
+            "ferry-vault",
+            cmd,
+            &self.dir.path().join("vault.log"),
+        )?);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let api = self.api.clone();
+        let process = &mut self.process;
+        wait_for("ferry-vault's sys/health", Duration::from_secs(30), || {
+            let exited = process.as_mut().and_then(Process::exited);
+            let api = api.clone();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("ferry-vault exited: {status}")));
+                }
+                api.get("/v1/sys/health").await.ok().map(|_| Ok(()))
+            }
+        })
+        .await?
+        .with_context(|| self.log())
+    }
+
+    /// Replaces the root key file's contents (for the next restart).
+    pub fn set_root_key(&self, root_key: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(self.dir.path().join("root.key"), root_key)?)
+    }
+
+    /// Kills and starts the server again; waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()?;
+        self.wait_ready().await
+    }
+
+    /// Kills and starts the server again, and waits for it to exit by itself (a start-up
+    /// failure); returns its log.
+    pub async fn restart_expecting_failure(&mut self) -> anyhow::Result<String> {
+        self.kill();
+        self.launch()?;
+        let process = &mut self.process;
+        wait_for("ferry-vault to exit", Duration::from_secs(30), || {
+            let exited = process.as_mut().and_then(Process::exited);
+            async move { exited }
+        })
+        .await?;
+        Ok(self.log())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vault.log")).unwrap_or_default()
+    }
+}

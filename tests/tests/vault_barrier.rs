@@ -1,0 +1,87 @@
+//! ferry-vault's barrier and unattended start: the first start initialises the cluster with
+//! the given root token, everything it stores is ciphertext, a wrong root key stops start-up,
+//! and the right one opens the store again.
+
+use ferry_tests::etcd::EtcdServer;
+use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+use ferry_tests::vault::VaultServer;
+
+const ROOT_TOKEN: &str = "hvs.barrier-test-root-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_holds_only_ciphertext_and_opens_only_with_the_root_key() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    let root_key = "11".repeat(32);
+    let mut vault = VaultServer::start(&sidecar.socket(), &root_key, ROOT_TOKEN).await?;
+
+    let health = vault.api.get("/v1/sys/health").await?;
+    assert_eq!(health.status, 200, "{:?}", health.body);
+    assert_eq!(health.body["initialized"], true);
+    assert_eq!(health.body["sealed"], false);
+    assert_eq!(
+        vault.api.get("/v1/sys/seal-status").await?.body["sealed"],
+        false
+    );
+    assert_eq!(
+        vault.api.get("/v1/sys/init").await?.body["initialized"],
+        true
+    );
+
+    let me = vault
+        .api
+        .with_token(ROOT_TOKEN)
+        .get("/v1/auth/token/lookup-self")
+        .await?
+        .ok()?;
+    assert_eq!(me.body["data"]["policies"][0], "root");
+    let denied = vault
+        .api
+        .with_token("hvs.not-a-token")
+        .get("/v1/auth/token/lookup-self")
+        .await?;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.error(), "permission denied");
+    let missing = vault.api.get("/v1/auth/token/lookup-self").await?;
+    assert_eq!(missing.status, 403);
+
+    // Everything ferry-vault stored is sealed: version byte 1, no plaintext.
+    let mut client = etcd.client().await?;
+    let stored = client
+        .get(
+            "/ferry/west/data/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    assert!(stored.kvs().len() >= 3, "keyrings and the root token entry");
+    for kv in stored.kvs() {
+        let value = kv.value();
+        assert_eq!(value.first(), Some(&1), "{:?} is not sealed", kv.key_str());
+        for plain in [&b"root"[..], ROOT_TOKEN.as_bytes(), b"policies", b"active"] {
+            assert!(
+                !value.windows(plain.len()).any(|w| w == plain),
+                "{:?} holds plaintext",
+                kv.key_str()
+            );
+        }
+    }
+
+    // A wrong root key stops start-up and names what it could not open.
+    vault.set_root_key(&"22".repeat(32))?;
+    let log = vault.restart_expecting_failure().await?;
+    assert!(log.contains("does not open core/local/keyring"), "{log}");
+    vault.set_root_key("not a key")?;
+    let log = vault.restart_expecting_failure().await?;
+    assert!(log.contains("64 hex digits or as base64"), "{log}");
+
+    // The right key opens the same store; the root token still works.
+    vault.set_root_key(&root_key)?;
+    vault.restart().await?;
+    vault
+        .api
+        .with_token(ROOT_TOKEN)
+        .get("/v1/auth/token/lookup-self")
+        .await?
+        .ok()?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Command-line configuration, parsed once in `main`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// ferry-vault: a Vault-API-compatible secrets server on Ferry's storage sidecar.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    #[arg(long, env = "FERRY_VAULT_LISTEN", default_value = "127.0.0.1:8200")]
+    pub listen: SocketAddr,
+
+    /// The sidecar's storage API socket.
+    #[arg(
+        long,
+        env = "FERRY_STORAGE_SOCKET",
+        default_value = "/var/run/ferry/storage.sock"
+    )]
+    pub storage_socket: PathBuf,
+
+    /// A file holding the root key (32 bytes as 64 hex digits or base64): the same in every
+    /// region of a replication set. It seals the keyrings.
+    #[arg(long, env = "FERRY_ROOT_KEY_FILE")]
+    pub root_key_file: PathBuf,
+
+    /// A file holding the initial root token, used on the cluster's first start; without it a
+    /// root token is generated and printed once.
+    #[arg(long, env = "FERRY_INITIAL_ROOT_TOKEN_FILE")]
+    pub initial_root_token_file: Option<PathBuf>,
+
+    /// Log filter, in `tracing` syntax.
+    #[arg(long, env = "FERRY_LOG", default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,84 @@
+//! ferry-vault: a Vault-API-compatible secrets server whose storage is Ferry's sidecar.
+//!
+//! Every value it stores is sealed by the [`barrier`] before it reaches the sidecar's storage
+//! API ([`storage`]); start-up opens or creates the keyrings with the root key from a file
+//! ([`unseal`]); [`server`] is the HTTP API in Vault's conventions.
+//!
+//! This is the first slice of the server: the barrier, unattended start-up, root token, and the
+//! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints.
+
+pub mod barrier;
+pub mod config;
+pub mod server;
+pub mod storage;
+pub mod unseal;
+
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::barrier::Key;
+use crate::config::Config;
+use crate::server::ServerState;
+use crate::storage::Storage;
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&config.root_key_file).with_context(|| {
+        format!(
+            "failed to read the root key file {}",
+            config.root_key_file.display()
+        )
+    })?;
+    let root =
+        Key::parse_root(&text).with_context(|| format!("in {}", config.root_key_file.display()))?;
+    let initial_token = match &config.initial_root_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    let storage = Storage::connect(&config.storage_socket);
+    let local = unseal::local_keyring(&storage, &root, initial_token)
+        .await
+        .context("failed to open the local keyring")?;
+    let state = Arc::new(ServerState {
+        storage: storage.clone(),
+        local,
+        replicated: RwLock::new(None),
+    });
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match unseal::replicated_keyring(&storage, &root).await {
+                Ok(keyring) => {
+                    *state.replicated.write().expect("keyring lock poisoned") = Some(keyring);
+                    info!("unsealed");
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "staying sealed"),
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    info!(listen = %config.listen, "ferry-vault API ready");
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("failed to install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

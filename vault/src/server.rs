@@ -1,0 +1,180 @@
+//! The HTTP API, Vault's conventions: `/v1/` paths, `X-Vault-Token`, JSON bodies, Vault's status
+//! codes and `{"errors": [...]}` bodies. This first slice serves `sys/health`, `sys/seal-status`,
+//! `sys/init` and `auth/token/lookup-self`; the engines come next.
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::barrier::Keyring;
+use crate::storage::Storage;
+use crate::unseal::{TokenEntry, token_path};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+ferry");
+
+/// What every handler shares.
+pub struct ServerState {
+    pub storage: Storage,
+    pub local: Keyring,
+    /// `None` while a secondary waits for the replicated keyring: the server reports sealed.
+    pub replicated: RwLock<Option<Keyring>>,
+}
+
+impl ServerState {
+    fn sealed(&self) -> bool {
+        self.replicated
+            .read()
+            .expect("keyring lock poisoned")
+            .is_none()
+    }
+}
+
+type Shared = State<Arc<ServerState>>;
+
+/// A Vault-style error response.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "errors": [message.into()] }))).into_response()
+}
+
+/// Vault's response envelope around `data`.
+pub fn envelope(data: Value) -> Response {
+    axum::Json(json!({
+        "request_id": request_id(),
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": null,
+    }))
+    .into_response()
+}
+
+fn request_id() -> String {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    let h: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/sys/health", get(health).head(health))
+        .route("/v1/sys/seal-status", get(seal_status))
+        .route("/v1/sys/init", get(init_status))
+        .route("/v1/auth/token/lookup-self", get(lookup_self))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "unsupported path") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `sys/health`: 200 when active and unsealed, 503 when sealed (Vault's codes).
+async fn health(State(s): Shared) -> Response {
+    let sealed = s.sealed();
+    let body = json!({
+        "initialized": true,
+        "sealed": sealed,
+        "standby": false,
+        "performance_standby": false,
+        "replication_dr_mode": "disabled",
+        "server_time_utc": crate::unseal::unix_now(),
+        "version": VERSION,
+    });
+    let status = if sealed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn seal_status(State(s): Shared) -> Response {
+    axum::Json(json!({
+        "type": "ferry-root-key-file",
+        "initialized": true,
+        "sealed": s.sealed(),
+        "t": 1,
+        "n": 1,
+        "progress": 0,
+        "nonce": "",
+        "version": VERSION,
+        "migration": false,
+        "recovery_seal": false,
+        "storage_type": "ferry",
+    }))
+    .into_response()
+}
+
+async fn init_status() -> Response {
+    axum::Json(json!({ "initialized": true })).into_response()
+}
+
+/// The token a request carries and its entry; 403 when it is missing or unknown.
+pub async fn authenticate(
+    state: &ServerState,
+    headers: &HeaderMap,
+) -> Result<(String, TokenEntry), Response> {
+    let denied = || error(StatusCode::FORBIDDEN, "permission denied");
+    let token = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(denied)?
+        .to_owned();
+    let path = token_path(&token);
+    let sealed = state
+        .storage
+        .get(&path)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .ok_or_else(denied)?;
+    let plain = state
+        .local
+        .open(&path, &sealed)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let entry: TokenEntry = serde_json::from_slice(&plain).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("token entry: {e}"),
+        )
+    })?;
+    Ok((token, entry))
+}
+
+async fn lookup_self(State(s): Shared, headers: HeaderMap) -> Response {
+    match authenticate(&s, &headers).await {
+        Ok((token, entry)) => envelope(json!({
+            "id": token,
+            "accessor": entry.accessor,
+            "policies": entry.policies,
+            "display_name": entry.display_name,
+            "creation_time": entry.creation_time,
+            "creation_ttl": entry.ttl,
+            "ttl": entry.ttl,
+            "expire_time": null,
+            "explicit_max_ttl": 0,
+            "num_uses": 0,
+            "orphan": true,
+            "path": "auth/token/root",
+            "renewable": false,
+            "type": "service",
+            "meta": null,
+        })),
+        Err(response) => response,
+    }
+}

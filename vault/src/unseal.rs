@@ -1,0 +1,129 @@
+//! Unattended start-up: open (or, on a cluster's first start, create) the keyrings with the root
+//! key, and make sure the cluster has a root token.
+//!
+//! * The local keyring (`core/local/keyring`) is created on a cluster's first start, with the
+//!   initial root token: taken from `--initial-root-token-file`, or generated and printed once.
+//! * The replicated keyring (`core/keyring`) is created by the first cluster that may write it.
+//!   A performance secondary is refused that write (read-only) and waits until the keyring
+//!   arrives from its primary; it reports itself sealed meanwhile.
+//!
+//! A root key that does not open a stored keyring stops start-up with an error naming the path:
+//! the key file is wrong, and nothing is written.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::barrier::{Key, Keyring};
+use crate::storage::{Storage, StorageError};
+
+pub const REPLICATED_KEYRING: &str = "core/keyring";
+pub const LOCAL_KEYRING: &str = "core/local/keyring";
+/// Where token entries live (local), by the BLAKE3 hash of the token.
+pub const TOKEN_PREFIX: &str = "sys/token/id/";
+
+/// A token's stored entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenEntry {
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub display_name: String,
+    pub creation_time: u64,
+    /// 0: never expires.
+    pub ttl: u64,
+}
+
+/// Where a token's entry is stored.
+pub fn token_path(token: &str) -> String {
+    format!("{TOKEN_PREFIX}{}", blake3::hash(token.as_bytes()).to_hex())
+}
+
+/// Opens the local keyring, creating it (and the root token) on the first start.
+pub async fn local_keyring(
+    storage: &Storage,
+    root: &Key,
+    initial_token: Option<String>,
+) -> anyhow::Result<Keyring> {
+    if let Some(sealed) = storage.get(LOCAL_KEYRING).await? {
+        return Keyring::open_with_root(root, LOCAL_KEYRING, &sealed).with_context(|| {
+            format!("the root key does not open {LOCAL_KEYRING}: wrong key file?")
+        });
+    }
+    let keyring = Keyring::generate();
+    let (token, printed) = match initial_token {
+        Some(t) => (t, false),
+        None => (new_token(), true),
+    };
+    let entry = TokenEntry {
+        accessor: random_hex(12),
+        policies: vec!["root".into()],
+        display_name: "root".into(),
+        creation_time: unix_now(),
+        ttl: 0,
+    };
+    let path = token_path(&token);
+    let sealed_entry = keyring.seal(&path, &serde_json::to_vec(&entry)?);
+    // The token first: a keyring without its root token would leave the cluster locked out.
+    storage.put(&path, sealed_entry).await?;
+    storage
+        .put(LOCAL_KEYRING, keyring.seal_with_root(root, LOCAL_KEYRING))
+        .await?;
+    if printed {
+        println!("ferry-vault: initialised this cluster; initial root token: {token}");
+    }
+    info!("initialised this cluster's local keyring and root token");
+    Ok(keyring)
+}
+
+/// Opens the replicated keyring; creates it if this cluster may write it, else waits for it.
+pub async fn replicated_keyring(storage: &Storage, root: &Key) -> anyhow::Result<Keyring> {
+    let mut warned = false;
+    loop {
+        if let Some(sealed) = storage.get(REPLICATED_KEYRING).await? {
+            return Keyring::open_with_root(root, REPLICATED_KEYRING, &sealed).with_context(|| {
+                format!(
+                    "the root key does not open {REPLICATED_KEYRING}: every region of a replication set needs the same root key"
+                )
+            });
+        }
+        let keyring = Keyring::generate();
+        match storage
+            .put(
+                REPLICATED_KEYRING,
+                keyring.seal_with_root(root, REPLICATED_KEYRING),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!("created the replicated keyring");
+                return Ok(keyring);
+            }
+            Err(StorageError::ReadOnly(_)) => {
+                if !warned {
+                    warn!("a performance secondary: waiting for the keyring from the primary");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("failed to create the replicated keyring: {e}"),
+        }
+    }
+}
+
+fn new_token() -> String {
+    format!("hvs.{}", random_hex(20))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
