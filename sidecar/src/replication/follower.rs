@@ -20,32 +20,27 @@
 //! times in a row) ends the session; the follower waits with bounded exponential backoff and
 //! connects again. Reads keep being served throughout: the follower only ever adds writes.
 
-use std::collections::{BTreeMap, HashSet};
-use std::ops::ControlFlow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ferry_proto::replication as pb;
 use ferry_proto::replication::replication_client::ReplicationClient;
-use prost::Message as _;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
+use super::Replication;
 use super::applied::Applied;
-use super::definition::{PRIMARY_ADDRS_PATH, UNSHIPPED_PREFIX};
+use super::definition::PRIMARY_ADDRS_PATH;
 use super::resolver::{self, Targets};
-use super::snapshot::{conflicting_pages, conflicting_subpages};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
-use super::{ReconcileReport, Replication};
 use crate::commit::WriteOp;
 use crate::error::StoreError;
-use crate::etcd::{Scan, get, scan};
-use crate::keyspace::prefix_end;
-use crate::merkle::{PathHash, hash_path, hash_value};
+use crate::etcd::get;
 use crate::path::PathClass;
-use crate::wal::record::{StreamId, WalEntry};
+use crate::wal::record::WalEntry;
 
 /// First and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -55,11 +50,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeats missed in a row before the session is dropped.
 const MAX_MISSED_HEARTBEATS: u32 = 3;
 
-type Client = ReplicationClient<Channel>;
+pub(super) type Client = ReplicationClient<Channel>;
 
 /// Why a session ended.
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     Stopped,
     Failed(String),
 }
@@ -210,7 +205,7 @@ async fn connect(
     )))
 }
 
-async fn timeout<T>(
+pub(super) async fn timeout<T>(
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -222,7 +217,7 @@ async fn timeout<T>(
     }
 }
 
-fn secondary_id(replication: &Replication) -> String {
+pub(super) fn secondary_id(replication: &Replication) -> String {
     replication
         .definition()
         .map(|d| d.secondary_id)
@@ -316,7 +311,7 @@ async fn follow(replication: &Replication, mut client: Client) -> End {
         match stream(replication, &mut client, applied).await {
             Err(End::Failed(reason)) if reason.starts_with(REFUSED) => {
                 info!(reason = %reason, "cannot stream from the current position; reconciling");
-                if let Err(e) = reconcile(replication, &mut client).await {
+                if let Err(e) = super::reconcile::reconcile(replication, &mut client).await {
                     return e;
                 }
             }
@@ -478,272 +473,6 @@ fn merge(entries: &[WalEntry], max_ops: usize, max_bytes: usize) -> Vec<Batch<'_
     batches
 }
 
-/// merkle-diff then merkle-sync against one primary snapshot; stores the snapshot's index as
-/// applied once the local root matches it.
-async fn reconcile(replication: &Replication, client: &mut Client) -> Result<(), End> {
-    let core = &replication.core;
-    let id = secondary_id(replication);
-    {
-        let mut s = replication.follower_status();
-        s.state = "merkle-diff";
-        s.merkle_syncs += 1;
-        s.sync_progress = 0;
-        s.sync_total_keys = 0;
-    }
-    let started = Instant::now();
-    let geometry = core.index().geometry();
-    let request = pb::MerklePagesRequest {
-        secondary_id: id.clone(),
-        pages: geometry.pages,
-        subpages_per_page: geometry.subpages_per_page,
-    };
-    let mut report = ReconcileReport {
-        round_trips: 1,
-        locate_bytes: request.encoded_len() as u64,
-        ..ReconcileReport::default()
-    };
-    let pages = timeout(client.merkle_pages(request)).await?.into_inner();
-    report.locate_bytes += pages.encoded_len() as u64;
-    let stream_id = StreamId(
-        pages
-            .stream_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| End::Failed("the primary sent a malformed stream id".into()))?,
-    );
-    let conflicting = conflicting_pages(&core.index(), &pages.page_hashes).map_err(End::Failed)?;
-    let subpages = if conflicting.is_empty() {
-        Vec::new()
-    } else {
-        let request = pb::MerkleSubpagesRequest {
-            secondary_id: id.clone(),
-            generation: pages.generation,
-            pages: conflicting.clone(),
-        };
-        report.round_trips += 1;
-        report.locate_bytes += request.encoded_len() as u64;
-        let hashes = timeout(client.merkle_subpages(request)).await?.into_inner();
-        report.locate_bytes += hashes.encoded_len() as u64;
-        conflicting_subpages(&core.index(), &conflicting, &hashes.subpage_hashes)
-            .map_err(End::Failed)?
-    };
-    info!(
-        generation = pages.generation,
-        wal_index = pages.wal_index,
-        conflicting_pages = conflicting.len(),
-        conflicting_subpages = subpages.len(),
-        "merkle-diff done"
-    );
-    report.conflicting_pages = conflicting.len() as u64;
-    report.conflicting_subpages = subpages.len() as u64;
-    let keep_aside = replication.definition().and_then(|d| d.keep_aside_epoch);
-    if !subpages.is_empty() {
-        let target = SyncTarget {
-            id: &id,
-            generation: pages.generation,
-            subpages: &subpages,
-            keep_aside,
-        };
-        sync(replication, client, target, &mut report).await?;
-    }
-    let root = core.index().root();
-    if root.as_slice() != pages.root.as_slice() {
-        return Err(End::Failed(
-            "after merkle-sync the merkle root still differs from the primary's snapshot".into(),
-        ));
-    }
-    let applied = Applied {
-        stream_id,
-        index: pages.wal_index,
-        epoch: pages.epoch,
-    };
-    replication
-        .gateway
-        .apply(Vec::new(), Some(applied.encode()))
-        .await?;
-    if keep_aside.is_some() {
-        replication
-            .store_definition(|d| d.keep_aside_epoch = None)
-            .await?;
-    }
-    report.wal_index = pages.wal_index;
-    report.seconds = started.elapsed().as_secs_f64();
-    info!(?report, "merkle reconciliation done");
-    let mut s = replication.follower_status();
-    s.last_remote_wal = pages.wal_index;
-    s.primary_epoch = s.primary_epoch.max(pages.epoch);
-    s.last_reconcile = Some(report);
-    Ok(())
-}
-
-/// What one merkle-sync fetches.
-struct SyncTarget<'a> {
-    id: &'a str,
-    generation: u64,
-    subpages: &'a [u32],
-    /// Set on a former primary: copy what is replaced aside first (see `definition`).
-    keep_aside: Option<u64>,
-}
-
-/// Copies the primary's keys in the target's subpages and deletes the local ones it lacks there.
-async fn sync(
-    replication: &Replication,
-    client: &mut Client,
-    target: SyncTarget<'_>,
-    report: &mut ReconcileReport,
-) -> Result<(), End> {
-    let core = &replication.core;
-    replication.follower_status().state = "merkle-sync";
-    // The local keys there, by path hash; those the primary does not send are deleted.
-    let mut stale: HashSet<PathHash> = {
-        let index = core.index();
-        target
-            .subpages
-            .iter()
-            .flat_map(|&s| index.leaves(s).iter().map(|leaf| leaf.path))
-            .collect()
-    };
-    let mut chunks = timeout(client.merkle_sync(pb::MerkleSyncRequest {
-        secondary_id: target.id.to_owned(),
-        generation: target.generation,
-        subpages: target.subpages.to_vec(),
-    }))
-    .await?
-    .into_inner();
-    let mut batch = Batcher::new(replication, target.keep_aside);
-    while let Some(chunk) = chunks.message().await? {
-        if chunk.total_keys > 0 {
-            replication.follower_status().sync_total_keys = chunk.total_keys;
-        }
-        let received = chunk.keys.len() as u64;
-        report.keys_received += received;
-        for kv in chunk.keys {
-            stale.remove(&hash_path(&kv.key));
-            let local = core.index().value_of(&hash_path(&kv.key));
-            if local == Some(hash_value(&kv.value)) {
-                continue;
-            }
-            batch.push(kv.key, Some(kv.value), local.is_some()).await?;
-        }
-        replication.follower_status().sync_progress += received;
-    }
-    // Only when there is something to delete: find the paths of those hashes.
-    let mut stale = if stale.is_empty() {
-        Vec::new()
-    } else {
-        paths_of(replication, &stale).await?
-    };
-    stale.sort_unstable();
-    report.keys_deleted = stale.len() as u64;
-    for key in stale {
-        batch.push(key, None, true).await?;
-    }
-    batch.flush().await?;
-    report.keys_written = batch.written;
-    report.keys_kept_aside = batch.kept_aside;
-    Ok(())
-}
-
-/// Groups a merkle-sync's writes into transactions of bounded size.
-struct Batcher<'r> {
-    replication: &'r Replication,
-    keep_aside: Option<u64>,
-    ops: Vec<WriteOp>,
-    bytes: usize,
-    /// Puts made (deletes are counted by the caller).
-    written: u64,
-    kept_aside: u64,
-}
-
-impl<'r> Batcher<'r> {
-    fn new(replication: &'r Replication, keep_aside: Option<u64>) -> Self {
-        Self {
-            replication,
-            keep_aside,
-            ops: Vec::new(),
-            bytes: 0,
-            written: 0,
-            kept_aside: 0,
-        }
-    }
-
-    /// Adds a put (or, with `value` `None`, a delete) of `key`; `exists` says whether the key
-    /// is present here, so that a former primary keeps its current value aside first.
-    async fn push(&mut self, key: String, value: Option<Vec<u8>>, exists: bool) -> Result<(), End> {
-        let limits = self.replication.core.limits;
-        let put = value.is_some();
-        let mut ops = Vec::with_capacity(2);
-        if let (Some(epoch), true) = (self.keep_aside, exists)
-            && let Some(old) = self.replication.gateway.get(&key).await?
-        {
-            ops.push(WriteOp {
-                key: format!("{UNSHIPPED_PREFIX}e{epoch}/{key}"),
-                value: Some(old),
-                class: PathClass::Local,
-            });
-            self.kept_aside += 1;
-        }
-        ops.push(WriteOp {
-            key,
-            value,
-            class: PathClass::Replicated,
-        });
-        let size: usize = ops.iter().map(WriteOp::txn_bytes).sum();
-        if !self.ops.is_empty()
-            && (self.ops.len() + ops.len() > limits.max_batch_ops
-                || self.bytes + size > limits.max_batch_bytes)
-        {
-            self.flush().await?;
-        }
-        self.bytes += size;
-        self.written += u64::from(put);
-        self.ops.extend(ops);
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        if self.ops.is_empty() {
-            return Ok(());
-        }
-        let ops = std::mem::take(&mut self.ops);
-        self.bytes = 0;
-        self.replication.gateway.apply(ops, None).await?;
-        Ok(())
-    }
-}
-
-/// The paths of this cluster's replicated keys whose hashes are in `hashes`: a keys-only scan.
-async fn paths_of(
-    replication: &Replication,
-    hashes: &HashSet<PathHash>,
-) -> Result<Vec<String>, End> {
-    let core = &replication.core;
-    let ks = &core.keyspace;
-    let prefix = ks.data_prefix();
-    let mut paths = Vec::new();
-    scan(
-        &mut core.kv(),
-        prefix.clone().into_bytes(),
-        prefix_end(&prefix),
-        Scan {
-            keys_only: true,
-            page: 2000,
-            ..Scan::default()
-        },
-        |kv| {
-            if let Some(path) = ks.path_of(kv.key())
-                && core.classes.classify(path) == PathClass::Replicated
-                && hashes.contains(&hash_path(path))
-            {
-                paths.push(path.to_owned());
-            }
-            Ok(ControlFlow::Continue(()))
-        },
-    )
-    .await?;
-    Ok(paths)
-}
-
 /// Used by `control`: checks a primary answers, and returns its heartbeat reply.
 pub async fn probe(
     address: &str,
@@ -767,7 +496,7 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::WalOp;
+    use crate::wal::record::{StreamId, WalOp};
 
     fn entry(index: u64, keys: &[&str]) -> WalEntry {
         WalEntry {

@@ -14,7 +14,7 @@
 //! * [`follower`]: the secondary's loop. It streams the WAL after its last applied index with
 //!   its merkle root as guard (`stream-wals`); when the primary refuses (guard mismatch, WAL
 //!   collected, another stream), it locates the differences in two round trips
-//!   (`merkle-diff`, [`snapshot`]), copies them (`merkle-sync`) and streams again. It reconnects by
+//!   (`merkle-diff`, [`snapshot`], [`reconcile`]), copies them (`merkle-sync`) and streams again. It reconnects by
 //!   itself with bounded backoff and keeps serving reads meanwhile; [`resolver`] keeps its list of
 //!   primary addresses fresh from heartbeats and RemoteResolve.
 //!
@@ -32,6 +32,7 @@ pub mod control;
 pub mod definition;
 pub mod follower;
 pub mod pki;
+pub mod reconcile;
 pub mod resolver;
 pub mod service;
 pub mod snapshot;
