@@ -21,3 +21,11 @@ fi
 etcd --version >/dev/null
 etcdctl version >/dev/null
 protoc --version >/dev/null
+
+# Python clients for the compatibility tests (hvac from PyPI), in a venv cached outside the repo.
+venv="${FERRY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/venv}"
+if ! "$venv/bin/python" -c "import hvac" >/dev/null 2>&1; then
+  echo "setup: creating the Python venv $venv with hvac"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "hvac==2.3.0"
+fi

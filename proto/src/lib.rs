@@ -15,6 +15,8 @@ pub mod storage {
     tonic::include_proto!("ferry.storage.v1");
 }
 
+pub mod time;
+
 /// The replication protocol between clusters, version 1: served on the cluster port over mutual
 /// TLS.
 pub mod replication {

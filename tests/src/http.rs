@@ -59,6 +59,11 @@ impl JsonClient {
         }
     }
 
+    /// The base address, e.g. `http://127.0.0.1:8200`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The same client, sending `token` as `X-Vault-Token`.
     pub fn with_token(&self, token: &str) -> Self {
         Self {

@@ -24,7 +24,7 @@ pub struct VaultServer {
 
 impl VaultServer {
     /// Starts ferry-vault on `socket` with `root_key` (file contents) and `root_token` as the
-    /// initial root token; waits until `sys/health` answers.
+    /// initial root token; waits until `sys/health` says it is unsealed and active.
     pub async fn start(socket: &Path, root_key: &str, root_token: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         std::fs::write(dir.path().join("root.key"), root_key)?;
@@ -65,16 +65,22 @@ impl VaultServer {
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let api = self.api.clone();
         let process = &mut self.process;
-        wait_for("ferry-vault's sys/health", Duration::from_secs(30), || {
-            let exited = process.as_mut().and_then(Process::exited);
-            let api = api.clone();
-            async move {
-                if let Some(status) = exited {
-                    return Some(Err(anyhow::anyhow!("ferry-vault exited: {status}")));
+        wait_for(
+            "ferry-vault to be unsealed",
+            Duration::from_secs(30),
+            || {
+                let exited = process.as_mut().and_then(Process::exited);
+                let api = api.clone();
+                async move {
+                    if let Some(status) = exited {
+                        return Some(Err(anyhow::anyhow!("ferry-vault exited: {status}")));
+                    }
+                    // 200: initialised, unsealed and active.
+                    let health = api.get("/v1/sys/health").await.ok()?;
+                    (health.status == 200).then_some(Ok(()))
                 }
-                api.get("/v1/sys/health").await.ok().map(|_| Ok(()))
-            }
-        })
+            },
+        )
         .await?
         .with_context(|| self.log())
     }

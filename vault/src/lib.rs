@@ -4,11 +4,14 @@
 //! API ([`storage`]); start-up opens or creates the keyrings with the root key from a file
 //! ([`unseal`]); [`server`] is the HTTP API in Vault's conventions.
 //!
-//! This is the first slice of the server: the barrier, unattended start-up, root token, and the
-//! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints.
+//! This is the first slice of the server: the barrier, unattended start-up, root token, the
+//! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints, and KV
+//! version 2 at `secret/` ([`kv`], [`kv_api`]) for any valid token (ACL policies come next).
 
 pub mod barrier;
 pub mod config;
+pub mod kv;
+pub mod kv_api;
 pub mod server;
 pub mod storage;
 pub mod unseal;

@@ -38,9 +38,40 @@ impl ServerState {
 
 type Shared = State<Arc<ServerState>>;
 
+/// A Vault-style error: a status code and `{"errors": [message]}` (no message: `[]`).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: Some(message.into()),
+        }
+    }
+
+    /// Vault's bare 404: `{"errors": []}`.
+    pub fn not_found() -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let errors: Vec<String> = self.message.into_iter().collect();
+        (self.status, axum::Json(json!({ "errors": errors }))).into_response()
+    }
+}
+
 /// A Vault-style error response.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "errors": [message.into()] }))).into_response()
+    ApiError::new(status, message).into_response()
 }
 
 /// Vault's response envelope around `data`.
@@ -78,6 +109,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/sys/seal-status", get(seal_status))
         .route("/v1/sys/init", get(init_status))
         .route("/v1/auth/token/lookup-self", get(lookup_self))
+        .route(
+            "/v1/secret/{*rest}",
+            axum::routing::any(crate::kv_api::handle),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "unsupported path") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -128,8 +163,8 @@ async fn init_status() -> Response {
 pub async fn authenticate(
     state: &ServerState,
     headers: &HeaderMap,
-) -> Result<(String, TokenEntry), Response> {
-    let denied = || error(StatusCode::FORBIDDEN, "permission denied");
+) -> Result<(String, TokenEntry), ApiError> {
+    let denied = || ApiError::new(StatusCode::FORBIDDEN, "permission denied");
     let token = headers
         .get("x-vault-token")
         .and_then(|v| v.to_str().ok())
@@ -141,14 +176,14 @@ pub async fn authenticate(
         .storage
         .get(&path)
         .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(denied)?;
     let plain = state
         .local
         .open(&path, &sealed)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let entry: TokenEntry = serde_json::from_slice(&plain).map_err(|e| {
-        error(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("token entry: {e}"),
         )
@@ -175,6 +210,6 @@ async fn lookup_self(State(s): Shared, headers: HeaderMap) -> Response {
             "type": "service",
             "meta": null,
         })),
-        Err(response) => response,
+        Err(e) => e.into_response(),
     }
 }

@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
+use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_client::StorageClient;
-use ferry_proto::storage::{DeleteRequest, GetRequest, ListRequest, PutRequest};
+use ferry_proto::storage::{
+    BatchRequest, DeleteRequest, GetRequest, ListRequest, Operation, PutRequest,
+};
 use thiserror::Error;
 use tonic::transport::Channel;
 
@@ -69,6 +72,26 @@ impl Storage {
             .client
             .clone()
             .delete(DeleteRequest { key: key.into() })
+            .await?
+            .into_inner();
+        Ok(reply.wal_index)
+    }
+
+    /// Puts (`Some`) and deletes (`None`) applied atomically; returns the WAL index.
+    pub async fn batch(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<u64, StorageError> {
+        let operations = ops
+            .into_iter()
+            .map(|(key, value)| Operation {
+                op: Some(match value {
+                    Some(value) => Op::Put(PutRequest { key, value }),
+                    None => Op::Delete(DeleteRequest { key }),
+                }),
+            })
+            .collect();
+        let reply = self
+            .client
+            .clone()
+            .batch(BatchRequest { operations })
             .await?
             .into_inner();
         Ok(reply.wal_index)

@@ -1,0 +1,356 @@
+//! The HTTP side of KV version 2 at `secret/`: dispatch by sub-path and method, authentication,
+//! sealing, and Vault's response shapes. The bookkeeping itself is in `kv`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::barrier::Keyring;
+use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
+use crate::server::{ApiError, ServerState, authenticate, envelope};
+use crate::storage::StorageError;
+use crate::unseal::unix_now;
+
+/// `/v1/secret/*rest`, every method.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(denied) = authenticate(&state, &headers).await {
+        return denied.into_response();
+    }
+    let Some(keyring) = state
+        .replicated
+        .read()
+        .expect("keyring lock poisoned")
+        .clone()
+    else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed").into_response();
+    };
+    let kv = Kv {
+        state: &state,
+        keyring,
+    };
+    let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
+    let (section, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let result = match (section, &method) {
+        ("metadata", _) if list => kv.list(path).await,
+        ("data", &Method::GET) => kv.read(path, &query).await,
+        ("data", &Method::POST | &Method::PUT) => kv.write(path, &body).await,
+        ("data", &Method::DELETE) => kv.delete_current(path).await,
+        ("metadata", &Method::GET) => kv.read_metadata(path).await,
+        ("metadata", &Method::POST | &Method::PUT) => kv.write_metadata(path, &body).await,
+        ("metadata", &Method::DELETE) => kv.delete_all(path).await,
+        ("delete", &Method::POST | &Method::PUT) => kv.versions(path, &body, Change::Delete).await,
+        ("undelete", &Method::POST | &Method::PUT) => {
+            kv.versions(path, &body, Change::Undelete).await
+        }
+        ("destroy", &Method::POST | &Method::PUT) => {
+            kv.versions(path, &body, Change::Destroy).await
+        }
+        ("data" | "metadata" | "delete" | "undelete" | "destroy", _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("unsupported operation {method} on secret/{section}/"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no handler for route \"secret/{rest}\""),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+type KvResult = Result<Response, ApiError>;
+
+struct Kv<'s> {
+    state: &'s ServerState,
+    keyring: Keyring,
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("failed to parse JSON input: {e}"),
+        )
+    })
+}
+
+fn kv_error(e: KvError) -> ApiError {
+    match e {
+        KvError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+        KvError::NotFound => ApiError::not_found(),
+    }
+}
+
+fn storage_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::ReadOnly(m) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this cluster is a performance secondary and cannot forward writes yet: {m}"),
+        ),
+        StorageError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+    }
+}
+
+impl Kv<'_> {
+    async fn load_metadata(&self, path: &str) -> Result<Option<KvMetadata>, ApiError> {
+        let key = metadata_path(path);
+        let Some(sealed) = self.state.storage.get(&key).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .keyring
+            .open(&key, &sealed)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        serde_json::from_slice(&plain).map(Some).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("metadata of {path:?}: {e}"),
+            )
+        })
+    }
+
+    fn seal_json(&self, key: &str, value: &impl serde::Serialize) -> Vec<u8> {
+        self.keyring
+            .seal(key, &serde_json::to_vec(value).expect("serialises"))
+    }
+
+    async fn read(&self, path: &str, query: &HashMap<String, String>) -> KvResult {
+        validate_path(path).map_err(kv_error)?;
+        let requested = match query.get("version") {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("version {v:?} is not a number"),
+                )
+            })?,
+            None => 0,
+        };
+        let meta = self.load_metadata(path).await?.ok_or_else(not_found)?;
+        let (version, vmeta) = meta.resolve(requested).ok_or_else(not_found)?;
+        if vmeta.deletion_time != 0 || vmeta.destroyed {
+            return Ok((
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({ "data": { "data": null, "metadata": version_json(vmeta, Some(version)) } })),
+            )
+                .into_response());
+        }
+        let key = version_path(path, version);
+        let sealed = self
+            .state
+            .storage
+            .get(&key)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(not_found)?;
+        let data: Value = serde_json::from_slice(
+            &self
+                .keyring
+                .open(&key, &sealed)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        )
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(envelope(
+            json!({ "data": data, "metadata": version_json(vmeta, Some(version)) }),
+        ))
+    }
+
+    async fn write(&self, path: &str, body: &Bytes) -> KvResult {
+        #[derive(Deserialize)]
+        struct Write {
+            data: Option<Map<String, Value>>,
+            #[serde(default)]
+            options: Options,
+        }
+        #[derive(Deserialize, Default)]
+        struct Options {
+            cas: Option<u64>,
+        }
+        validate_path(path).map_err(kv_error)?;
+        let req: Write = parse(body)?;
+        let data = req
+            .data
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no data provided"))?;
+        let mut meta = self.load_metadata(path).await?.unwrap_or_default();
+        let (version, dropped) = meta
+            .add_version(req.options.cas, unix_now())
+            .map_err(kv_error)?;
+        let vkey = version_path(path, version);
+        let mkey = metadata_path(path);
+        let mut ops = vec![
+            (vkey.clone(), Some(self.seal_json(&vkey, &data))),
+            (mkey.clone(), Some(self.seal_json(&mkey, &meta))),
+        ];
+        ops.extend(dropped.into_iter().map(|n| (version_path(path, n), None)));
+        self.state.storage.batch(ops).await.map_err(storage_error)?;
+        let vmeta = meta.versions.get(&version).expect("just added");
+        Ok(envelope(version_json(vmeta, Some(version))))
+    }
+
+    async fn delete_current(&self, path: &str) -> KvResult {
+        validate_path(path).map_err(kv_error)?;
+        let Some(meta) = self.load_metadata(path).await? else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let current = meta.current_version;
+        self.change_versions(path, meta, &[current], Change::Delete)
+            .await
+    }
+
+    async fn versions(&self, path: &str, body: &Bytes, change: Change) -> KvResult {
+        #[derive(Deserialize)]
+        struct Versions {
+            #[serde(default)]
+            versions: Vec<u64>,
+        }
+        validate_path(path).map_err(kv_error)?;
+        let req: Versions = parse(body)?;
+        if req.versions.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no versions provided",
+            ));
+        }
+        let Some(meta) = self.load_metadata(path).await? else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        self.change_versions(path, meta, &req.versions, change)
+            .await
+    }
+
+    async fn change_versions(
+        &self,
+        path: &str,
+        mut meta: KvMetadata,
+        versions: &[u64],
+        change: Change,
+    ) -> KvResult {
+        let now = unix_now();
+        let mut ops = Vec::new();
+        for n in versions {
+            let Some(v) = meta.versions.get_mut(n) else {
+                continue;
+            };
+            match change {
+                Change::Delete if v.deletion_time == 0 => v.deletion_time = now,
+                Change::Undelete => v.deletion_time = 0,
+                Change::Destroy if !v.destroyed => {
+                    v.destroyed = true;
+                    ops.push((version_path(path, *n), None));
+                }
+                _ => {}
+            }
+        }
+        let mkey = metadata_path(path);
+        ops.push((mkey.clone(), Some(self.seal_json(&mkey, &meta))));
+        self.state.storage.batch(ops).await.map_err(storage_error)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn read_metadata(&self, path: &str) -> KvResult {
+        validate_path(path).map_err(kv_error)?;
+        let meta = self.load_metadata(path).await?.ok_or_else(not_found)?;
+        Ok(envelope(meta.to_json()))
+    }
+
+    async fn write_metadata(&self, path: &str, body: &Bytes) -> KvResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            max_versions: Option<u64>,
+            cas_required: Option<bool>,
+            custom_metadata: Option<std::collections::BTreeMap<String, String>>,
+            delete_version_after: Option<Value>,
+        }
+        validate_path(path).map_err(kv_error)?;
+        let req: Settings = parse(body)?;
+        let _ = req.delete_version_after;
+        let mut meta = self.load_metadata(path).await?.unwrap_or_default();
+        if let Some(n) = req.max_versions {
+            meta.max_versions = n;
+        }
+        if let Some(c) = req.cas_required {
+            meta.cas_required = c;
+        }
+        if req.custom_metadata.is_some() {
+            meta.custom_metadata = req.custom_metadata;
+        }
+        let mkey = metadata_path(path);
+        self.state
+            .storage
+            .put(&mkey, self.seal_json(&mkey, &meta))
+            .await
+            .map_err(storage_error)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn delete_all(&self, path: &str) -> KvResult {
+        validate_path(path).map_err(kv_error)?;
+        let Some(meta) = self.load_metadata(path).await? else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let mut ops: Vec<(String, Option<Vec<u8>>)> = meta
+            .versions
+            .keys()
+            .map(|n| (version_path(path, *n), None))
+            .collect();
+        ops.push((metadata_path(path), None));
+        for part in ops.chunks(100) {
+            self.state
+                .storage
+                .batch(part.to_vec())
+                .await
+                .map_err(storage_error)?;
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn list(&self, prefix: &str) -> KvResult {
+        // Vault lists `app` and `app/` alike.
+        let prefix = match prefix.trim_end_matches('/') {
+            "" => String::new(),
+            p => {
+                validate_path(p).map_err(kv_error)?;
+                format!("{p}/")
+            }
+        };
+        let keys = self
+            .state
+            .storage
+            .list(&metadata_path(&prefix))
+            .await
+            .map_err(storage_error)?;
+        if keys.is_empty() {
+            return Err(not_found());
+        }
+        Ok(envelope(json!({ "keys": keys })))
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found()
+}
