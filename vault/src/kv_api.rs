@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,11 +26,18 @@ pub async fn handle(
     Path(rest): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(denied) = authenticate(&state, &headers).await {
         return denied.into_response();
     }
+    // An oversized or unreadable body gets Vault's error shape too.
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), rejection.body_text()).into_response();
+        }
+    };
     let Some(keyring) = state
         .replicated
         .read()
@@ -44,6 +52,12 @@ pub async fn handle(
     };
     let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
     let (section, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    // Writes read the metadata, then write it back: one at a time per path.
+    let _writing = if method != Method::GET && !list {
+        Some(state.path_locks.lock(path).await)
+    } else {
+        None
+    };
     let result = match (section, &method) {
         ("metadata", _) if list => kv.list(path).await,
         ("data", &Method::GET) => kv.read(path, &query).await,

@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         storage: storage.clone(),
         local,
         replicated: RwLock::new(None),
+        path_locks: Default::default(),
     });
     {
         let state = state.clone();

@@ -25,6 +25,25 @@ pub struct ServerState {
     pub local: Keyring,
     /// `None` while a secondary waits for the replicated keyring: the server reports sealed.
     pub replicated: RwLock<Option<Keyring>>,
+    /// Serialise read-modify-write cycles on one KV path (striped by path hash).
+    pub path_locks: PathLocks,
+}
+
+/// A fixed set of locks; a path always maps to the same one.
+pub struct PathLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for PathLocks {
+    fn default() -> Self {
+        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+impl PathLocks {
+    pub async fn lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let hash = blake3::hash(path.as_bytes());
+        let stripe = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        self.0[(stripe % self.0.len() as u64) as usize].lock().await
+    }
 }
 
 impl ServerState {
