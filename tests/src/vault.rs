@@ -1,6 +1,6 @@
 //! A real `ferry-vault` process on a sidecar's storage socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,29 +10,35 @@ use tempfile::TempDir;
 use crate::http::JsonClient;
 use crate::ports::free_port;
 use crate::process::Process;
-use crate::sidecar::bin_dir;
+use crate::sidecar::{Sidecar, bin_dir};
 use crate::wait_for;
 
 /// One ferry-vault with its own key files, killed on drop.
 pub struct VaultServer {
     dir: TempDir,
     socket: PathBuf,
+    sidecar_api: String,
     port: u16,
     process: Option<Process>,
     pub api: JsonClient,
 }
 
 impl VaultServer {
-    /// Starts ferry-vault on `socket` with `root_key` (file contents) and `root_token` as the
+    /// Starts ferry-vault on `sidecar` with `root_key` (file contents) and `root_token` as the
     /// initial root token; waits until `sys/health` says it is unsealed and active.
-    pub async fn start(socket: &Path, root_key: &str, root_token: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        sidecar: &Sidecar,
+        root_key: &str,
+        root_token: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         std::fs::write(dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
         let port = free_port();
         let mut server = Self {
             dir,
-            socket: socket.to_path_buf(),
+            socket: sidecar.socket(),
+            sidecar_api: format!("http://127.0.0.1:{}", sidecar.options().api_port),
             port,
             process: None,
             api: JsonClient::new(format!("http://127.0.0.1:{port}")),
@@ -46,6 +52,7 @@ impl VaultServer {
         let mut cmd = Command::new(bin_dir().join("ferry-vault"));
         cmd.arg(format!("--listen=127.0.0.1:{}", self.port))
             .arg(format!("--storage-socket={}", self.socket.display()))
+            .arg(format!("--sidecar-api={}", self.sidecar_api))
             .arg(format!(
                 "--root-key-file={}",
                 self.dir.path().join("root.key").display()

@@ -13,7 +13,7 @@ async fn the_store_holds_only_ciphertext_and_opens_only_with_the_root_key() -> a
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
     let root_key = "11".repeat(32);
-    let mut vault = VaultServer::start(&sidecar.socket(), &root_key, ROOT_TOKEN).await?;
+    let mut vault = VaultServer::start(&sidecar, &root_key, ROOT_TOKEN).await?;
 
     let health = vault.api.get("/v1/sys/health").await?;
     assert_eq!(health.status, 200, "{:?}", health.body);

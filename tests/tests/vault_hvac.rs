@@ -35,7 +35,7 @@ async fn hvac_kv_v2() -> anyhow::Result<()> {
     );
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar.socket(), &"33".repeat(32), ROOT_TOKEN).await?;
+    let vault = VaultServer::start(&sidecar, &"33".repeat(32), ROOT_TOKEN).await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/kv_hvac.py");
     let output = tokio::task::spawn_blocking({
         let addr = vault.api.base().to_owned();

@@ -12,7 +12,7 @@ const ROOT_TOKEN: &str = "hvs.kv-test-root";
 async fn concurrent_cas_writes_create_a_secret_once() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar.socket(), &"44".repeat(32), ROOT_TOKEN).await?;
+    let vault = VaultServer::start(&sidecar, &"44".repeat(32), ROOT_TOKEN).await?;
     let api = vault.api.with_token(ROOT_TOKEN);
 
     let writes = (0..8).map(|i| {
@@ -45,7 +45,7 @@ async fn concurrent_cas_writes_create_a_secret_once() -> anyhow::Result<()> {
 async fn bad_requests_get_vault_errors_and_write_nothing() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar.socket(), &"55".repeat(32), ROOT_TOKEN).await?;
+    let vault = VaultServer::start(&sidecar, &"55".repeat(32), ROOT_TOKEN).await?;
     let api = vault.api.with_token(ROOT_TOKEN);
 
     let r = api.post_raw("/v1/secret/data/x", b"{not json").await?;

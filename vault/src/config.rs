@@ -31,6 +31,14 @@ pub struct Config {
     #[arg(long, env = "FERRY_INITIAL_ROOT_TOKEN_FILE")]
     pub initial_root_token_file: Option<PathBuf>,
 
+    /// The sidecar's replication API (`sys/replication/...` is proxied there).
+    #[arg(
+        long,
+        env = "FERRY_SIDECAR_API",
+        default_value = "http://127.0.0.1:8202"
+    )]
+    pub sidecar_api: String,
+
     /// Log filter, in `tracing` syntax.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     pub log: String,

@@ -6,12 +6,14 @@
 //!
 //! This is the first slice of the server: the barrier, unattended start-up, root token, the
 //! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints, and KV
-//! version 2 at `secret/` ([`kv`], [`kv_api`]) for any valid token (ACL policies come next).
+//! version 2 at `secret/` ([`kv`], [`kv_api`]) for any valid token (ACL policies come next), and
+//! `sys/replication/...` proxied to the sidecar ([`replication_proxy`]).
 
 pub mod barrier;
 pub mod config;
 pub mod kv;
 pub mod kv_api;
+pub mod replication_proxy;
 pub mod server;
 pub mod storage;
 pub mod unseal;
@@ -55,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         local,
         replicated: RwLock::new(None),
         path_locks: Default::default(),
+        sidecar_api: replication_proxy::SidecarApi::new(&config.sidecar_api),
     });
     {
         let state = state.clone();

@@ -27,6 +27,7 @@ pub struct ServerState {
     pub replicated: RwLock<Option<Keyring>>,
     /// Serialise read-modify-write cycles on one KV path (striped by path hash).
     pub path_locks: PathLocks,
+    pub sidecar_api: crate::replication_proxy::SidecarApi,
 }
 
 /// A fixed set of locks; a path always maps to the same one.
@@ -132,7 +133,16 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/v1/secret/{*rest}",
             axum::routing::any(crate::kv_api::handle),
         )
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "unsupported path") })
+        .route(
+            "/v1/sys/replication/{*rest}",
+            axum::routing::any(crate::replication_proxy::handle),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("unsupported path {}", uri.path()),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

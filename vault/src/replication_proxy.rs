@@ -1,0 +1,101 @@
+//! `sys/replication/...`: proxied to the sidecar's replication API, which owns replication.
+//!
+//! `status` and `performance/status` are unauthenticated, as in Vault; every other call needs a
+//! root token (ACL policies with `sudo` come with the policy engine). The sidecar's status code
+//! and JSON body reach the client unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::server::{ApiError, ServerState, authenticate};
+
+/// How long the sidecar may take to answer (promotion drains for up to 30 s).
+const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest answer accepted from the sidecar.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A client of the sidecar's replication API.
+#[derive(Clone)]
+pub struct SidecarApi {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl SidecarApi {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn forward(&self, method: Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
+        let unavailable = |e: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the sidecar's replication API at {} failed: {e}", self.base),
+            )
+        };
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}/v1/sys/replication/{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let answer = tokio::time::timeout(PROXY_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| unavailable("no answer in time".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = answer.status();
+        let body = http_body_util::Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .to_bytes();
+        Ok((
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
+    }
+}
+
+/// `/v1/sys/replication/*rest`.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let open = method == Method::GET && matches!(rest.as_str(), "status" | "performance/status");
+    if !open {
+        match authenticate(&state, &headers).await {
+            Ok((_, entry)) if entry.policies.iter().any(|p| p == "root") => {}
+            Ok(_) => {
+                return ApiError::new(StatusCode::FORBIDDEN, "permission denied").into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return ApiError::new(r.status(), r.body_text()).into_response(),
+    };
+    state
+        .sidecar_api
+        .forward(method, &rest, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
