@@ -25,8 +25,8 @@ fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hvac_kv_v2() -> anyhow::Result<()> {
+/// Runs `tests/py/<script>` with hvac against a fresh ferry-vault.
+async fn run_hvac(script: &str) -> anyhow::Result<()> {
     let python = venv_python();
     anyhow::ensure!(
         python.exists(),
@@ -36,16 +36,14 @@ async fn hvac_kv_v2() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
     let vault = VaultServer::start(&sidecar, &"33".repeat(32), ROOT_TOKEN).await?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/kv_hvac.py");
-    let output = tokio::task::spawn_blocking({
-        let addr = vault.api.base().to_owned();
-        move || {
-            Command::new(python)
-                .arg(script)
-                .env("VAULT_ADDR", addr)
-                .env("VAULT_TOKEN", ROOT_TOKEN)
-                .output()
-        }
+    let script = format!("{}/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let addr = vault.api.base().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("VAULT_ADDR", addr)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .output()
     })
     .await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -57,4 +55,14 @@ async fn hvac_kv_v2() -> anyhow::Result<()> {
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_kv_v2() -> anyhow::Result<()> {
+    run_hvac("kv_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_tokens() -> anyhow::Result<()> {
+    run_hvac("token_hvac.py").await
 }

@@ -16,6 +16,8 @@ pub mod kv_api;
 pub mod replication_proxy;
 pub mod server;
 pub mod storage;
+pub mod token;
+pub mod token_api;
 pub mod unseal;
 
 use std::sync::{Arc, RwLock};

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
 use crate::storage::Storage;
-use crate::unseal::{TokenEntry, token_path};
+use crate::token::{TokenEntry, TokenStore};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -48,6 +48,13 @@ impl PathLocks {
 }
 
 impl ServerState {
+    pub fn tokens(&self) -> TokenStore<'_> {
+        TokenStore {
+            storage: &self.storage,
+            keyring: &self.local,
+        }
+    }
+
     fn sealed(&self) -> bool {
         self.replicated
             .read()
@@ -128,7 +135,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/sys/health", get(health).head(health))
         .route("/v1/sys/seal-status", get(seal_status))
         .route("/v1/sys/init", get(init_status))
-        .route("/v1/auth/token/lookup-self", get(lookup_self))
+        .route(
+            "/v1/auth/token/{*rest}",
+            axum::routing::any(crate::token_api::handle),
+        )
         .route(
             "/v1/secret/{*rest}",
             axum::routing::any(crate::kv_api::handle),
@@ -188,7 +198,8 @@ async fn init_status() -> Response {
     axum::Json(json!({ "initialized": true })).into_response()
 }
 
-/// The token a request carries and its entry; 403 when it is missing or unknown.
+/// The token a request carries and its live entry; 403 when it is missing, unknown or expired.
+/// A token with limited uses spends one here, and is revoked on its last.
 pub async fn authenticate(
     state: &ServerState,
     headers: &HeaderMap,
@@ -200,45 +211,22 @@ pub async fn authenticate(
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or_else(denied)?
         .to_owned();
-    let path = token_path(&token);
-    let sealed = state
-        .storage
-        .get(&path)
+    let store = state.tokens();
+    let internal = |e: crate::storage::StorageError| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    };
+    let mut entry = store
+        .lookup(&token)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(internal)?
         .ok_or_else(denied)?;
-    let plain = state
-        .local
-        .open(&path, &sealed)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let entry: TokenEntry = serde_json::from_slice(&plain).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("token entry: {e}"),
-        )
-    })?;
-    Ok((token, entry))
-}
-
-async fn lookup_self(State(s): Shared, headers: HeaderMap) -> Response {
-    match authenticate(&s, &headers).await {
-        Ok((token, entry)) => envelope(json!({
-            "id": token,
-            "accessor": entry.accessor,
-            "policies": entry.policies,
-            "display_name": entry.display_name,
-            "creation_time": entry.creation_time,
-            "creation_ttl": entry.ttl,
-            "ttl": entry.ttl,
-            "expire_time": null,
-            "explicit_max_ttl": 0,
-            "num_uses": 0,
-            "orphan": true,
-            "path": "auth/token/root",
-            "renewable": false,
-            "type": "service",
-            "meta": null,
-        })),
-        Err(e) => e.into_response(),
+    match entry.num_uses {
+        0 => {}
+        1 => store.revoke(&token).await.map_err(internal)?,
+        _ => {
+            entry.num_uses -= 1;
+            store.put(&token, &entry).await.map_err(internal)?;
+        }
     }
+    Ok((token, entry))
 }

@@ -13,33 +13,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::barrier::{Key, Keyring};
 use crate::storage::{Storage, StorageError};
+use crate::token::{TokenEntry, TokenStore, new_token};
 
 pub const REPLICATED_KEYRING: &str = "core/keyring";
 pub const LOCAL_KEYRING: &str = "core/local/keyring";
-/// Where token entries live (local), by the BLAKE3 hash of the token.
-pub const TOKEN_PREFIX: &str = "sys/token/id/";
-
-/// A token's stored entry.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenEntry {
-    pub accessor: String,
-    pub policies: Vec<String>,
-    pub display_name: String,
-    pub creation_time: u64,
-    /// 0: never expires.
-    pub ttl: u64,
-}
-
-/// Where a token's entry is stored.
-pub fn token_path(token: &str) -> String {
-    format!("{TOKEN_PREFIX}{}", blake3::hash(token.as_bytes()).to_hex())
-}
-
 /// Opens the local keyring, creating it (and the root token) on the first start.
 pub async fn local_keyring(
     storage: &Storage,
@@ -52,21 +33,26 @@ pub async fn local_keyring(
         });
     }
     let keyring = Keyring::generate();
+    let (generated, accessor) = new_token();
     let (token, printed) = match initial_token {
         Some(t) => (t, false),
-        None => (new_token(), true),
+        None => (generated, true),
     };
     let entry = TokenEntry {
-        accessor: random_hex(12),
+        accessor,
         policies: vec!["root".into()],
         display_name: "root".into(),
         creation_time: unix_now(),
-        ttl: 0,
+        orphan: true,
+        ..TokenEntry::default()
     };
-    let path = token_path(&token);
-    let sealed_entry = keyring.seal(&path, &serde_json::to_vec(&entry)?);
     // The token first: a keyring without its root token would leave the cluster locked out.
-    storage.put(&path, sealed_entry).await?;
+    TokenStore {
+        storage,
+        keyring: &keyring,
+    }
+    .put(&token, &entry)
+    .await?;
     storage
         .put(LOCAL_KEYRING, keyring.seal_with_root(root, LOCAL_KEYRING))
         .await?;
@@ -110,16 +96,6 @@ pub async fn replicated_keyring(storage: &Storage, root: &Key) -> anyhow::Result
             Err(e) => bail!("failed to create the replicated keyring: {e}"),
         }
     }
-}
-
-fn new_token() -> String {
-    format!("hvs.{}", random_hex(20))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut raw = vec![0u8; bytes];
-    getrandom::fill(&mut raw).expect("the operating system's random source failed");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn unix_now() -> u64 {

@@ -1,0 +1,379 @@
+//! `auth/token/...`: create, lookup (self, by token, by accessor), renew (self, by token) and
+//! revoke (self, by token, by accessor), in Vault's shapes. Until the policy engine lands, only
+//! a root token may act on other tokens; any token may act on itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::server::{ApiError, ServerState, authenticate, envelope};
+use crate::storage::StorageError;
+use crate::token::{MAX_TTL, TokenEntry, new_token};
+use crate::unseal::unix_now;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// `/v1/auth/token/*rest`.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        let (token, entry) = authenticate(&state, &headers).await?;
+        let caller = Caller {
+            state: &state,
+            token,
+            entry,
+        };
+        match (rest.as_str(), &method) {
+            ("lookup-self", &Method::GET | &Method::POST) => caller.lookup_self(),
+            ("renew-self", &Method::POST | &Method::PUT) => caller.renew_self(&body).await,
+            ("revoke-self", &Method::POST | &Method::PUT) => caller.revoke_self().await,
+            ("create", &Method::POST | &Method::PUT) => caller.root()?.create(&body).await,
+            ("lookup", &Method::POST | &Method::PUT | &Method::GET) => {
+                caller.root()?.lookup(&body).await
+            }
+            ("lookup-accessor", &Method::POST | &Method::PUT) => {
+                caller.root()?.lookup_accessor(&body).await
+            }
+            ("renew", &Method::POST | &Method::PUT) => caller.root()?.renew(&body).await,
+            ("revoke", &Method::POST | &Method::PUT) => caller.root()?.revoke(&body).await,
+            ("revoke-accessor", &Method::POST | &Method::PUT) => {
+                caller.root()?.revoke_accessor(&body).await
+            }
+            (
+                "lookup-self" | "renew-self" | "revoke-self" | "create" | "lookup"
+                | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor",
+                _,
+            ) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("unsupported operation {method} on auth/token/{rest}"),
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no handler for route \"auth/token/{rest}\""),
+            )),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+struct Caller<'s> {
+    state: &'s ServerState,
+    token: String,
+    entry: TokenEntry,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("failed to parse JSON input: {e}"),
+        )
+    })
+}
+
+fn internal(e: StorageError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// A duration as Vault takes it: whole seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_duration(value: &Value) -> Result<u64, ApiError> {
+    let wrong = || bad(format!("{value} is not a duration such as 30m, 1h or 3600"));
+    match value {
+        Value::Number(n) => n.as_u64().ok_or_else(wrong),
+        Value::String(s) => {
+            let s = s.trim();
+            let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+                Some(i) => s.split_at(i),
+                None => (s, "s"),
+            };
+            let n: u64 = digits.parse().map_err(|_| wrong())?;
+            let scale = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(wrong()),
+            };
+            n.checked_mul(scale).ok_or_else(wrong)
+        }
+        _ => Err(wrong()),
+    }
+}
+
+/// Vault's `data` for a token lookup; `id` empty for a lookup by accessor.
+fn lookup_data(id: &str, e: &TokenEntry) -> Value {
+    let now = unix_now();
+    json!({
+        "id": id,
+        "accessor": e.accessor,
+        "policies": e.policies,
+        "display_name": e.display_name,
+        "creation_time": e.creation_time,
+        "creation_ttl": e.ttl,
+        "ttl": e.ttl_left(now),
+        "expire_time": (e.expire_time != 0).then(|| ferry_proto::time::rfc3339(e.expire_time)),
+        "explicit_max_ttl": 0,
+        "num_uses": e.num_uses,
+        "orphan": e.orphan,
+        "path": if e.is_root() { "auth/token/root" } else { "auth/token/create" },
+        "renewable": e.renewable,
+        "type": "service",
+        "meta": e.meta,
+        "entity_id": "",
+    })
+}
+
+/// Vault's `auth` block for a created or renewed token.
+fn auth_response(token: &str, e: &TokenEntry) -> Response {
+    axum::Json(json!({
+        "request_id": "",
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": null,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": {
+            "client_token": token,
+            "accessor": e.accessor,
+            "policies": e.policies,
+            "token_policies": e.policies,
+            "metadata": e.meta,
+            "lease_duration": e.ttl_left(unix_now()),
+            "renewable": e.renewable,
+            "entity_id": "",
+            "token_type": "service",
+            "orphan": e.orphan,
+            "num_uses": e.num_uses,
+        },
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenField {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    increment: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct AccessorField {
+    #[serde(default)]
+    accessor: String,
+}
+
+impl<'s> Caller<'s> {
+    fn root(self) -> Result<Self, ApiError> {
+        if self.entry.is_root() {
+            Ok(self)
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "permission denied"))
+        }
+    }
+
+    fn lookup_self(&self) -> ApiResult {
+        Ok(envelope(lookup_data(&self.token, &self.entry)))
+    }
+
+    async fn create(&self, body: &Bytes) -> ApiResult {
+        #[derive(Deserialize)]
+        struct Create {
+            policies: Option<Vec<String>>,
+            ttl: Option<Value>,
+            renewable: Option<bool>,
+            #[serde(default)]
+            no_parent: bool,
+            display_name: Option<String>,
+            #[serde(default)]
+            num_uses: u64,
+            meta: Option<BTreeMap<String, String>>,
+        }
+        let req: Create = parse(body)?;
+        let ttl = match &req.ttl {
+            Some(v) => parse_duration(v)?,
+            None => MAX_TTL,
+        };
+        if ttl > MAX_TTL {
+            return Err(bad(format!("ttl {ttl}s is over the maximum of {MAX_TTL}s")));
+        }
+        let mut policies = req.policies.unwrap_or_else(|| self.entry.policies.clone());
+        policies.sort();
+        policies.dedup();
+        if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
+            return Err(bad("policy names must be 1 to 128 characters"));
+        }
+        let now = unix_now();
+        let (token, accessor) = new_token();
+        let entry = TokenEntry {
+            accessor,
+            policies,
+            display_name: format!(
+                "token{}",
+                req.display_name
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!("-{d}"))
+                    .unwrap_or_default()
+            ),
+            creation_time: now,
+            ttl,
+            expire_time: if ttl == 0 { 0 } else { now + ttl },
+            renewable: req.renewable.unwrap_or(true),
+            num_uses: req.num_uses,
+            orphan: req.no_parent,
+            meta: req.meta,
+        };
+        self.state
+            .tokens()
+            .put(&token, &entry)
+            .await
+            .map_err(internal)?;
+        Ok(auth_response(&token, &entry))
+    }
+
+    async fn lookup(&self, body: &Bytes) -> ApiResult {
+        let req: TokenField = parse(body)?;
+        if req.token.is_empty() {
+            return Err(bad("missing token to look up"));
+        }
+        let entry = self
+            .state
+            .tokens()
+            .lookup(&req.token)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| bad("bad token"))?;
+        Ok(envelope(lookup_data(&req.token, &entry)))
+    }
+
+    async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
+        let req: AccessorField = parse(body)?;
+        let (_, entry) = self
+            .state
+            .tokens()
+            .by_accessor(&req.accessor)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| bad("invalid accessor"))?;
+        Ok(envelope(lookup_data("", &entry)))
+    }
+
+    async fn renew_self(&self, body: &Bytes) -> ApiResult {
+        let req: TokenField = parse(body)?;
+        self.renew_token(&self.token, self.entry.clone(), req.increment.as_ref())
+            .await
+    }
+
+    async fn renew(&self, body: &Bytes) -> ApiResult {
+        let req: TokenField = parse(body)?;
+        let entry = self
+            .state
+            .tokens()
+            .lookup(&req.token)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| bad("bad token"))?;
+        self.renew_token(&req.token, entry, req.increment.as_ref())
+            .await
+    }
+
+    async fn renew_token(
+        &self,
+        token: &str,
+        mut entry: TokenEntry,
+        increment: Option<&Value>,
+    ) -> ApiResult {
+        if entry.ttl == 0 {
+            return Err(bad("the token has no TTL: nothing to renew"));
+        }
+        if !entry.renewable {
+            return Err(bad("the token is not renewable"));
+        }
+        let increment = match increment {
+            Some(v) => parse_duration(v)?,
+            None => entry.ttl,
+        };
+        let now = unix_now();
+        entry.expire_time = now + increment.clamp(1, MAX_TTL);
+        self.state
+            .tokens()
+            .put(token, &entry)
+            .await
+            .map_err(internal)?;
+        Ok(auth_response(token, &entry))
+    }
+
+    async fn revoke_self(&self) -> ApiResult {
+        self.state
+            .tokens()
+            .revoke(&self.token)
+            .await
+            .map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn revoke(&self, body: &Bytes) -> ApiResult {
+        let req: TokenField = parse(body)?;
+        if req.token.is_empty() {
+            return Err(bad("missing token to revoke"));
+        }
+        self.state
+            .tokens()
+            .revoke(&req.token)
+            .await
+            .map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn revoke_accessor(&self, body: &Bytes) -> ApiResult {
+        let req: AccessorField = parse(body)?;
+        if !self
+            .state
+            .tokens()
+            .revoke_accessor(&req.accessor)
+            .await
+            .map_err(internal)?
+        {
+            return Err(bad("invalid accessor"));
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_vault() {
+        assert_eq!(parse_duration(&json!("1h")).unwrap(), 3600);
+        assert_eq!(parse_duration(&json!(90)).unwrap(), 90);
+        assert_eq!(parse_duration(&json!("15m")).unwrap(), 900);
+        assert!(parse_duration(&json!("soon")).is_err());
+        assert!(parse_duration(&json!(-5)).is_err());
+    }
+}
