@@ -13,6 +13,7 @@ pub mod barrier;
 pub mod config;
 pub mod kv;
 pub mod kv_api;
+pub mod policy;
 pub mod replication_proxy;
 pub mod server;
 pub mod storage;

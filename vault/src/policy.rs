@@ -1,0 +1,289 @@
+//! ACL policies: Vault's HCL policy text, parsed into path rules, and the capability check.
+//!
+//! Accepted text: `path "<pattern>" { capabilities = ["read", ...] }` blocks, with `#` and `//`
+//! comments. A pattern may end with `*` (any suffix) and may hold `+` as a whole segment (any
+//! one segment). Capabilities: create, read, update, patch, delete, list, sudo, deny.
+//!
+//! Matching, as in Vault: among a token's policies, every rule whose pattern matches the path
+//! counts; the most specific pattern wins (an exact path over a glob; then the longer literal
+//! prefix; then fewer `+`), its capabilities from all policies are merged, and `deny` anywhere in
+//! the winning rules denies everything.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+pub const CAPABILITIES: [&str; 8] = [
+    "create", "read", "update", "patch", "delete", "list", "sudo", "deny",
+];
+/// Largest policy text accepted.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+
+/// One `path` block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub pattern: String,
+    pub capabilities: BTreeSet<String>,
+}
+
+/// A parsed policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    /// The text as written.
+    pub text: String,
+    pub rules: Vec<Rule>,
+}
+
+/// Why a policy does not parse; the message names the line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError(pub String);
+
+/// The implicit `default` policy: a token may look up, renew and revoke itself.
+pub fn default_policy() -> Policy {
+    parse(
+        "default",
+        r#"
+        path "auth/token/lookup-self" { capabilities = ["read"] }
+        path "auth/token/renew-self" { capabilities = ["update"] }
+        path "auth/token/revoke-self" { capabilities = ["update"] }
+        "#,
+    )
+    .expect("the default policy parses")
+}
+
+/// Parses `text`.
+pub fn parse(name: &str, text: &str) -> Result<Policy, ParseError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(ParseError(format!(
+            "policy is {} bytes, over the limit of {MAX_POLICY_BYTES}",
+            text.len()
+        )));
+    }
+    let tokens = tokenize(text)?;
+    let mut rules = Vec::new();
+    let mut i = 0;
+    let expect = |i: usize, want: &str| -> Result<(), ParseError> {
+        match tokens.get(i) {
+            Some((t, _)) if t == want => Ok(()),
+            Some((t, line)) => Err(ParseError(format!(
+                "line {line}: expected {want:?}, found {t:?}"
+            ))),
+            None => Err(ParseError(format!(
+                "unexpected end of policy, expected {want:?}"
+            ))),
+        }
+    };
+    while i < tokens.len() {
+        expect(i, "path")?;
+        let (pattern, line) = tokens
+            .get(i + 1)
+            .filter(|(t, _)| t.starts_with('"'))
+            .ok_or_else(|| ParseError("a path needs a quoted pattern".into()))?;
+        let pattern = pattern.trim_matches('"').to_owned();
+        validate_pattern(&pattern).map_err(|m| ParseError(format!("line {line}: {m}")))?;
+        expect(i + 2, "{")?;
+        expect(i + 3, "capabilities")?;
+        expect(i + 4, "=")?;
+        expect(i + 5, "[")?;
+        let mut j = i + 6;
+        let mut capabilities = BTreeSet::new();
+        while let Some((t, line)) = tokens.get(j) {
+            if t == "]" {
+                break;
+            }
+            if t == "," {
+                j += 1;
+                continue;
+            }
+            let cap = t.trim_matches('"');
+            if !t.starts_with('"') || !CAPABILITIES.contains(&cap) {
+                return Err(ParseError(format!(
+                    "line {line}: unknown capability {t}; use {}",
+                    CAPABILITIES.join(", ")
+                )));
+            }
+            capabilities.insert(cap.to_owned());
+            j += 1;
+        }
+        expect(j, "]")?;
+        expect(j + 1, "}")?;
+        rules.push(Rule {
+            pattern,
+            capabilities,
+        });
+        i = j + 2;
+    }
+    Ok(Policy {
+        name: name.to_owned(),
+        text: text.to_owned(),
+        rules,
+    })
+}
+
+fn validate_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("empty path pattern".into());
+    }
+    if let Some(pos) = pattern.find('*')
+        && pos != pattern.len() - 1
+    {
+        return Err(format!("{pattern:?}: '*' may only end a pattern"));
+    }
+    Ok(())
+}
+
+/// Splits into words, quoted strings and `{ } [ ] = ,`, with line numbers; drops comments.
+fn tokenize(text: &str) -> Result<Vec<(String, usize)>, ParseError> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let mut chars = raw.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '#' => break,
+                '/' if raw[at..].starts_with("//") => break,
+                c if c.is_whitespace() => {}
+                '{' | '}' | '[' | ']' | '=' | ',' => out.push((c.to_string(), line)),
+                '"' => {
+                    let mut s = String::from('"');
+                    let mut closed = false;
+                    for (_, c) in chars.by_ref() {
+                        s.push(c);
+                        if c == '"' {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if !closed {
+                        return Err(ParseError(format!("line {line}: unterminated string")));
+                    }
+                    out.push((s, line));
+                }
+                c if c.is_ascii_alphanumeric() || c == '_' => {
+                    let mut s = c.to_string();
+                    while let Some(&(_, c)) = chars.peek() {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            s.push(c);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    out.push((s, line));
+                }
+                c => return Err(ParseError(format!("line {line}: unexpected {c:?}"))),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How specific a matching pattern is: higher wins.
+fn specificity(pattern: &str) -> (bool, usize, usize) {
+    let exact = !pattern.ends_with('*');
+    let plus = pattern.split('/').filter(|s| *s == "+").count();
+    let literal = pattern.trim_end_matches('*').len();
+    (exact, literal, usize::MAX - plus)
+}
+
+fn matches(pattern: &str, path: &str) -> bool {
+    let (prefix, glob) = match pattern.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    let pat: Vec<&str> = prefix.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    if !glob && pat.len() != segs.len() {
+        return false;
+    }
+    if pat.len() > segs.len() {
+        return false;
+    }
+    for (k, p) in pat.iter().enumerate() {
+        let last = k == pat.len() - 1;
+        let s = segs[k];
+        let ok = if *p == "+" {
+            true
+        } else if glob && last {
+            s.starts_with(p)
+        } else {
+            s == *p
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// The capabilities `policies` grant on `path` (empty: nothing; `deny` is resolved away).
+pub fn capabilities<'p>(
+    policies: impl IntoIterator<Item = &'p Policy>,
+    path: &str,
+) -> BTreeSet<String> {
+    let mut best: Option<(bool, usize, usize)> = None;
+    let mut caps = BTreeSet::new();
+    for policy in policies {
+        for rule in policy.rules.iter().filter(|r| matches(&r.pattern, path)) {
+            let s = specificity(&rule.pattern);
+            match best {
+                Some(b) if s < b => {}
+                Some(b) if s == b => caps.extend(rule.capabilities.iter().cloned()),
+                _ => {
+                    best = Some(s);
+                    caps = rule.capabilities.clone();
+                }
+            }
+        }
+    }
+    if caps.contains("deny") {
+        return BTreeSet::new();
+    }
+    caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+        # readers
+        path "secret/data/app/*" {
+          capabilities = ["read", "list"]
+        }
+        path "secret/data/app/admin" { capabilities = ["deny"] }  // never
+        path "secret/data/+/shared" { capabilities = ["create", "update"] }
+    "#;
+
+    #[test]
+    fn the_most_specific_rule_wins() {
+        let p = parse("app", TEXT).unwrap();
+        let caps = |path| capabilities([&p], path);
+        assert!(caps("secret/data/app/db").contains("read"));
+        assert!(caps("secret/data/app/admin").is_empty(), "exact deny");
+        assert!(caps("secret/data/team/shared").contains("create"));
+        assert!(caps("secret/data/other").is_empty());
+        assert!(
+            caps("secret/data/app").is_empty(),
+            "the glob needs the slash"
+        );
+    }
+
+    #[test]
+    fn bad_policies_name_the_problem() {
+        let err = |t| parse("x", t).unwrap_err().0;
+        assert!(err(r#"path "a" { capabilities = ["fly"] }"#).contains("unknown capability"));
+        assert!(err(r#"path "a" { caps = ["read"] }"#).contains("expected \"capabilities\""));
+        assert!(err(r#"path "a*b" { capabilities = ["read"] }"#).contains("'*' may only end"));
+        assert!(err(r#"path "a" { capabilities = ["read"]"#).contains("unexpected end"));
+        assert!(err("path \"a").contains("unterminated"));
+    }
+
+    #[test]
+    fn the_default_policy_covers_the_self_calls() {
+        let d = default_policy();
+        assert!(capabilities([&d], "auth/token/lookup-self").contains("read"));
+        assert!(capabilities([&d], "auth/token/create").is_empty());
+    }
+}
