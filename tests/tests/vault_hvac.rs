@@ -66,3 +66,8 @@ async fn hvac_kv_v2() -> anyhow::Result<()> {
 async fn hvac_tokens() -> anyhow::Result<()> {
     run_hvac("token_hvac.py").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_policies() -> anyhow::Result<()> {
+    run_hvac("policy_hvac.py").await
+}

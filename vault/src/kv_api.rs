@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::barrier::Keyring;
 use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
+use crate::policy_api::authorize;
 use crate::server::{ApiError, ServerState, authenticate, envelope};
 use crate::storage::StorageError;
 use crate::unseal::unix_now;
@@ -28,9 +29,10 @@ pub async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(denied) = authenticate(&state, &headers).await {
-        return denied.into_response();
-    }
+    let entry = match authenticate(&state, &headers).await {
+        Ok((_, entry)) => entry,
+        Err(denied) => return denied.into_response(),
+    };
     // An oversized or unreadable body gets Vault's error shape too.
     let body = match body {
         Ok(b) => b,
@@ -52,6 +54,16 @@ pub async fn handle(
     };
     let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
     let (section, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let needed: &[&str] = match (section, &method) {
+        _ if list => &["list"],
+        (_, &Method::GET) => &["read"],
+        (_, &Method::DELETE) => &["delete"],
+        ("delete" | "undelete" | "destroy", _) => &["update"],
+        _ => &["create", "update"],
+    };
+    if let Err(denied) = authorize(&state, &entry, &format!("secret/{rest}"), needed).await {
+        return denied.into_response();
+    }
     // Writes read the metadata, then write it back: one at a time per path.
     let _writing = if method != Method::GET && !list {
         Some(state.path_locks.lock(path).await)

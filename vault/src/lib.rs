@@ -6,14 +6,16 @@
 //!
 //! This is the first slice of the server: the barrier, unattended start-up, root token, the
 //! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints, and KV
-//! version 2 at `secret/` ([`kv`], [`kv_api`]) for any valid token (ACL policies come next), and
-//! `sys/replication/...` proxied to the sidecar ([`replication_proxy`]).
+//! version 2 at `secret/` ([`kv`], [`kv_api`]), tokens ([`token`], [`token_api`]), ACL policies
+//! checked on every request ([`policy`], [`policy_api`]), and `sys/replication/...` proxied to
+//! the sidecar ([`replication_proxy`]).
 
 pub mod barrier;
 pub mod config;
 pub mod kv;
 pub mod kv_api;
 pub mod policy;
+pub mod policy_api;
 pub mod replication_proxy;
 pub mod server;
 pub mod storage;

@@ -1,7 +1,7 @@
 //! `sys/replication/...`: proxied to the sidecar's replication API, which owns replication.
 //!
-//! `status` and `performance/status` are unauthenticated, as in Vault; every other call needs a
-//! root token (ACL policies with `sudo` come with the policy engine). The sidecar's status code
+//! `status` and `performance/status` are unauthenticated, as in Vault; every other call needs
+//! `sudo` on its path (a root token has it). The sidecar's status code
 //! and JSON body reach the client unchanged.
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::policy_api::authorize;
 use crate::server::{ApiError, ServerState, authenticate};
 
 /// How long the sidecar may take to answer (promotion drains for up to 30 s).
@@ -81,12 +82,20 @@ pub async fn handle(
 ) -> Response {
     let open = method == Method::GET && matches!(rest.as_str(), "status" | "performance/status");
     if !open {
-        match authenticate(&state, &headers).await {
-            Ok((_, entry)) if entry.policies.iter().any(|p| p == "root") => {}
-            Ok(_) => {
-                return ApiError::new(StatusCode::FORBIDDEN, "permission denied").into_response();
+        let allowed = match authenticate(&state, &headers).await {
+            Ok((_, entry)) => {
+                authorize(
+                    &state,
+                    &entry,
+                    &format!("sys/replication/{rest}"),
+                    &["sudo"],
+                )
+                .await
             }
-            Err(e) => return e.into_response(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = allowed {
+            return e.into_response();
         }
     }
     let body = match body {

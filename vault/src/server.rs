@@ -144,6 +144,14 @@ pub fn router(state: Arc<ServerState>) -> Router {
             axum::routing::any(crate::kv_api::handle),
         )
         .route(
+            "/v1/sys/policies/acl",
+            axum::routing::any(crate::policy_api::handle),
+        )
+        .route(
+            "/v1/sys/policies/acl/{name}",
+            axum::routing::any(crate::policy_api::handle),
+        )
+        .route(
             "/v1/sys/replication/{*rest}",
             axum::routing::any(crate::replication_proxy::handle),
         )

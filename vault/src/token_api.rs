@@ -1,6 +1,7 @@
 //! `auth/token/...`: create, lookup (self, by token, by accessor), renew (self, by token) and
-//! revoke (self, by token, by accessor), in Vault's shapes. Until the policy engine lands, only
-//! a root token may act on other tokens; any token may act on itself.
+//! revoke (self, by token, by accessor), in Vault's shapes. Each call needs its capability on
+//! `auth/token/<call>` (the implicit `default` policy grants the self calls); a token creates
+//! children with at most its own policies unless it is root.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::policy_api::authorize;
 use crate::server::{ApiError, ServerState, authenticate, envelope};
 use crate::storage::StorageError;
 use crate::token::{MAX_TTL, TokenEntry, new_token};
@@ -31,6 +33,12 @@ pub async fn handle(
     let result = async {
         let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
         let (token, entry) = authenticate(&state, &headers).await?;
+        let needed: &[&str] = if method == Method::GET {
+            &["read"]
+        } else {
+            &["update", "create"]
+        };
+        authorize(&state, &entry, &format!("auth/token/{rest}"), needed).await?;
         let caller = Caller {
             state: &state,
             token,
@@ -40,17 +48,15 @@ pub async fn handle(
             ("lookup-self", &Method::GET | &Method::POST) => caller.lookup_self(),
             ("renew-self", &Method::POST | &Method::PUT) => caller.renew_self(&body).await,
             ("revoke-self", &Method::POST | &Method::PUT) => caller.revoke_self().await,
-            ("create", &Method::POST | &Method::PUT) => caller.root()?.create(&body).await,
-            ("lookup", &Method::POST | &Method::PUT | &Method::GET) => {
-                caller.root()?.lookup(&body).await
-            }
+            ("create", &Method::POST | &Method::PUT) => caller.create(&body).await,
+            ("lookup", &Method::POST | &Method::PUT | &Method::GET) => caller.lookup(&body).await,
             ("lookup-accessor", &Method::POST | &Method::PUT) => {
-                caller.root()?.lookup_accessor(&body).await
+                caller.lookup_accessor(&body).await
             }
-            ("renew", &Method::POST | &Method::PUT) => caller.root()?.renew(&body).await,
-            ("revoke", &Method::POST | &Method::PUT) => caller.root()?.revoke(&body).await,
+            ("renew", &Method::POST | &Method::PUT) => caller.renew(&body).await,
+            ("revoke", &Method::POST | &Method::PUT) => caller.revoke(&body).await,
             ("revoke-accessor", &Method::POST | &Method::PUT) => {
-                caller.root()?.revoke_accessor(&body).await
+                caller.revoke_accessor(&body).await
             }
             (
                 "lookup-self" | "renew-self" | "revoke-self" | "create" | "lookup"
@@ -188,14 +194,6 @@ struct AccessorField {
 }
 
 impl<'s> Caller<'s> {
-    fn root(self) -> Result<Self, ApiError> {
-        if self.entry.is_root() {
-            Ok(self)
-        } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "permission denied"))
-        }
-    }
-
     fn lookup_self(&self) -> ApiResult {
         Ok(envelope(lookup_data(&self.token, &self.entry)))
     }
@@ -224,6 +222,16 @@ impl<'s> Caller<'s> {
         let mut policies = req.policies.unwrap_or_else(|| self.entry.policies.clone());
         policies.sort();
         policies.dedup();
+        if !self.entry.is_root()
+            && let Some(extra) = policies
+                .iter()
+                .find(|p| *p != "default" && !self.entry.policies.contains(p))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("child policies must be a subset of the parent's: {extra:?} is not"),
+            ));
+        }
         if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
             return Err(bad("policy names must be 1 to 128 characters"));
         }
