@@ -10,13 +10,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::barrier::Keyring;
 use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
 use crate::policy_api::authorize;
-use crate::server::{ApiError, ServerState, authenticate, envelope};
+use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::storage::StorageError;
 use crate::unseal::unix_now;
 
@@ -111,20 +110,6 @@ enum Change {
     Destroy,
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("failed to parse JSON input: {e}"),
-        )
-    })
-}
-
 fn kv_error(e: KvError) -> ApiError {
     match e {
         KvError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
@@ -217,7 +202,7 @@ impl Kv<'_> {
             cas: Option<u64>,
         }
         validate_path(path).map_err(kv_error)?;
-        let req: Write = parse(body)?;
+        let req: Write = parse_body(body)?;
         let data = req
             .data
             .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no data provided"))?;
@@ -254,7 +239,7 @@ impl Kv<'_> {
             versions: Vec<u64>,
         }
         validate_path(path).map_err(kv_error)?;
-        let req: Versions = parse(body)?;
+        let req: Versions = parse_body(body)?;
         if req.versions.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -313,7 +298,7 @@ impl Kv<'_> {
             delete_version_after: Option<Value>,
         }
         validate_path(path).map_err(kv_error)?;
-        let req: Settings = parse(body)?;
+        let req: Settings = parse_body(body)?;
         let _ = req.delete_version_after;
         let mut meta = self.load_metadata(path).await?.unwrap_or_default();
         if let Some(n) = req.max_versions {

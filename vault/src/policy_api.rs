@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::barrier::Keyring;
 use crate::policy::{Policy, capabilities, default_policy, parse};
-use crate::server::{ApiError, ServerState, authenticate, envelope};
+use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::token::TokenEntry;
 
 const POLICY_PREFIX: &str = "sys/policy/";
@@ -152,12 +152,7 @@ pub async fn handle(
                 struct Write {
                     policy: Option<String>,
                 }
-                let req: Write = serde_json::from_slice(&body).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("failed to parse JSON input: {e}"),
-                    )
-                })?;
+                let req: Write = parse_body(&body)?;
                 let text = req.policy.ok_or_else(|| {
                     ApiError::new(StatusCode::BAD_REQUEST, "'policy' parameter not supplied")
                 })?;

@@ -101,6 +101,21 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
 }
 
+/// Parses a JSON request body (an empty body is `{}`); a 400 naming the problem otherwise.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("failed to parse JSON input: {e}"),
+        )
+    })
+}
+
 /// Vault's response envelope around `data`.
 pub fn envelope(data: Value) -> Response {
     axum::Json(json!({
@@ -117,9 +132,7 @@ pub fn envelope(data: Value) -> Response {
 }
 
 fn request_id() -> String {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).expect("the operating system's random source failed");
-    let h: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let h = crate::token::random_hex(16);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -75,7 +75,8 @@ pub fn new_token() -> (String, String) {
     (format!("hvs.{}", random_hex(20)), random_hex(12))
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes, hex.
+pub fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     getrandom::fill(&mut raw).expect("the operating system's random source failed");
     raw.iter().map(|b| format!("{b:02x}")).collect()

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::policy_api::authorize;
-use crate::server::{ApiError, ServerState, authenticate, envelope};
+use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::storage::StorageError;
 use crate::token::{MAX_TTL, TokenEntry, new_token};
 use crate::unseal::unix_now;
@@ -80,20 +80,6 @@ struct Caller<'s> {
     state: &'s ServerState,
     token: String,
     entry: TokenEntry,
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("failed to parse JSON input: {e}"),
-        )
-    })
 }
 
 fn internal(e: StorageError) -> ApiError {
@@ -211,7 +197,7 @@ impl<'s> Caller<'s> {
             num_uses: u64,
             meta: Option<BTreeMap<String, String>>,
         }
-        let req: Create = parse(body)?;
+        let req: Create = parse_body(body)?;
         let ttl = match &req.ttl {
             Some(v) => parse_duration(v)?,
             None => MAX_TTL,
@@ -264,7 +250,7 @@ impl<'s> Caller<'s> {
     }
 
     async fn lookup(&self, body: &Bytes) -> ApiResult {
-        let req: TokenField = parse(body)?;
+        let req: TokenField = parse_body(body)?;
         if req.token.is_empty() {
             return Err(bad("missing token to look up"));
         }
@@ -279,7 +265,7 @@ impl<'s> Caller<'s> {
     }
 
     async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
-        let req: AccessorField = parse(body)?;
+        let req: AccessorField = parse_body(body)?;
         let (_, entry) = self
             .state
             .tokens()
@@ -291,13 +277,13 @@ impl<'s> Caller<'s> {
     }
 
     async fn renew_self(&self, body: &Bytes) -> ApiResult {
-        let req: TokenField = parse(body)?;
+        let req: TokenField = parse_body(body)?;
         self.renew_token(&self.token, self.entry.clone(), req.increment.as_ref())
             .await
     }
 
     async fn renew(&self, body: &Bytes) -> ApiResult {
-        let req: TokenField = parse(body)?;
+        let req: TokenField = parse_body(body)?;
         let entry = self
             .state
             .tokens()
@@ -345,7 +331,7 @@ impl<'s> Caller<'s> {
     }
 
     async fn revoke(&self, body: &Bytes) -> ApiResult {
-        let req: TokenField = parse(body)?;
+        let req: TokenField = parse_body(body)?;
         if req.token.is_empty() {
             return Err(bad("missing token to revoke"));
         }
@@ -358,7 +344,7 @@ impl<'s> Caller<'s> {
     }
 
     async fn revoke_accessor(&self, body: &Bytes) -> ApiResult {
-        let req: AccessorField = parse(body)?;
+        let req: AccessorField = parse_body(body)?;
         if !self
             .state
             .tokens()
