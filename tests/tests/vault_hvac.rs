@@ -71,3 +71,8 @@ async fn hvac_tokens() -> anyhow::Result<()> {
 async fn hvac_policies() -> anyhow::Result<()> {
     run_hvac("policy_hvac.py").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_transit() -> anyhow::Result<()> {
+    run_hvac("transit_hvac.py").await
+}

@@ -6,7 +6,8 @@
 //!
 //! This is the first slice of the server: the barrier, unattended start-up, root token, the
 //! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints, and KV
-//! version 2 at `secret/` ([`kv`], [`kv_api`]), tokens ([`token`], [`token_api`]), ACL policies
+//! version 2 at `secret/` ([`kv`], [`kv_api`]), transit at `transit/` ([`transit`],
+//! [`transit_api`]), tokens ([`token`], [`token_api`]), ACL policies
 //! checked on every request ([`policy`], [`policy_api`]), and `sys/replication/...` proxied to
 //! the sidecar ([`replication_proxy`]).
 
@@ -21,6 +22,8 @@ pub mod server;
 pub mod storage;
 pub mod token;
 pub mod token_api;
+pub mod transit;
+pub mod transit_api;
 pub mod unseal;
 
 use std::sync::{Arc, RwLock};

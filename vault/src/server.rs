@@ -157,6 +157,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
             axum::routing::any(crate::kv_api::handle),
         )
         .route(
+            "/v1/transit/{*rest}",
+            axum::routing::any(crate::transit_api::handle),
+        )
+        .route(
             "/v1/sys/policies/acl",
             axum::routing::any(crate::policy_api::handle),
         )

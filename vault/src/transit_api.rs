@@ -1,0 +1,370 @@
+//! The HTTP side of transit at `transit/`: keys (create, read, list, config, rotate, delete) and
+//! encrypt, decrypt and rewrap, single or `batch_input`, in Vault's shapes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::barrier::Keyring;
+use crate::policy_api::authorize;
+use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::transit::{KEY_PREFIX, TransitKey};
+use crate::unseal::unix_now;
+
+/// Most items in one `batch_input`.
+const MAX_BATCH: usize = 1000;
+const MAX_NAME_BYTES: usize = 128;
+
+/// `/v1/transit/*rest`.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        let (_, entry) = authenticate(&state, &headers).await?;
+        let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
+        let needed: &[&str] = match method {
+            _ if list => &["list"],
+            Method::GET => &["read"],
+            Method::DELETE => &["delete"],
+            _ => &["create", "update"],
+        };
+        authorize(&state, &entry, &format!("transit/{rest}"), needed).await?;
+        let keyring = state
+            .replicated
+            .read()
+            .expect("keyring lock poisoned")
+            .clone()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed"))?;
+        let t = Transit {
+            state: &state,
+            keyring,
+        };
+        let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        match (parts.as_slice(), &method) {
+            (["keys"], _) if list => t.list().await,
+            (["keys", name], &Method::POST | &Method::PUT) => t.create(name, &body).await,
+            (["keys", name], &Method::GET) => t.read(name).await,
+            (["keys", name], &Method::DELETE) => t.delete(name).await,
+            (["keys", name, "config"], &Method::POST | &Method::PUT) => t.config(name, &body).await,
+            (["keys", name, "rotate"], &Method::POST | &Method::PUT) => t.rotate(name).await,
+            (["encrypt", name], &Method::POST | &Method::PUT) => t.encrypt(name, &body).await,
+            (["decrypt", name], &Method::POST | &Method::PUT) => t.decrypt(name, &body).await,
+            (["rewrap", name], &Method::POST | &Method::PUT) => t.rewrap(name, &body).await,
+            (["keys" | "encrypt" | "decrypt" | "rewrap", ..], _) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("unsupported operation {method} on transit/{rest}"),
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no handler for route \"transit/{rest}\""),
+            )),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+struct Transit<'s> {
+    state: &'s ServerState,
+    keyring: Keyring,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn internal(message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    ok.then_some(()).ok_or_else(|| {
+        bad(format!(
+            "invalid key name {name:?}: use 1 to {MAX_NAME_BYTES} letters, digits, '-', '_' or '.'"
+        ))
+    })
+}
+
+/// One item of a request: the top-level fields or a `batch_input` entry.
+#[derive(Deserialize, Default, Clone)]
+struct Item {
+    plaintext: Option<String>,
+    ciphertext: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    #[serde(flatten)]
+    item: Item,
+    batch_input: Option<Vec<Item>>,
+}
+
+impl Request {
+    /// The items and whether the caller used `batch_input`.
+    fn items(self) -> Result<(Vec<Item>, bool), ApiError> {
+        match self.batch_input {
+            Some(batch) if batch.len() > MAX_BATCH => Err(bad(format!(
+                "batch_input holds {} items, over the limit of {MAX_BATCH}",
+                batch.len()
+            ))),
+            Some(batch) if !batch.is_empty() => Ok((batch, true)),
+            _ => Ok((vec![self.item], false)),
+        }
+    }
+}
+
+fn context(item: &Item) -> Result<Vec<u8>, String> {
+    match &item.context {
+        Some(c) => B64
+            .decode(c)
+            .map_err(|_| "context is not base64".to_owned()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Vault's answer: the single result, or `batch_results` (errors per item).
+fn answer(results: Vec<Result<Value, String>>, batch: bool) -> Result<Response, ApiError> {
+    if !batch {
+        let single = results.into_iter().next().expect("one item");
+        return single.map(envelope).map_err(bad);
+    }
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| json!({ "error": e })))
+        .collect();
+    Ok(envelope(json!({ "batch_results": results })))
+}
+
+impl Transit<'_> {
+    fn path(name: &str) -> String {
+        format!("{KEY_PREFIX}{name}")
+    }
+
+    async fn load(&self, name: &str) -> Result<Option<TransitKey>, ApiError> {
+        validate_name(name)?;
+        let path = Self::path(name);
+        let Some(sealed) = self.state.storage.get(&path).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        let plain = self.keyring.open(&path, &sealed).map_err(internal)?;
+        serde_json::from_slice(&plain).map(Some).map_err(internal)
+    }
+
+    async fn load_existing(&self, name: &str) -> Result<TransitKey, ApiError> {
+        self.load(name)
+            .await?
+            .ok_or_else(|| bad(format!("encryption key not found: {name}")))
+    }
+
+    async fn store(&self, key: &TransitKey) -> Result<(), ApiError> {
+        let path = Self::path(&key.name);
+        let sealed = self
+            .keyring
+            .seal(&path, &serde_json::to_vec(key).expect("serialises"));
+        self.state
+            .storage
+            .put(&path, sealed)
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    }
+
+    async fn create(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        #[derive(Deserialize)]
+        struct Create {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        let req: Create = parse_body(body)?;
+        if let Some(kind) = req.kind.filter(|k| k != "aes256-gcm96") {
+            return Err(bad(format!(
+                "unsupported key type {kind:?}; use aes256-gcm96"
+            )));
+        }
+        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        if self.load(name).await?.is_none() {
+            self.store(&TransitKey::new(name, unix_now())).await?;
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn read(&self, name: &str) -> Result<Response, ApiError> {
+        let key = self.load(name).await?.ok_or_else(ApiError::not_found)?;
+        let keys: serde_json::Map<String, Value> = key
+            .version_times()
+            .into_iter()
+            .map(|(v, t)| (v.to_string(), json!(t)))
+            .collect();
+        Ok(envelope(json!({
+            "name": key.name,
+            "type": "aes256-gcm96",
+            "keys": keys,
+            "latest_version": key.latest_version,
+            "min_decryption_version": key.min_decryption_version,
+            "min_encryption_version": 0,
+            "deletion_allowed": key.deletion_allowed,
+            "derived": false,
+            "exportable": false,
+            "allow_plaintext_backup": false,
+            "supports_encryption": true,
+            "supports_decryption": true,
+            "supports_derivation": false,
+            "supports_signing": false,
+        })))
+    }
+
+    async fn list(&self) -> Result<Response, ApiError> {
+        let keys = self
+            .state
+            .storage
+            .list(KEY_PREFIX)
+            .await
+            .map_err(internal)?;
+        if keys.is_empty() {
+            return Err(ApiError::not_found());
+        }
+        Ok(envelope(json!({ "keys": keys })))
+    }
+
+    async fn config(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        #[derive(Deserialize)]
+        struct Config {
+            deletion_allowed: Option<bool>,
+            min_decryption_version: Option<u32>,
+        }
+        let req: Config = parse_body(body)?;
+        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let mut key = self.load_existing(name).await?;
+        if let Some(d) = req.deletion_allowed {
+            key.deletion_allowed = d;
+        }
+        if let Some(v) = req.min_decryption_version {
+            if v == 0 || v > key.latest_version {
+                return Err(bad(format!(
+                    "min_decryption_version {v} must be between 1 and the latest version {}",
+                    key.latest_version
+                )));
+            }
+            key.min_decryption_version = v;
+        }
+        self.store(&key).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn rotate(&self, name: &str) -> Result<Response, ApiError> {
+        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let mut key = self.load_existing(name).await?;
+        key.rotate(unix_now());
+        self.store(&key).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn delete(&self, name: &str) -> Result<Response, ApiError> {
+        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let key = self.load_existing(name).await?;
+        if !key.deletion_allowed {
+            return Err(bad("deletion is not allowed for this key"));
+        }
+        self.state
+            .storage
+            .delete(&Self::path(name))
+            .await
+            .map_err(internal)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn encrypt(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let req: Request = parse_body(body)?;
+        // Like Vault, encrypting with a key that does not exist yet creates it.
+        let key = match self.load(name).await? {
+            Some(k) => k,
+            None => {
+                let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+                match self.load(name).await? {
+                    Some(k) => k,
+                    None => {
+                        let k = TransitKey::new(name, unix_now());
+                        self.store(&k).await?;
+                        k
+                    }
+                }
+            }
+        };
+        let (items, batch) = req.items()?;
+        let results = items
+            .iter()
+            .map(|item| {
+                let plaintext = item
+                    .plaintext
+                    .as_deref()
+                    .ok_or("missing plaintext to encrypt")?;
+                let plain = B64
+                    .decode(plaintext)
+                    .map_err(|_| "plaintext is not base64".to_owned())?;
+                let ciphertext = key.encrypt(&plain, &context(item)?).map_err(|e| e.0)?;
+                Ok(json!({ "ciphertext": ciphertext, "key_version": key.latest_version }))
+            })
+            .collect();
+        answer(results, batch)
+    }
+
+    async fn decrypt(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let req: Request = parse_body(body)?;
+        let key = self.load_existing(name).await?;
+        let (items, batch) = req.items()?;
+        let results = items
+            .iter()
+            .map(|item| {
+                let ciphertext = item
+                    .ciphertext
+                    .as_deref()
+                    .ok_or("missing ciphertext to decrypt")?;
+                let plain = key.decrypt(ciphertext, &context(item)?).map_err(|e| e.0)?;
+                Ok(json!({ "plaintext": B64.encode(plain) }))
+            })
+            .collect();
+        answer(results, batch)
+    }
+
+    async fn rewrap(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let req: Request = parse_body(body)?;
+        let key = self.load_existing(name).await?;
+        let (items, batch) = req.items()?;
+        let results = items
+            .iter()
+            .map(|item| {
+                let ciphertext = item
+                    .ciphertext
+                    .as_deref()
+                    .ok_or("missing ciphertext to rewrap")?;
+                let ctx = context(item)?;
+                let plain = key.decrypt(ciphertext, &ctx).map_err(|e| e.0)?;
+                let again = key.encrypt(&plain, &ctx).map_err(|e| e.0)?;
+                Ok(json!({ "ciphertext": again, "key_version": key.latest_version }))
+            })
+            .collect();
+        answer(results, batch)
+    }
+}
