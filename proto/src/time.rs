@@ -22,6 +22,25 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Seconds in a duration as Vault's API writes it: whole seconds, or a number followed by
+/// `s`, `m`, `h` or `d`. `None` when it is not one (or overflows).
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +49,15 @@ mod tests {
     fn formats_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration(" 45 "), Some(45));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        assert_eq!(parse_duration("5y"), None);
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

@@ -296,28 +296,14 @@ async fn secondary_disable(State(r): Shared) -> ApiResult {
 
 /// A TTL as Vault takes it: whole seconds, or a number with `s`, `m`, `h` or `d`.
 fn parse_ttl(value: &Value) -> Result<Duration, String> {
-    let bad = || format!("ttl {value} is not a duration such as 30m, 1h or 3600");
     let seconds = match value {
-        Value::Number(n) => n.as_u64().ok_or_else(bad)?,
-        Value::String(s) => {
-            let s = s.trim();
-            let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-                Some(i) => s.split_at(i),
-                None => (s, "s"),
-            };
-            let n: u64 = digits.parse().map_err(|_| bad())?;
-            let scale = match unit {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => return Err(bad()),
-            };
-            n.checked_mul(scale).ok_or_else(bad)?
-        }
-        _ => return Err(bad()),
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => ferry_proto::time::parse_duration(s),
+        _ => None,
     };
-    Ok(Duration::from_secs(seconds))
+    seconds
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("ttl {value} is not a duration such as 30m, 1h or 3600"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::barrier::Keyring;
 use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
-use crate::policy_api::authorize;
+use crate::policy_api::{authorize, needed};
 use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::storage::StorageError;
 use crate::unseal::unix_now;
@@ -36,7 +36,7 @@ pub async fn handle(
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {
-            return ApiError::new(rejection.status(), rejection.body_text()).into_response();
+            return ApiError::from(rejection).into_response();
         }
     };
     let Some(keyring) = state
@@ -53,12 +53,11 @@ pub async fn handle(
     };
     let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
     let (section, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
-    let needed: &[&str] = match (section, &method) {
-        _ if list => &["list"],
-        (_, &Method::GET) => &["read"],
-        (_, &Method::DELETE) => &["delete"],
-        ("delete" | "undelete" | "destroy", _) => &["update"],
-        _ => &["create", "update"],
+    let needed = match section {
+        "delete" | "undelete" | "destroy" if method == Method::POST || method == Method::PUT => {
+            &["update"][..]
+        }
+        _ => needed(&method, list),
     };
     if let Err(denied) = authorize(&state, &entry, &format!("secret/{rest}"), needed).await {
         return denied.into_response();

@@ -22,6 +22,16 @@ use crate::token::TokenEntry;
 const POLICY_PREFIX: &str = "sys/policy/";
 const MAX_NAME_BYTES: usize = 128;
 
+/// The capabilities that allow a request with `method` (a list when `list`), any one of them.
+pub fn needed(method: &Method, list: bool) -> &'static [&'static str] {
+    match *method {
+        _ if list => &["list"],
+        Method::GET => &["read"],
+        Method::DELETE => &["delete"],
+        _ => &["create", "update"],
+    }
+}
+
 /// Fails with 403 unless `entry`'s policies grant one of `needed` on `path`.
 pub async fn authorize(
     state: &ServerState,
@@ -109,7 +119,7 @@ pub async fn handle(
 ) -> Response {
     let name = name.map(|Path(n)| n).unwrap_or_default();
     let result = async {
-        let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        let body = body?;
         let (_, entry) = authenticate(&state, &headers).await?;
         let keyring = replicated_keyring(&state)?;
         let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");

@@ -100,7 +100,7 @@ pub async fn handle(
     }
     let body = match body {
         Ok(b) => b,
-        Err(r) => return ApiError::new(r.status(), r.body_text()).into_response(),
+        Err(r) => return ApiError::from(r).into_response(),
     };
     state
         .sidecar_api

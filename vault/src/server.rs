@@ -96,6 +96,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    /// An oversized or unreadable body, in Vault's error shape.
+    fn from(r: axum::extract::rejection::BytesRejection) -> Self {
+        Self::new(r.status(), r.body_text())
+    }
+}
+
 /// A Vault-style error response.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()

@@ -31,7 +31,7 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        let body = body?;
         let (token, entry) = authenticate(&state, &headers).await?;
         let needed: &[&str] = if method == Method::GET {
             &["read"]
@@ -92,27 +92,12 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// A duration as Vault takes it: whole seconds, or a number with `s`, `m`, `h` or `d`.
 pub fn parse_duration(value: &Value) -> Result<u64, ApiError> {
-    let wrong = || bad(format!("{value} is not a duration such as 30m, 1h or 3600"));
-    match value {
-        Value::Number(n) => n.as_u64().ok_or_else(wrong),
-        Value::String(s) => {
-            let s = s.trim();
-            let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-                Some(i) => s.split_at(i),
-                None => (s, "s"),
-            };
-            let n: u64 = digits.parse().map_err(|_| wrong())?;
-            let scale = match unit {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => return Err(wrong()),
-            };
-            n.checked_mul(scale).ok_or_else(wrong)
-        }
-        _ => Err(wrong()),
-    }
+    let seconds = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => ferry_proto::time::parse_duration(s),
+        _ => None,
+    };
+    seconds.ok_or_else(|| bad(format!("{value} is not a duration such as 30m, 1h or 3600")))
 }
 
 /// Vault's `data` for a token lookup; `id` empty for a lookup by accessor.

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
-use crate::policy_api::authorize;
+use crate::policy_api::{authorize, needed};
 use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::transit::{KEY_PREFIX, TransitKey};
 use crate::unseal::unix_now;
@@ -34,16 +34,16 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        let body = body?;
         let (_, entry) = authenticate(&state, &headers).await?;
         let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
-        let needed: &[&str] = match method {
-            _ if list => &["list"],
-            Method::GET => &["read"],
-            Method::DELETE => &["delete"],
-            _ => &["create", "update"],
-        };
-        authorize(&state, &entry, &format!("transit/{rest}"), needed).await?;
+        authorize(
+            &state,
+            &entry,
+            &format!("transit/{rest}"),
+            needed(&method, list),
+        )
+        .await?;
         let keyring = state
             .replicated
             .read()
