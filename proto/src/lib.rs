@@ -1,4 +1,5 @@
-//! Ferry's wire protocol, generated from `proto/ferry/storage/v1/storage.proto` and
+//! Ferry's wire protocol, generated from `proto/ferry/storage/v1/storage.proto`,
+//! `proto/ferry/forward/v1/forward.proto` and
 //! `proto/ferry/replication/v1/replication.proto`.
 //!
 //! The storage API is how `ferry-vault` reaches its cluster's storage: every operation goes
@@ -17,11 +18,23 @@ pub mod storage {
 
 pub mod time;
 
+/// Request forwarding from a performance secondary to its primary, and read-after-write waits.
+pub mod forward {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("ferry.forward.v1");
+}
+
 /// The replication protocol between clusters, version 1: served on the cluster port over mutual
 /// TLS.
 pub mod replication {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("ferry.replication.v1");
+}
+
+/// Where a server whose sidecar listens on `storage_socket` takes forwarded requests: beside it,
+/// `storage.sock` giving `storage.forward.sock`.
+pub fn forward_socket(storage_socket: &Path) -> PathBuf {
+    storage_socket.with_extension("forward.sock")
 }
 
 /// Opens a gRPC channel to a sidecar listening on the Unix socket at `path`.

@@ -157,6 +157,11 @@ pub struct Config {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub heartbeat_interval_ms: u64,
 
+    /// Fault injection for tests: a secondary waits this long before applying each batch of
+    /// streamed WAL entries, in milliseconds.
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub debug_apply_delay_ms: u64,
+
     /// Log filter, in `tracing` syntax.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     pub log: String,
@@ -191,6 +196,8 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.cluster_listen.to_string()),
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            forward_socket: ferry_proto::forward_socket(&self.storage_socket),
+            apply_delay: Duration::from_millis(self.debug_apply_delay_ms),
         }
     }
 }

@@ -34,13 +34,13 @@ impl Storage for Gateway {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         let PutRequest { key, value } = req.into_inner();
         let wal_index = self.write(vec![self.op(key, Some(value))]).await?;
-        Ok(Response::new(WriteResponse { wal_index }))
+        Ok(self.write_response(wal_index))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         let key = req.into_inner().key;
         let wal_index = self.write(vec![self.op(key, None)]).await?;
-        Ok(Response::new(WriteResponse { wal_index }))
+        Ok(self.write_response(wal_index))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
@@ -63,7 +63,19 @@ impl Storage for Gateway {
             });
         }
         let wal_index = self.write(ops).await?;
-        Ok(Response::new(WriteResponse { wal_index }))
+        Ok(self.write_response(wal_index))
+    }
+}
+
+impl Gateway {
+    /// A write's WAL index with the stream it belongs to: the state `X-Vault-Index` names.
+    fn write_response(&self, wal_index: u64) -> Response<WriteResponse> {
+        let stream = self.core().stream();
+        Response::new(WriteResponse {
+            wal_index,
+            stream_id: stream.stream_id.0.to_vec(),
+            epoch: stream.epoch,
+        })
     }
 }
 

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{Client, ConnectOptions};
+use ferry_proto::forward::consistency_server::ConsistencyServer;
+use ferry_proto::forward::forwarding_server::ForwardingServer;
 use ferry_proto::storage::admin_server::AdminServer;
 use ferry_proto::storage::storage_server::StorageServer;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -160,6 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "storage-api",
         serve(
             gateway,
+            replication::forward::Forwarder::new(replication.clone()),
             config.storage_socket.clone(),
             supervisor.shutdown_signal(),
         ),
@@ -194,6 +197,7 @@ async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
 
 async fn serve(
     gateway: Gateway,
+    forwarder: replication::forward::Forwarder,
     socket: std::path::PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -219,6 +223,10 @@ async fn serve(
             StorageServer::new(gateway.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(AdminServer::new(gateway))
+        .add_service(
+            ForwardingServer::new(forwarder.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(ConsistencyServer::new(forwarder))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             let _ = shutdown.changed().await;
         })

@@ -20,6 +20,8 @@ pub struct JsonClient {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Sent as `X-Vault-Token` when set.
     token: Option<String>,
+    /// Further headers sent with every request.
+    headers: Vec<(String, String)>,
 }
 
 /// A response: status code and JSON body (`Null` when empty).
@@ -27,9 +29,19 @@ pub struct JsonClient {
 pub struct JsonResponse {
     pub status: u16,
     pub body: Value,
+    /// Response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl JsonResponse {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first of Vault's `errors`, or an empty string.
     pub fn error(&self) -> String {
         self.body["errors"][0]
@@ -56,6 +68,7 @@ impl JsonClient {
             base: base.into(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             token: None,
+            headers: Vec::new(),
         }
     }
 
@@ -72,6 +85,13 @@ impl JsonClient {
         }
     }
 
+    /// The same client, also sending header `name: value`.
+    pub fn with_header(&self, name: &str, value: &str) -> Self {
+        let mut client = self.clone();
+        client.headers.push((name.to_owned(), value.to_owned()));
+        client
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<JsonResponse> {
         self.request("GET", path, None).await
     }
@@ -79,6 +99,11 @@ impl JsonClient {
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<JsonResponse> {
         self.request("POST", path, Some(body.to_string().into_bytes()))
             .await
+    }
+
+    /// A request without a body, with any method (`DELETE`, `LIST`).
+    pub async fn send(&self, method: &str, path: &str) -> anyhow::Result<JsonResponse> {
+        self.request(method, path, None).await
     }
 
     /// Sends raw bytes as the body, for malformed-input tests.
@@ -99,12 +124,20 @@ impl JsonClient {
         if let Some(token) = &self.token {
             request = request.header("x-vault-token", token);
         }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .with_context(|| format!("{method} {path} timed out"))?
             .with_context(|| format!("{method} {path} failed"))?;
         let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
         let bytes = response.into_body().collect().await?.to_bytes();
         let body = if bytes.is_empty() {
             Value::Null
@@ -116,6 +149,10 @@ impl JsonClient {
                 )
             })?
         };
-        Ok(JsonResponse { status, body })
+        Ok(JsonResponse {
+            status,
+            body,
+            headers,
+        })
     }
 }

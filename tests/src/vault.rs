@@ -128,3 +128,68 @@ impl VaultServer {
         std::fs::read_to_string(self.dir.path().join("vault.log")).unwrap_or_default()
     }
 }
+
+/// The root key every region of a test replication set shares.
+pub const SHARED_ROOT_KEY: &str =
+    "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+pub const WEST_ROOT_TOKEN: &str = "hvs.west-root";
+pub const EAST_ROOT_TOKEN: &str = "hvs.east-root";
+
+/// Two regions, each with its own etcd, sidecar and ferry-vault: `west` the primary, `east` its
+/// secondary, streaming, with east's server already reading what west writes.
+pub struct VaultPair {
+    pub west: crate::region::Region,
+    pub east: crate::region::Region,
+    pub west_vault: VaultServer,
+    pub east_vault: VaultServer,
+}
+
+impl VaultPair {
+    /// Starts both regions; `east_extra` are further flags for east's sidecar.
+    pub async fn start(east_extra: &[&str]) -> anyhow::Result<Self> {
+        let west = crate::region::Region::start("west", &[]).await?;
+        let east = crate::region::Region::start("east", east_extra).await?;
+        let west_vault =
+            VaultServer::start(&west.sidecar, SHARED_ROOT_KEY, WEST_ROOT_TOKEN).await?;
+        let east_vault =
+            VaultServer::start(&east.sidecar, SHARED_ROOT_KEY, EAST_ROOT_TOKEN).await?;
+        west.enable_primary().await?;
+        east.follow(&west, "east").await?;
+        // A secret written on the primary and readable on the secondary: the data arrived and
+        // east's server took the primary's keyring.
+        let path = "/v1/secret/data/pair-canary";
+        west_vault
+            .api
+            .with_token(WEST_ROOT_TOKEN)
+            .post(path, serde_json::json!({ "data": { "up": true } }))
+            .await?
+            .ok()?;
+        let east_api = east_vault.api.with_token(EAST_ROOT_TOKEN);
+        wait_for(
+            "the secondary's server to read the primary's writes",
+            crate::region::REPLICATION_TIMEOUT,
+            || {
+                let api = east_api.clone();
+                async move { (api.get(path).await.ok()?.status == 200).then_some(()) }
+            },
+        )
+        .await
+        .with_context(|| east_vault.log())?;
+        Ok(Self {
+            west,
+            east,
+            west_vault,
+            east_vault,
+        })
+    }
+
+    /// West's API with its root token.
+    pub fn west_root(&self) -> JsonClient {
+        self.west_vault.api.with_token(WEST_ROOT_TOKEN)
+    }
+
+    /// East's API with its root token.
+    pub fn east_root(&self) -> JsonClient {
+        self.east_vault.api.with_token(EAST_ROOT_TOKEN)
+    }
+}

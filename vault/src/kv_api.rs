@@ -16,7 +16,6 @@ use crate::barrier::Keyring;
 use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
 use crate::policy_api::{authorize, needed};
 use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
-use crate::storage::StorageError;
 use crate::unseal::unix_now;
 
 /// `/v1/secret/*rest`, every method.
@@ -116,20 +115,10 @@ fn kv_error(e: KvError) -> ApiError {
     }
 }
 
-fn storage_error(e: StorageError) -> ApiError {
-    match e {
-        StorageError::ReadOnly(m) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("this cluster is a performance secondary and cannot forward writes yet: {m}"),
-        ),
-        StorageError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
-    }
-}
-
 impl Kv<'_> {
     async fn load_metadata(&self, path: &str) -> Result<Option<KvMetadata>, ApiError> {
         let key = metadata_path(path);
-        let Some(sealed) = self.state.storage.get(&key).await.map_err(storage_error)? else {
+        let Some(sealed) = self.state.storage.get(&key).await? else {
             return Ok(None);
         };
         let plain = self
@@ -170,13 +159,7 @@ impl Kv<'_> {
                 .into_response());
         }
         let key = version_path(path, version);
-        let sealed = self
-            .state
-            .storage
-            .get(&key)
-            .await
-            .map_err(storage_error)?
-            .ok_or_else(not_found)?;
+        let sealed = self.state.storage.get(&key).await?.ok_or_else(not_found)?;
         let data: Value = serde_json::from_slice(
             &self
                 .keyring
@@ -216,7 +199,7 @@ impl Kv<'_> {
             (mkey.clone(), Some(self.seal_json(&mkey, &meta))),
         ];
         ops.extend(dropped.into_iter().map(|n| (version_path(path, n), None)));
-        self.state.storage.batch(ops).await.map_err(storage_error)?;
+        self.state.storage.batch(ops).await?;
         let vmeta = meta.versions.get(&version).expect("just added");
         Ok(envelope(version_json(vmeta, Some(version))))
     }
@@ -277,7 +260,7 @@ impl Kv<'_> {
         }
         let mkey = metadata_path(path);
         ops.push((mkey.clone(), Some(self.seal_json(&mkey, &meta))));
-        self.state.storage.batch(ops).await.map_err(storage_error)?;
+        self.state.storage.batch(ops).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
@@ -313,8 +296,7 @@ impl Kv<'_> {
         self.state
             .storage
             .put(&mkey, self.seal_json(&mkey, &meta))
-            .await
-            .map_err(storage_error)?;
+            .await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
@@ -330,11 +312,7 @@ impl Kv<'_> {
             .collect();
         ops.push((metadata_path(path), None));
         for part in ops.chunks(100) {
-            self.state
-                .storage
-                .batch(part.to_vec())
-                .await
-                .map_err(storage_error)?;
+            self.state.storage.batch(part.to_vec()).await?;
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -348,12 +326,7 @@ impl Kv<'_> {
                 format!("{p}/")
             }
         };
-        let keys = self
-            .state
-            .storage
-            .list(&metadata_path(&prefix))
-            .await
-            .map_err(storage_error)?;
+        let keys = self.state.storage.list(&metadata_path(&prefix)).await?;
         if keys.is_empty() {
             return Err(not_found());
         }

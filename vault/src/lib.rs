@@ -13,6 +13,7 @@
 
 pub mod barrier;
 pub mod config;
+pub mod forwarding;
 pub mod kv;
 pub mod kv_api;
 pub mod policy;
@@ -63,30 +64,60 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(ServerState {
         storage: storage.clone(),
         local,
-        replicated: RwLock::new(None),
+        replicated: Arc::new(RwLock::new(None)),
         path_locks: Default::default(),
         sidecar_api: replication_proxy::SidecarApi::new(&config.sidecar_api),
     });
-    {
-        let state = state.clone();
-        tokio::spawn(async move {
-            match unseal::replicated_keyring(&storage, &root).await {
-                Ok(keyring) => {
-                    *state.replicated.write().expect("keyring lock poisoned") = Some(keyring);
-                    info!("unsealed");
-                }
-                Err(e) => warn!(error = %format!("{e:#}"), "staying sealed"),
-            }
-        });
-    }
+    tokio::spawn(unseal::keep_replicated_keyring(
+        storage,
+        root,
+        state.replicated.clone(),
+    ));
+    let forward_socket = ferry_proto::forward_socket(&config.storage_socket);
+    let forward = serve_forwarded(&forward_socket, server::routes(state.clone()))
+        .with_context(|| format!("failed to serve {}", forward_socket.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     info!(listen = %config.listen, "ferry-vault API ready");
-    axum::serve(listener, server::router(state))
+    let served = axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("the HTTP server failed")
+        .context("the HTTP server failed");
+    forward.abort();
+    let _ = std::fs::remove_file(&forward_socket);
+    served
+}
+
+/// Serves requests forwarded by secondaries (through the sidecar) on `socket`, which only this
+/// user may open: whoever reaches it acts as any identity.
+fn serve_forwarded(
+    socket: &std::path::Path,
+    routes: axum::Router,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("failed to remove a stale socket"),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let service =
+        ferry_proto::forward::forwarding_server::ForwardingServer::new(forwarding::ForwardServer {
+            routes,
+        })
+        .max_decoding_message_size(2 * server::MAX_BODY_BYTES);
+    info!(socket = %socket.display(), "taking forwarded requests");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+        {
+            warn!(error = %e, "the forward socket failed");
+        }
+    }))
 }
 
 async fn shutdown_signal() {

@@ -73,12 +73,7 @@ async fn load(
 ) -> Result<Option<Policy>, ApiError> {
     let key = format!("{POLICY_PREFIX}{name}");
     let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
-    let Some(sealed) = state
-        .storage
-        .get(&key)
-        .await
-        .map_err(|e| internal(e.to_string()))?
-    else {
+    let Some(sealed) = state.storage.get(&key).await? else {
         return Ok(None);
     };
     let text = keyring
@@ -126,11 +121,7 @@ pub async fn handle(
         let path = format!("sys/policies/acl/{name}");
         if name.is_empty() || list {
             authorize(&state, &entry, "sys/policies/acl", &["list"]).await?;
-            let mut keys = state
-                .storage
-                .list(POLICY_PREFIX)
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let mut keys = state.storage.list(POLICY_PREFIX).await?;
             keys.retain(|k| !k.ends_with('/'));
             keys.push("default".into());
             keys.push("root".into());
@@ -182,8 +173,7 @@ pub async fn handle(
                 state
                     .storage
                     .put(&key, keyring.seal(&key, text.as_bytes()))
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                    .await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Method::DELETE => {
@@ -197,8 +187,7 @@ pub async fn handle(
                 state
                     .storage
                     .delete(&format!("{POLICY_PREFIX}{name}"))
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                    .await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             _ => Err(ApiError::new(

@@ -24,7 +24,7 @@ pub struct ServerState {
     pub storage: Storage,
     pub local: Keyring,
     /// `None` while a secondary waits for the replicated keyring: the server reports sealed.
-    pub replicated: RwLock<Option<Keyring>>,
+    pub replicated: Arc<RwLock<Option<Keyring>>>,
     /// Serialise read-modify-write cycles on one KV path (striped by path hash).
     pub path_locks: PathLocks,
     pub sidecar_api: crate::replication_proxy::SidecarApi,
@@ -70,6 +70,8 @@ type Shared = State<Arc<ServerState>>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: Option<String>,
+    /// The request needs a replicated write this cluster refuses: forward it to the primary.
+    pub forward: bool,
 }
 
 impl ApiError {
@@ -77,6 +79,7 @@ impl ApiError {
         Self {
             status,
             message: Some(message.into()),
+            forward: false,
         }
     }
 
@@ -85,6 +88,7 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             message: None,
+            forward: false,
         }
     }
 }
@@ -92,7 +96,32 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let errors: Vec<String> = self.message.into_iter().collect();
-        (self.status, axum::Json(json!({ "errors": errors }))).into_response()
+        let mut response = (self.status, axum::Json(json!({ "errors": errors }))).into_response();
+        if self.forward {
+            response
+                .extensions_mut()
+                .insert(crate::forwarding::MustForward);
+        }
+        response
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    /// A refused replicated write marks the response for forwarding (see `forwarding`); any
+    /// other storage failure is a 500.
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e {
+            crate::storage::StorageError::ReadOnly(m) => Self {
+                forward: true,
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this cluster cannot write replicated storage: {m}"),
+                )
+            },
+            crate::storage::StorageError::Failed(m) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+        }
     }
 }
 
@@ -150,7 +179,16 @@ fn request_id() -> String {
     )
 }
 
+/// The public API: [`routes`] behind the forwarding and `X-Vault-Index` layer.
 pub fn router(state: Arc<ServerState>) -> Router {
+    routes(state.clone()).layer(axum::middleware::from_fn_with_state(
+        state,
+        crate::forwarding::layer,
+    ))
+}
+
+/// Every endpoint, as the primary also runs them for forwarded requests.
+pub fn routes(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/sys/health", get(health).head(health))
         .route("/v1/sys/seal-status", get(seal_status))
@@ -236,6 +274,9 @@ pub async fn authenticate(
     state: &ServerState,
     headers: &HeaderMap,
 ) -> Result<(String, TokenEntry), ApiError> {
+    if let Some(entry) = crate::forwarding::forwarded_identity() {
+        return Ok((String::new(), entry));
+    }
     let denied = || ApiError::new(StatusCode::FORBIDDEN, "permission denied");
     let token = headers
         .get("x-vault-token")
@@ -260,5 +301,6 @@ pub async fn authenticate(
             store.put(&token, &entry).await.map_err(internal)?;
         }
     }
+    crate::forwarding::note_authenticated(&entry);
     Ok((token, entry))
 }

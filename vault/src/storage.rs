@@ -2,10 +2,17 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
+use ferry_proto::forward::consistency_client::ConsistencyClient;
+use ferry_proto::forward::forwarding_client::ForwardingClient;
+use ferry_proto::forward::{
+    ForwardedRequest, ForwardedResponse, ReplicatedState, WaitForStateRequest,
+};
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_client::StorageClient;
 use ferry_proto::storage::{
-    BatchRequest, DeleteRequest, GetRequest, ListRequest, Operation, PutRequest,
+    BatchRequest, DeleteRequest, GetRequest, ListRequest, Operation, PutRequest, WriteResponse,
 };
 use thiserror::Error;
 use tonic::transport::Channel;
@@ -34,13 +41,57 @@ impl From<tonic::Status> for StorageError {
 #[derive(Clone)]
 pub struct Storage {
     client: StorageClient<Channel>,
+    forwarding: ForwardingClient<Channel>,
+    consistency: ConsistencyClient<Channel>,
+}
+
+/// A replicated write's state, noted for the request's `X-Vault-Index`; 0 for a local write.
+fn noted(reply: tonic::Response<WriteResponse>) -> u64 {
+    let reply = reply.into_inner();
+    if reply.wal_index > 0 {
+        crate::forwarding::note_write(ReplicatedState {
+            stream_id: reply.stream_id,
+            epoch: reply.epoch,
+            index: reply.wal_index,
+        });
+    }
+    reply.wal_index
 }
 
 impl Storage {
     pub fn connect(socket: &Path) -> Self {
+        let channel = ferry_proto::connect_unix(socket);
         Self {
-            client: StorageClient::new(ferry_proto::connect_unix(socket)),
+            client: StorageClient::new(channel.clone()),
+            forwarding: ForwardingClient::new(channel.clone())
+                .max_decoding_message_size(crate::forwarding::MAX_RESPONSE_BYTES),
+            consistency: ConsistencyClient::new(channel),
         }
+    }
+
+    /// Sends a request this cluster cannot execute to the primary, through the sidecar.
+    pub async fn forward(
+        &self,
+        request: ForwardedRequest,
+    ) -> Result<ForwardedResponse, tonic::Status> {
+        Ok(self.forwarding.clone().forward(request).await?.into_inner())
+    }
+
+    /// Whether this cluster holds `state`, waiting up to `wait` for it.
+    pub async fn wait_for_state(
+        &self,
+        state: ReplicatedState,
+        wait: Duration,
+    ) -> Result<bool, StorageError> {
+        let reply = self
+            .consistency
+            .clone()
+            .wait_for_state(WaitForStateRequest {
+                state: Some(state),
+                timeout_ms: wait.as_millis().try_into().unwrap_or(u32::MAX),
+            })
+            .await?;
+        Ok(reply.into_inner().present)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -62,9 +113,8 @@ impl Storage {
                 key: key.into(),
                 value,
             })
-            .await?
-            .into_inner();
-        Ok(reply.wal_index)
+            .await?;
+        Ok(noted(reply))
     }
 
     pub async fn delete(&self, key: &str) -> Result<u64, StorageError> {
@@ -72,9 +122,8 @@ impl Storage {
             .client
             .clone()
             .delete(DeleteRequest { key: key.into() })
-            .await?
-            .into_inner();
-        Ok(reply.wal_index)
+            .await?;
+        Ok(noted(reply))
     }
 
     /// Puts (`Some`) and deletes (`None`) applied atomically; returns the WAL index.
@@ -92,9 +141,8 @@ impl Storage {
             .client
             .clone()
             .batch(BatchRequest { operations })
-            .await?
-            .into_inner();
-        Ok(reply.wal_index)
+            .await?;
+        Ok(noted(reply))
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -165,7 +165,7 @@ impl Transit<'_> {
     async fn load(&self, name: &str) -> Result<Option<TransitKey>, ApiError> {
         validate_name(name)?;
         let path = Self::path(name);
-        let Some(sealed) = self.state.storage.get(&path).await.map_err(internal)? else {
+        let Some(sealed) = self.state.storage.get(&path).await? else {
             return Ok(None);
         };
         let plain = self.keyring.open(&path, &sealed).map_err(internal)?;
@@ -188,7 +188,7 @@ impl Transit<'_> {
             .put(&path, sealed)
             .await
             .map(|_| ())
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+            .map_err(ApiError::from)
     }
 
     async fn create(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
@@ -236,12 +236,7 @@ impl Transit<'_> {
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
-        let keys = self
-            .state
-            .storage
-            .list(KEY_PREFIX)
-            .await
-            .map_err(internal)?;
+        let keys = self.state.storage.list(KEY_PREFIX).await?;
         if keys.is_empty() {
             return Err(ApiError::not_found());
         }
@@ -287,11 +282,7 @@ impl Transit<'_> {
         if !key.deletion_allowed {
             return Err(bad("deletion is not allowed for this key"));
         }
-        self.state
-            .storage
-            .delete(&Self::path(name))
-            .await
-            .map_err(internal)?;
+        self.state.storage.delete(&Self::path(name)).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 

@@ -98,6 +98,52 @@ pub async fn replicated_keyring(storage: &Storage, root: &Key) -> anyhow::Result
     }
 }
 
+/// How often a running server checks whether the replicated keyring changed.
+const KEYRING_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps `slot` holding the replicated keyring: opens or creates it, then picks up each new
+/// version. A cluster that joins a replication set takes the primary's keyring with its data;
+/// from then on its server must open values with that one.
+pub async fn keep_replicated_keyring(
+    storage: Storage,
+    root: Key,
+    slot: std::sync::Arc<std::sync::RwLock<Option<Keyring>>>,
+) {
+    let set = |keyring| *slot.write().expect("keyring lock poisoned") = Some(keyring);
+    match replicated_keyring(&storage, &root).await {
+        Ok(keyring) => {
+            set(keyring);
+            info!("unsealed");
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "staying sealed");
+            return;
+        }
+    }
+    let mut seen = storage.get(REPLICATED_KEYRING).await.ok().flatten();
+    loop {
+        tokio::time::sleep(KEYRING_CHECK).await;
+        let Ok(Some(sealed)) = storage.get(REPLICATED_KEYRING).await else {
+            continue;
+        };
+        if seen.as_ref() == Some(&sealed) {
+            continue;
+        }
+        match Keyring::open_with_root(&root, REPLICATED_KEYRING, &sealed) {
+            Ok(keyring) => {
+                set(keyring);
+                info!(
+                    "the replicated keyring changed (joined a replication set?): using the new one"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "the new replicated keyring does not open with this root key")
+            }
+        }
+        seen = Some(sealed);
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

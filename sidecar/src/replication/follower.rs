@@ -150,6 +150,8 @@ async fn session(
         s.connection_state = "ready";
         s.last_error = None;
     }
+    *replication.primary.lock().expect("primary lock poisoned") =
+        Some((address.clone(), client.clone()));
     let (lost_tx, mut lost) = watch::channel(false);
     let heartbeat = tokio::spawn(heartbeats(
         replication.clone(),
@@ -163,6 +165,11 @@ async fn session(
         _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
     };
     heartbeat.abort();
+    replication
+        .primary
+        .lock()
+        .expect("primary lock poisoned")
+        .take();
     result
 }
 
@@ -396,6 +403,9 @@ async fn stream(
                     batch.first_index, position.index
                 )));
             }
+            if !replication.config.apply_delay.is_zero() {
+                tokio::time::sleep(replication.config.apply_delay).await;
+            }
             position = Applied {
                 stream_id: last.stream_id,
                 index: last.index,
@@ -412,9 +422,7 @@ async fn stream(
                     last.index
                 )));
             }
-            let mut s = replication.follower_status();
-            s.last_remote_wal = position.index;
-            s.primary_epoch = s.primary_epoch.max(position.epoch);
+            replication.note_applied(position);
         }
     }
 }

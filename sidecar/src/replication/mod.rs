@@ -31,6 +31,7 @@ pub mod applied;
 pub mod control;
 pub mod definition;
 pub mod follower;
+pub mod forward;
 pub mod pki;
 pub mod reconcile;
 pub mod resolver;
@@ -65,6 +66,10 @@ pub struct ReplicationConfig {
     pub cluster_addr: String,
     /// How often a secondary heartbeats its primary.
     pub heartbeat_interval: Duration,
+    /// Where this cluster's server takes requests forwarded to it (when it is the primary).
+    pub forward_socket: std::path::PathBuf,
+    /// Fault injection for tests: a pause before applying each streamed batch.
+    pub apply_delay: Duration,
 }
 
 /// What a secondary's follower reports, for `status`.
@@ -138,6 +143,12 @@ pub struct Replication {
     follower_status: Mutex<FollowerStatus>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerStatus>>,
     pub(crate) snapshots: Mutex<SnapshotCache>,
+    /// The primary's position this secondary has applied, for read-after-write waits.
+    applied: watch::Sender<Option<applied::Applied>>,
+    /// The follower's connection to the primary while a session is up: forwarded requests use it.
+    pub(crate) primary: Mutex<Option<(String, follower::Client)>>,
+    /// This cluster's server on its forward socket (connected lazily).
+    server: tonic::transport::Channel,
 }
 
 struct FollowerHandle {
@@ -164,11 +175,13 @@ impl Replication {
             None => Vec::new(),
         };
         // Until the follower streams again, status reports the index stored as applied.
-        let last_remote_wal =
+        let stored_applied =
             match crate::etcd::get(&mut core.kv(), &core.keyspace.applied()).await? {
-                Some(kv) => applied::Applied::decode(kv.value()).map_or(0, |a| a.index),
-                None => 0,
+                Some(kv) => applied::Applied::decode(kv.value()).ok(),
+                None => None,
             };
+        let last_remote_wal = stored_applied.map_or(0, |a| a.index);
+        let server = ferry_proto::connect_unix(&config.forward_socket);
         let replication = Arc::new(Self {
             core,
             gateway,
@@ -186,6 +199,9 @@ impl Replication {
             }),
             peers: Mutex::new(BTreeMap::new()),
             snapshots: Mutex::new(SnapshotCache::default()),
+            applied: watch::Sender::new(stored_applied),
+            primary: Mutex::new(None),
+            server,
         });
         if let Some(d) = &definition {
             info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
@@ -315,6 +331,21 @@ impl Replication {
             warn!(error = %e, "failed to store the fenced role");
         }
         true
+    }
+
+    /// Records that the primary's stream is applied up to `position` (already stored).
+    pub(crate) fn note_applied(&self, position: applied::Applied) {
+        {
+            let mut s = self.follower_status();
+            s.last_remote_wal = position.index;
+            s.primary_epoch = s.primary_epoch.max(position.epoch);
+        }
+        self.applied.send_replace(Some(position));
+    }
+
+    /// Follows the applied position (see [`Self::note_applied`]).
+    pub fn watch_applied(&self) -> watch::Receiver<Option<applied::Applied>> {
+        self.applied.subscribe()
     }
 
     /// Stops the follower, for shutdown.

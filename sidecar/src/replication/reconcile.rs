@@ -117,10 +117,8 @@ pub(super) async fn reconcile(replication: &Replication, client: &mut Client) ->
     report.wal_index = pages.wal_index;
     report.seconds = started.elapsed().as_secs_f64();
     info!(?report, "merkle reconciliation done");
-    let mut s = replication.follower_status();
-    s.last_remote_wal = pages.wal_index;
-    s.primary_epoch = s.primary_epoch.max(pages.epoch);
-    s.last_reconcile = Some(report);
+    replication.note_applied(applied);
+    replication.follower_status().last_reconcile = Some(report);
     Ok(())
 }
 

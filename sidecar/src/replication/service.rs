@@ -410,6 +410,17 @@ impl ReplicationRpc for ReplicationService {
             .await;
         Ok(Response::new(pb::AnnounceEpochResponse { fenced }))
     }
+
+    async fn forward(
+        &self,
+        request: Request<ferry_proto::forward::ForwardedRequest>,
+    ) -> Result<Response<ferry_proto::forward::ForwardedResponse>, Status> {
+        let id = request.get_ref().secondary_id.clone();
+        self.authenticate(&request, &id).await?;
+        self.active_primary()?;
+        debug!(secondary_id = %id, method = %request.get_ref().method, path = %request.get_ref().path_and_query, "executing a forwarded request");
+        super::forward::execute(&self.replication, request.into_inner()).await
+    }
 }
 
 impl ReplicationService {

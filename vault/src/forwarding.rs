@@ -1,0 +1,396 @@
+//! Forwarding and read-after-write: the server's part (the wire is described in
+//! `proto/ferry/forward/v1/forward.proto`).
+//!
+//! Every public request runs inside a [`RequestScope`] that [`layer`] sets up:
+//!
+//! 1. A request carrying `X-Vault-Index` is answered 412 unless this cluster holds that state.
+//! 2. The handler runs. `authenticate` notes the identity it established; storage writes note
+//!    the replicated state they produced.
+//! 3. A handler whose replicated write was refused (this cluster is a performance secondary)
+//!    marks its response [`MustForward`]. The layer then sends the whole request (method, path,
+//!    body and the identity) to the primary through the sidecar and returns the primary's
+//!    response as it came, once this cluster has applied the state it names, or after
+//!    [`READ_AFTER_WRITE`] with a warning that the write may not be visible here yet.
+//! 4. Otherwise a response to a replicated write carries `X-Vault-Index`.
+//!
+//! A forwarded request's handler has changed nothing here: a replicated write is refused before
+//! anything is stored, batches are atomic, and a local write (a token's use count) belongs to
+//! this cluster anyway.
+//!
+//! On the primary, [`ForwardServer`] serves the forward socket, beside the storage socket and
+//! only for its owner (mode 0600): whoever can reach it can act as any identity, so only the
+//! sidecar may. It runs the request through the same [`crate::server::routes`] in a scope whose
+//! identity is the one the secondary authenticated; the handlers check the policies again,
+//! against the replicated copies. A forwarded request is never forwarded again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferry_proto::forward::forwarding_server::Forwarding;
+use ferry_proto::forward::{ForwardedRequest, ForwardedResponse, Identity, ReplicatedState};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::server::{ApiError, MAX_BODY_BYTES, ServerState, error};
+use crate::token::TokenEntry;
+
+/// How long a secondary holds a forwarded write's response for the write to arrive.
+pub const READ_AFTER_WRITE: Duration = Duration::from_secs(2);
+/// The largest response a forwarded request may produce.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+const INDEX_HEADER: &str = "x-vault-index";
+const NOT_VISIBLE_YET: &str = "the request was forwarded to the primary and succeeded there, \
+    but this cluster had not received the write after 2s: it may not be visible here yet";
+
+tokio::task_local! {
+    static SCOPE: Arc<RequestScope>;
+}
+
+/// What one request's handler reports to the layer around it.
+#[derive(Default)]
+pub struct RequestScope {
+    /// Set on the primary for a forwarded request: who the secondary authenticated.
+    forwarded: Option<TokenEntry>,
+    authenticated: Mutex<Option<TokenEntry>>,
+    written: Mutex<Option<ReplicatedState>>,
+}
+
+impl RequestScope {
+    fn written(&self) -> Option<ReplicatedState> {
+        self.written.lock().expect("scope lock poisoned").clone()
+    }
+}
+
+/// Marks a response whose request must be forwarded to the primary.
+#[derive(Clone, Copy, Debug)]
+pub struct MustForward;
+
+/// The identity of a forwarded request being executed here, if this is one.
+pub fn forwarded_identity() -> Option<TokenEntry> {
+    SCOPE.try_with(|s| s.forwarded.clone()).ok().flatten()
+}
+
+/// Called by `authenticate`: the identity to forward with, should it come to that.
+pub fn note_authenticated(entry: &TokenEntry) {
+    let _ = SCOPE.try_with(|s| {
+        *s.authenticated.lock().expect("scope lock poisoned") = Some(entry.clone());
+    });
+}
+
+/// Called by storage for every replicated write: the request's `X-Vault-Index` is the newest.
+pub fn note_write(state: ReplicatedState) {
+    let _ = SCOPE.try_with(|s| {
+        let mut written = s.written.lock().expect("scope lock poisoned");
+        let newer = match &*written {
+            Some(w) => w.stream_id != state.stream_id || w.index < state.index,
+            None => true,
+        };
+        if newer {
+            *written = Some(state);
+        }
+    });
+}
+
+/// `X-Vault-Index`: `ferry1.<stream id, hex>.<epoch>.<index>`.
+pub fn encode_index(state: &ReplicatedState) -> String {
+    let stream: String = state.stream_id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("ferry1.{stream}.{}.{}", state.epoch, state.index)
+}
+
+/// Reads an `X-Vault-Index` value; the error says what is wrong with it.
+pub fn decode_index(text: &str) -> Result<ReplicatedState, String> {
+    let parts: Vec<&str> = text.trim().split('.').collect();
+    let [version, stream, epoch, index] = parts[..] else {
+        return Err("expected ferry1.<stream>.<epoch>.<index>".into());
+    };
+    if version != "ferry1" {
+        return Err(format!("unknown version {version:?}"));
+    }
+    if stream.len() != 32 || !stream.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the stream id must be 32 hex digits".into());
+    }
+    let stream_id = (0..16)
+        .map(|i| u8::from_str_radix(&stream[2 * i..2 * i + 2], 16).expect("hex checked"))
+        .collect();
+    let number = |what: &str, s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("the {what} {s:?} is not a number"))
+    };
+    Ok(ReplicatedState {
+        stream_id,
+        epoch: number("epoch", epoch)?,
+        index: number("index", index)?,
+    })
+}
+
+fn with_index(mut response: Response, scope: &RequestScope) -> Response {
+    if let Some(state) = scope.written()
+        && let Ok(value) = HeaderValue::from_str(&encode_index(&state))
+    {
+        response.headers_mut().insert(INDEX_HEADER, value);
+    }
+    response
+}
+
+/// The public API's layer: `X-Vault-Index` requirements, forwarding and read-after-write.
+pub async fn layer(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(value) = request.headers().get(INDEX_HEADER) {
+        let wanted = match value
+            .to_str()
+            .map_err(|_| "not text".to_owned())
+            .and_then(decode_index)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed X-Vault-Index header: {e}"),
+                );
+            }
+        };
+        match state.storage.wait_for_state(wanted, Duration::ZERO).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "required index state not present",
+                );
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    let (parts, body) = request.into_parts();
+    // Kept for forwarding; the handlers see the same bytes.
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {MAX_BODY_BYTES} bytes or unreadable"),
+        );
+    };
+    let method = parts.method.clone();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+    let scope = Arc::new(RequestScope::default());
+    let request = Request::from_parts(parts, Body::from(body.clone()));
+    let response = SCOPE.scope(scope.clone(), next.run(request)).await;
+    if response.extensions().get::<MustForward>().is_none() {
+        return with_index(response, &scope);
+    }
+    let Some(identity) = scope
+        .authenticated
+        .lock()
+        .expect("scope lock poisoned")
+        .take()
+    else {
+        return response;
+    };
+    let mut headers = HashMap::new();
+    if let Some(ct) = content_type.and_then(|v| v.to_str().map(str::to_owned).ok()) {
+        headers.insert(header::CONTENT_TYPE.as_str().to_owned(), ct);
+    }
+    let request = ForwardedRequest {
+        method: method.to_string(),
+        path_and_query,
+        headers,
+        body: body.to_vec(),
+        identity: Some(Identity {
+            policies: identity.policies,
+            display_name: identity.display_name,
+            accessor: identity.accessor,
+        }),
+        secondary_id: String::new(),
+    };
+    forward(&state, request).await
+}
+
+/// Sends a request to the primary and returns its response once this cluster has its write.
+async fn forward(state: &ServerState, request: ForwardedRequest) -> Response {
+    debug!(method = %request.method, path = %request.path_and_query, "forwarding to the primary");
+    let reply = match state.storage.forward(request).await {
+        Ok(r) => r,
+        Err(status) => {
+            let code = if status.code() == tonic::Code::DeadlineExceeded {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return error(
+                code,
+                format!(
+                    "error forwarding the request to the primary cluster: {}",
+                    status.message()
+                ),
+            );
+        }
+    };
+    let mut warning = None;
+    if let Some(written) = reply
+        .headers
+        .get(INDEX_HEADER)
+        .and_then(|v| decode_index(v).ok())
+    {
+        match state
+            .storage
+            .wait_for_state(written, READ_AFTER_WRITE)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => warning = Some(NOT_VISIBLE_YET),
+            Err(e) => {
+                warn!(error = %e, "could not wait for a forwarded write");
+                warning = Some(NOT_VISIBLE_YET);
+            }
+        }
+    }
+    primary_response(reply, warning)
+}
+
+/// The primary's response as it came, with `warning` added to its `warnings`.
+fn primary_response(reply: ForwardedResponse, warning: Option<&str>) -> Response {
+    let mut status = u16::try_from(reply.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut body = reply.body;
+    let mut headers = reply.headers;
+    if let Some(warning) = warning {
+        let mut json = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| json!({}))
+        };
+        if let Some(object) = json.as_object_mut() {
+            let warnings = object.entry("warnings").or_insert(Value::Null);
+            match warnings {
+                Value::Array(list) => list.push(warning.into()),
+                other => *other = json!([warning]),
+            }
+            body = serde_json::to_vec(&json).expect("JSON serialises");
+            headers.insert(
+                header::CONTENT_TYPE.as_str().to_owned(),
+                "application/json".into(),
+            );
+            if status == StatusCode::NO_CONTENT {
+                status = StatusCode::OK;
+            }
+        }
+    }
+    let mut response = (status, body).into_response();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) && name != header::CONTENT_LENGTH
+        {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// The forward socket's service: runs what a secondary forwarded, for the identity it sent.
+pub struct ForwardServer {
+    pub routes: axum::Router,
+}
+
+#[tonic::async_trait]
+impl Forwarding for ForwardServer {
+    async fn forward(
+        &self,
+        request: tonic::Request<ForwardedRequest>,
+    ) -> Result<tonic::Response<ForwardedResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let identity = r.identity.ok_or_else(|| {
+            tonic::Status::invalid_argument("a forwarded request must carry an identity")
+        })?;
+        let method = Method::from_bytes(r.method.as_bytes()).map_err(|_| {
+            tonic::Status::invalid_argument(format!("invalid method {:?}", r.method))
+        })?;
+        let mut builder = axum::http::Request::builder()
+            .method(method)
+            .uri(&r.path_and_query);
+        for (name, value) in &r.headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder.body(Body::from(r.body)).map_err(|e| {
+            tonic::Status::invalid_argument(format!("invalid forwarded request: {e}"))
+        })?;
+        debug!(secondary_id = %r.secondary_id, accessor = %identity.accessor, path = %r.path_and_query, "executing a forwarded request");
+        let scope = Arc::new(RequestScope {
+            forwarded: Some(TokenEntry {
+                accessor: identity.accessor,
+                policies: identity.policies,
+                display_name: identity.display_name,
+                ..TokenEntry::default()
+            }),
+            ..RequestScope::default()
+        });
+        let response = match SCOPE
+            .scope(scope.clone(), self.routes.clone().oneshot(request))
+            .await
+        {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, body) = with_index(response, &scope).into_parts();
+        let body = axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| tonic::Status::internal(format!("reading the response failed: {e}")))?;
+        let headers = parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        Ok(tonic::Response::new(ForwardedResponse {
+            status: parts.status.as_u16().into(),
+            headers,
+            body: body.to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_header_round_trips() {
+        let state = ReplicatedState {
+            stream_id: (0u8..16).collect(),
+            epoch: 3,
+            index: 12345,
+        };
+        let text = encode_index(&state);
+        assert_eq!(text, "ferry1.000102030405060708090a0b0c0d0e0f.3.12345");
+        assert_eq!(decode_index(&text).unwrap(), state);
+    }
+
+    #[test]
+    fn malformed_index_headers_name_the_problem() {
+        for (text, says) in [
+            ("", "expected"),
+            ("ferry2.000102030405060708090a0b0c0d0e0f.3.1", "version"),
+            ("ferry1.0001.3.1", "32 hex"),
+            ("ferry1.zz0102030405060708090a0b0c0d0e0f.3.1", "32 hex"),
+            ("ferry1.000102030405060708090a0b0c0d0e0f.x.1", "epoch"),
+            ("ferry1.000102030405060708090a0b0c0d0e0f.3.-1", "index"),
+        ] {
+            let e = decode_index(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+}
