@@ -148,6 +148,22 @@ async fn writes_through_a_secondary_reach_the_primary_and_are_read_back_at_once(
         .await?
         .ok()?;
     assert_eq!(opened.body["data"]["plaintext"], plaintext);
+
+    // A mount enabled through the secondary is served by both at once.
+    east.post("/v1/sys/mounts/apps", json!({ "type": "kv-v2" }))
+        .await?
+        .ok()?;
+    east.post("/v1/apps/data/web", json!({ "data": { "port": 8080 } }))
+        .await?
+        .ok()?;
+    assert_eq!(
+        east.get("/v1/apps/data/web").await?.ok()?.body["data"]["data"]["port"],
+        8080
+    );
+    assert_eq!(
+        west.get("/v1/apps/data/web").await?.ok()?.body["data"]["data"]["port"],
+        8080
+    );
     Ok(())
 }
 

@@ -1,11 +1,13 @@
-//! KV version 2 at the `secret/` mount: versioned secrets with check-and-set, soft delete,
-//! undelete and destroy, in Vault's request and response shapes.
+//! KV version 2 at a mount (`secret/` by default): versioned secrets with check-and-set, soft
+//! delete, undelete and destroy, in Vault's request and response shapes.
 //!
-//! Storage (replicated, sealed by the replicated keyring):
+//! Storage (replicated, sealed by the replicated keyring), under the mount's root
+//! `logical/<mount uuid>/`:
 //!
 //! ```text
-//! logical/kv-secret/metadata/<path>         KvMetadata: versions, current version, settings
-//! logical/kv-secret/versions/<path>/<n>     the data of version n (JSON object)
+//! config                     KvConfig: the mount's max_versions and cas_required
+//! metadata/<path>            KvMetadata: versions, current version, settings
+//! versions/<path>/<n>        the data of version n (JSON object)
 //! ```
 //!
 //! A write stores the new version and the metadata in one atomic batch, and drops the data of
@@ -18,8 +20,6 @@ use serde_json::{Map, Value, json};
 
 use ferry_proto::time::rfc3339;
 
-pub const MOUNT: &str = "secret/";
-const ROOT: &str = "logical/kv-secret/";
 /// Versions kept when the metadata sets none (Vault's default).
 const DEFAULT_MAX_VERSIONS: u64 = 10;
 /// Longest secret path accepted.
@@ -54,12 +54,34 @@ pub enum KvError {
     NotFound,
 }
 
-pub fn metadata_path(path: &str) -> String {
-    format!("{ROOT}metadata/{path}")
+/// A mount's settings (`<mount>/config`): the defaults of every secret in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvConfig {
+    /// 0: Vault's default of 10.
+    pub max_versions: u64,
+    pub cas_required: bool,
 }
 
-pub fn version_path(path: &str, version: u64) -> String {
-    format!("{ROOT}versions/{path}/{version}")
+impl KvConfig {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "cas_required": self.cas_required,
+            "delete_version_after": "0s",
+            "max_versions": self.max_versions,
+        })
+    }
+}
+
+pub fn config_path(root: &str) -> String {
+    format!("{root}config")
+}
+
+pub fn metadata_path(root: &str, path: &str) -> String {
+    format!("{root}metadata/{path}")
+}
+
+pub fn version_path(root: &str, path: &str, version: u64) -> String {
+    format!("{root}versions/{path}/{version}")
 }
 
 /// Checks a secret path: non-empty, bounded, no empty or dot segments, no trailing slash.
@@ -85,17 +107,22 @@ pub fn validate_path(path: &str) -> Result<(), KvError> {
 }
 
 impl KvMetadata {
-    fn max_versions(&self) -> u64 {
-        if self.max_versions == 0 {
-            DEFAULT_MAX_VERSIONS
-        } else {
-            self.max_versions
-        }
+    /// The secret's own limit, else the mount's, else Vault's default.
+    fn max_versions(&self, mount: &KvConfig) -> u64 {
+        [self.max_versions, mount.max_versions, DEFAULT_MAX_VERSIONS]
+            .into_iter()
+            .find(|n| *n > 0)
+            .expect("the default is not 0")
     }
 
-    /// Records a new version written at `now` after checking `cas`; returns its number and the
-    /// versions whose data must now be dropped.
-    pub fn add_version(&mut self, cas: Option<u64>, now: u64) -> Result<(u64, Vec<u64>), KvError> {
+    /// Records a new version written at `now` after checking `cas` (required when the secret or
+    /// its `mount` says so); returns its number and the versions whose data must now be dropped.
+    pub fn add_version(
+        &mut self,
+        cas: Option<u64>,
+        now: u64,
+        mount: &KvConfig,
+    ) -> Result<(u64, Vec<u64>), KvError> {
         match cas {
             Some(expected) if expected != self.current_version => {
                 return Err(KvError::Invalid(format!(
@@ -103,7 +130,7 @@ impl KvMetadata {
                     self.current_version
                 )));
             }
-            None if self.cas_required => {
+            None if self.cas_required || mount.cas_required => {
                 return Err(KvError::Invalid(
                     "check-and-set parameter required for this call".into(),
                 ));
@@ -124,7 +151,7 @@ impl KvMetadata {
             },
         );
         let mut dropped = Vec::new();
-        while self.versions.len() as u64 > self.max_versions() {
+        while self.versions.len() as u64 > self.max_versions(mount) {
             let (&oldest, _) = self.versions.iter().next().expect("not empty");
             self.versions.remove(&oldest);
             dropped.push(oldest);
@@ -185,10 +212,16 @@ mod tests {
     #[test]
     fn versions_count_up_and_cas_is_checked() {
         let mut meta = KvMetadata::default();
-        assert_eq!(meta.add_version(Some(0), 10), Ok((1, vec![])));
-        assert_eq!(meta.add_version(None, 11), Ok((2, vec![])));
+        assert_eq!(
+            meta.add_version(Some(0), 10, &KvConfig::default()),
+            Ok((1, vec![]))
+        );
+        assert_eq!(
+            meta.add_version(None, 11, &KvConfig::default()),
+            Ok((2, vec![]))
+        );
         assert!(
-            matches!(meta.add_version(Some(1), 12), Err(KvError::Invalid(m)) if m.contains("did not match"))
+            matches!(meta.add_version(Some(1), 12, &KvConfig::default()), Err(KvError::Invalid(m)) if m.contains("did not match"))
         );
         assert_eq!(meta.current_version, 2);
         assert_eq!(meta.resolve(0).map(|(n, _)| n), Some(2));
@@ -197,14 +230,34 @@ mod tests {
     }
 
     #[test]
+    fn the_mount_config_sets_defaults_a_secret_can_override() {
+        let mount = KvConfig {
+            max_versions: 2,
+            cas_required: true,
+        };
+        let mut meta = KvMetadata::default();
+        assert!(
+            matches!(meta.add_version(None, 1, &mount), Err(KvError::Invalid(m)) if m.contains("required"))
+        );
+        meta.add_version(Some(0), 1, &mount).unwrap();
+        meta.add_version(Some(1), 2, &mount).unwrap();
+        assert_eq!(meta.add_version(Some(2), 3, &mount), Ok((3, vec![1])));
+        meta.max_versions = 5;
+        assert_eq!(meta.add_version(Some(3), 4, &mount), Ok((4, vec![])));
+    }
+
+    #[test]
     fn old_versions_beyond_max_versions_are_dropped() {
         let mut meta = KvMetadata {
             max_versions: 2,
             ..KvMetadata::default()
         };
-        meta.add_version(None, 1).unwrap();
-        meta.add_version(None, 2).unwrap();
-        assert_eq!(meta.add_version(None, 3), Ok((3, vec![1])));
+        meta.add_version(None, 1, &KvConfig::default()).unwrap();
+        meta.add_version(None, 2, &KvConfig::default()).unwrap();
+        assert_eq!(
+            meta.add_version(None, 3, &KvConfig::default()),
+            Ok((3, vec![1]))
+        );
         assert_eq!(meta.oldest_version, 2);
     }
 

@@ -1,4 +1,4 @@
-//! The HTTP side of KV version 2 at `secret/`: dispatch by sub-path and method, authentication,
+//! The HTTP side of KV version 2 at a mount: dispatch by sub-path and method, authentication,
 //! sealing, and Vault's response shapes. The bookkeeping itself is in `kv`.
 
 use std::collections::HashMap;
@@ -6,24 +6,29 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::barrier::Keyring;
-use crate::kv::{KvError, KvMetadata, metadata_path, validate_path, version_json, version_path};
+use crate::kv::{
+    KvConfig, KvError, KvMetadata, config_path, metadata_path, validate_path, version_json,
+    version_path,
+};
+use crate::mounts::Mount;
 use crate::policy_api::{authorize, needed};
 use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
 use crate::unseal::unix_now;
 
-/// `/v1/secret/*rest`, every method.
-pub async fn handle(
-    State(state): State<Arc<ServerState>>,
+/// `/v1/<mount>/<rest>`, every method.
+pub async fn serve(
+    state: Arc<ServerState>,
+    mount: &Mount,
     method: Method,
-    Path(rest): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    rest: &str,
+    query: HashMap<String, String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -38,36 +43,36 @@ pub async fn handle(
             return ApiError::from(rejection).into_response();
         }
     };
-    let Some(keyring) = state
-        .replicated
-        .read()
-        .expect("keyring lock poisoned")
-        .clone()
-    else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed").into_response();
+    let keyring = match state.keyring() {
+        Ok(k) => k,
+        Err(sealed) => return sealed.into_response(),
     };
     let kv = Kv {
         state: &state,
         keyring,
+        root: mount.storage_root(),
     };
     let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
-    let (section, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
     let needed = match section {
         "delete" | "undelete" | "destroy" if method == Method::POST || method == Method::PUT => {
             &["update"][..]
         }
         _ => needed(&method, list),
     };
-    if let Err(denied) = authorize(&state, &entry, &format!("secret/{rest}"), needed).await {
+    let mount_path = &mount.path;
+    if let Err(denied) = authorize(&state, &entry, &format!("{mount_path}{rest}"), needed).await {
         return denied.into_response();
     }
     // Writes read the metadata, then write it back: one at a time per path.
     let _writing = if method != Method::GET && !list {
-        Some(state.path_locks.lock(path).await)
+        Some(state.path_locks.lock(&format!("{}{path}", kv.root)).await)
     } else {
         None
     };
     let result = match (section, &method) {
+        ("config", &Method::GET) if path.is_empty() => kv.read_config().await,
+        ("config", &Method::POST | &Method::PUT) if path.is_empty() => kv.write_config(&body).await,
         ("metadata", _) if list => kv.list(path).await,
         ("data", &Method::GET) => kv.read(path, &query).await,
         ("data", &Method::POST | &Method::PUT) => kv.write(path, &body).await,
@@ -82,13 +87,15 @@ pub async fn handle(
         ("destroy", &Method::POST | &Method::PUT) => {
             kv.versions(path, &body, Change::Destroy).await
         }
-        ("data" | "metadata" | "delete" | "undelete" | "destroy", _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("unsupported operation {method} on secret/{section}/"),
-        )),
+        ("config" | "data" | "metadata" | "delete" | "undelete" | "destroy", _) => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("unsupported operation {method} on {mount_path}{section}/"),
+            ))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no handler for route \"secret/{rest}\""),
+            format!("no handler for route \"{mount_path}{rest}\""),
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -99,6 +106,8 @@ type KvResult = Result<Response, ApiError>;
 struct Kv<'s> {
     state: &'s ServerState,
     keyring: Keyring,
+    /// The mount's storage root, `logical/<uuid>/`.
+    root: String,
 }
 
 #[derive(Clone, Copy)]
@@ -116,8 +125,63 @@ fn kv_error(e: KvError) -> ApiError {
 }
 
 impl Kv<'_> {
+    async fn load_config(&self) -> Result<KvConfig, ApiError> {
+        let key = config_path(&self.root);
+        let Some(sealed) = self.state.storage.get(&key).await? else {
+            return Ok(KvConfig::default());
+        };
+        let plain = self
+            .keyring
+            .open(&key, &sealed)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        serde_json::from_slice(&plain).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored {key} is unreadable: {e}"),
+            )
+        })
+    }
+
+    async fn read_config(&self) -> KvResult {
+        Ok(envelope(self.load_config().await?.to_json()))
+    }
+
+    /// `<mount>/config`: the mount's `max_versions` and `cas_required`.
+    async fn write_config(&self, body: &Bytes) -> KvResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            max_versions: Option<u64>,
+            cas_required: Option<bool>,
+            delete_version_after: Option<Value>,
+        }
+        let req: Settings = parse_body(body)?;
+        if let Some(after) = req.delete_version_after
+            && after != json!("0s")
+            && after != json!(0)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "delete_version_after is not supported by ferry-vault (only \"0s\")",
+            ));
+        }
+        let mut config = self.load_config().await?;
+        if let Some(n) = req.max_versions {
+            config.max_versions = n;
+        }
+        if let Some(c) = req.cas_required {
+            config.cas_required = c;
+        }
+        let key = config_path(&self.root);
+        self.state
+            .storage
+            .put(&key, self.seal_json(&key, &config))
+            .await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
     async fn load_metadata(&self, path: &str) -> Result<Option<KvMetadata>, ApiError> {
-        let key = metadata_path(path);
+        let key = metadata_path(&self.root, path);
         let Some(sealed) = self.state.storage.get(&key).await? else {
             return Ok(None);
         };
@@ -158,7 +222,7 @@ impl Kv<'_> {
             )
                 .into_response());
         }
-        let key = version_path(path, version);
+        let key = version_path(&self.root, path, version);
         let sealed = self.state.storage.get(&key).await?.ok_or_else(not_found)?;
         let data: Value = serde_json::from_slice(
             &self
@@ -189,16 +253,21 @@ impl Kv<'_> {
             .data
             .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no data provided"))?;
         let mut meta = self.load_metadata(path).await?.unwrap_or_default();
+        let config = self.load_config().await?;
         let (version, dropped) = meta
-            .add_version(req.options.cas, unix_now())
+            .add_version(req.options.cas, unix_now(), &config)
             .map_err(kv_error)?;
-        let vkey = version_path(path, version);
-        let mkey = metadata_path(path);
+        let vkey = version_path(&self.root, path, version);
+        let mkey = metadata_path(&self.root, path);
         let mut ops = vec![
             (vkey.clone(), Some(self.seal_json(&vkey, &data))),
             (mkey.clone(), Some(self.seal_json(&mkey, &meta))),
         ];
-        ops.extend(dropped.into_iter().map(|n| (version_path(path, n), None)));
+        ops.extend(
+            dropped
+                .into_iter()
+                .map(|n| (version_path(&self.root, path, n), None)),
+        );
         self.state.storage.batch(ops).await?;
         let vmeta = meta.versions.get(&version).expect("just added");
         Ok(envelope(version_json(vmeta, Some(version))))
@@ -253,12 +322,12 @@ impl Kv<'_> {
                 Change::Undelete => v.deletion_time = 0,
                 Change::Destroy if !v.destroyed => {
                     v.destroyed = true;
-                    ops.push((version_path(path, *n), None));
+                    ops.push((version_path(&self.root, path, *n), None));
                 }
                 _ => {}
             }
         }
-        let mkey = metadata_path(path);
+        let mkey = metadata_path(&self.root, path);
         ops.push((mkey.clone(), Some(self.seal_json(&mkey, &meta))));
         self.state.storage.batch(ops).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -292,7 +361,7 @@ impl Kv<'_> {
         if req.custom_metadata.is_some() {
             meta.custom_metadata = req.custom_metadata;
         }
-        let mkey = metadata_path(path);
+        let mkey = metadata_path(&self.root, path);
         self.state
             .storage
             .put(&mkey, self.seal_json(&mkey, &meta))
@@ -308,9 +377,9 @@ impl Kv<'_> {
         let mut ops: Vec<(String, Option<Vec<u8>>)> = meta
             .versions
             .keys()
-            .map(|n| (version_path(path, *n), None))
+            .map(|n| (version_path(&self.root, path, *n), None))
             .collect();
-        ops.push((metadata_path(path), None));
+        ops.push((metadata_path(&self.root, path), None));
         for part in ops.chunks(100) {
             self.state.storage.batch(part.to_vec()).await?;
         }
@@ -326,7 +395,11 @@ impl Kv<'_> {
                 format!("{p}/")
             }
         };
-        let keys = self.state.storage.list(&metadata_path(&prefix)).await?;
+        let keys = self
+            .state
+            .storage
+            .list(&metadata_path(&self.root, &prefix))
+            .await?;
         if keys.is_empty() {
             return Err(not_found());
         }

@@ -16,6 +16,8 @@ pub mod config;
 pub mod forwarding;
 pub mod kv;
 pub mod kv_api;
+pub mod mounts;
+pub mod mounts_api;
 pub mod policy;
 pub mod policy_api;
 pub mod replication_proxy;
@@ -66,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         local,
         replicated: Arc::new(RwLock::new(None)),
         path_locks: Default::default(),
+        mount_cache: Default::default(),
         sidecar_api: replication_proxy::SidecarApi::new(&config.sidecar_api),
     });
     tokio::spawn(unseal::keep_replicated_keyring(

@@ -42,7 +42,7 @@ pub async fn authorize(
     if entry.is_root() {
         return Ok(());
     }
-    let keyring = replicated_keyring(state)?;
+    let keyring = state.keyring()?;
     let mut policies = vec![default_policy()];
     for name in entry.policies.iter().filter(|n| *n != "default") {
         if let Some(p) = load(state, &keyring, name).await? {
@@ -55,15 +55,6 @@ pub async fn authorize(
     } else {
         Err(ApiError::new(StatusCode::FORBIDDEN, "permission denied"))
     }
-}
-
-fn replicated_keyring(state: &ServerState) -> Result<Keyring, ApiError> {
-    state
-        .replicated
-        .read()
-        .expect("keyring lock poisoned")
-        .clone()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed"))
 }
 
 async fn load(
@@ -116,7 +107,7 @@ pub async fn handle(
     let result = async {
         let body = body?;
         let (_, entry) = authenticate(&state, &headers).await?;
-        let keyring = replicated_keyring(&state)?;
+        let keyring = state.keyring()?;
         let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
         let path = format!("sys/policies/acl/{name}");
         if name.is_empty() || list {

@@ -28,6 +28,8 @@ pub struct ServerState {
     /// Serialise read-modify-write cycles on one KV path (striped by path hash).
     pub path_locks: PathLocks,
     pub sidecar_api: crate::replication_proxy::SidecarApi,
+    /// The last mount table read, with the sealed bytes it came from.
+    pub mount_cache: std::sync::Mutex<Option<(Vec<u8>, Arc<crate::mounts::MountTable>)>>,
 }
 
 /// A fixed set of locks; a path always maps to the same one.
@@ -53,6 +55,15 @@ impl ServerState {
             storage: &self.storage,
             keyring: &self.local,
         }
+    }
+
+    /// The replicated keyring; 503 while sealed.
+    pub fn keyring(&self) -> Result<Keyring, ApiError> {
+        self.replicated
+            .read()
+            .expect("keyring lock poisoned")
+            .clone()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed"))
     }
 
     fn sealed(&self) -> bool {
@@ -167,7 +178,7 @@ pub fn envelope(data: Value) -> Response {
     .into_response()
 }
 
-fn request_id() -> String {
+pub fn request_id() -> String {
     let h = crate::token::random_hex(16);
     format!(
         "{}-{}-{}-{}-{}",
@@ -198,12 +209,12 @@ pub fn routes(state: Arc<ServerState>) -> Router {
             axum::routing::any(crate::token_api::handle),
         )
         .route(
-            "/v1/secret/{*rest}",
-            axum::routing::any(crate::kv_api::handle),
+            "/v1/sys/mounts",
+            axum::routing::any(crate::mounts_api::handle),
         )
         .route(
-            "/v1/transit/{*rest}",
-            axum::routing::any(crate::transit_api::handle),
+            "/v1/sys/mounts/{*path}",
+            axum::routing::any(crate::mounts_api::handle),
         )
         .route(
             "/v1/sys/policies/acl",
@@ -217,12 +228,8 @@ pub fn routes(state: Arc<ServerState>) -> Router {
             "/v1/sys/replication/{*rest}",
             axum::routing::any(crate::replication_proxy::handle),
         )
-        .fallback(|uri: axum::http::Uri| async move {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("unsupported path {}", uri.path()),
-            )
-        })
+        // Everything else is a secrets engine's, by the mount table.
+        .fallback(crate::mounts_api::logical)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -1,7 +1,7 @@
-//! The transit engine at `transit/`: named AES-256-GCM keys with versions, and encryption as a
+//! The transit engine at a mount (`transit/` by default): named AES-256-GCM keys with versions, and encryption as a
 //! service. Ciphertext is `vault:v<version>:<base64(nonce || ciphertext+tag)>`, as in Vault.
 //!
-//! Keys are replicated (`logical/transit/keys/<name>`, sealed by the replicated keyring), so a
+//! Keys are replicated (`logical/<mount uuid>/keys/<name>`, sealed by the replicated keyring), so a
 //! secondary encrypts and decrypts locally: both only read storage.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
-pub const KEY_PREFIX: &str = "logical/transit/keys/";
 /// Longest plaintext accepted per item (base64-decoded).
 pub const MAX_PLAINTEXT_BYTES: usize = 256 * 1024;
 

@@ -1,4 +1,4 @@
-//! The HTTP side of transit at `transit/`: keys (create, read, list, config, rotate, delete) and
+//! The HTTP side of transit at a mount (`transit/` by default): keys (create, read, list, config, rotate, delete) and
 //! encrypt, decrypt and rewrap, single or `batch_input`, in Vault's shapes.
 
 use std::collections::HashMap;
@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -15,24 +14,27 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
+use crate::mounts::Mount;
 use crate::policy_api::{authorize, needed};
 use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
-use crate::transit::{KEY_PREFIX, TransitKey};
+use crate::transit::TransitKey;
 use crate::unseal::unix_now;
 
 /// Most items in one `batch_input`.
 const MAX_BATCH: usize = 1000;
 const MAX_NAME_BYTES: usize = 128;
 
-/// `/v1/transit/*rest`.
-pub async fn handle(
-    State(state): State<Arc<ServerState>>,
+/// `/v1/<mount>/<rest>`.
+pub async fn serve(
+    state: Arc<ServerState>,
+    mount: &Mount,
     method: Method,
-    Path(rest): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    rest: &str,
+    query: HashMap<String, String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let mount_path = &mount.path;
     let result = async {
         let body = body?;
         let (_, entry) = authenticate(&state, &headers).await?;
@@ -40,19 +42,15 @@ pub async fn handle(
         authorize(
             &state,
             &entry,
-            &format!("transit/{rest}"),
+            &format!("{mount_path}{rest}"),
             needed(&method, list),
         )
         .await?;
-        let keyring = state
-            .replicated
-            .read()
-            .expect("keyring lock poisoned")
-            .clone()
-            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed"))?;
+        let keyring = state.keyring()?;
         let t = Transit {
             state: &state,
             keyring,
+            root: mount.storage_root(),
         };
         let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         match (parts.as_slice(), &method) {
@@ -67,11 +65,11 @@ pub async fn handle(
             (["rewrap", name], &Method::POST | &Method::PUT) => t.rewrap(name, &body).await,
             (["keys" | "encrypt" | "decrypt" | "rewrap", ..], _) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on transit/{rest}"),
+                format!("unsupported operation {method} on {mount_path}{rest}"),
             )),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no handler for route \"transit/{rest}\""),
+                format!("no handler for route \"{mount_path}{rest}\""),
             )),
         }
     }
@@ -82,6 +80,8 @@ pub async fn handle(
 struct Transit<'s> {
     state: &'s ServerState,
     keyring: Keyring,
+    /// The mount's storage root, `logical/<uuid>/`; keys live under `keys/`.
+    root: String,
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -158,13 +158,13 @@ fn answer(results: Vec<Result<Value, String>>, batch: bool) -> Result<Response, 
 }
 
 impl Transit<'_> {
-    fn path(name: &str) -> String {
-        format!("{KEY_PREFIX}{name}")
+    fn path(&self, name: &str) -> String {
+        format!("{}keys/{name}", self.root)
     }
 
     async fn load(&self, name: &str) -> Result<Option<TransitKey>, ApiError> {
         validate_name(name)?;
-        let path = Self::path(name);
+        let path = self.path(name);
         let Some(sealed) = self.state.storage.get(&path).await? else {
             return Ok(None);
         };
@@ -179,7 +179,7 @@ impl Transit<'_> {
     }
 
     async fn store(&self, key: &TransitKey) -> Result<(), ApiError> {
-        let path = Self::path(&key.name);
+        let path = self.path(&key.name);
         let sealed = self
             .keyring
             .seal(&path, &serde_json::to_vec(key).expect("serialises"));
@@ -203,7 +203,7 @@ impl Transit<'_> {
                 "unsupported key type {kind:?}; use aes256-gcm96"
             )));
         }
-        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let _lock = self.state.path_locks.lock(&self.path(name)).await;
         if self.load(name).await?.is_none() {
             self.store(&TransitKey::new(name, unix_now())).await?;
         }
@@ -236,7 +236,11 @@ impl Transit<'_> {
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
-        let keys = self.state.storage.list(KEY_PREFIX).await?;
+        let keys = self
+            .state
+            .storage
+            .list(&format!("{}keys/", self.root))
+            .await?;
         if keys.is_empty() {
             return Err(ApiError::not_found());
         }
@@ -250,7 +254,7 @@ impl Transit<'_> {
             min_decryption_version: Option<u32>,
         }
         let req: Config = parse_body(body)?;
-        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let _lock = self.state.path_locks.lock(&self.path(name)).await;
         let mut key = self.load_existing(name).await?;
         if let Some(d) = req.deletion_allowed {
             key.deletion_allowed = d;
@@ -269,7 +273,7 @@ impl Transit<'_> {
     }
 
     async fn rotate(&self, name: &str) -> Result<Response, ApiError> {
-        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let _lock = self.state.path_locks.lock(&self.path(name)).await;
         let mut key = self.load_existing(name).await?;
         key.rotate(unix_now());
         self.store(&key).await?;
@@ -277,12 +281,12 @@ impl Transit<'_> {
     }
 
     async fn delete(&self, name: &str) -> Result<Response, ApiError> {
-        let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+        let _lock = self.state.path_locks.lock(&self.path(name)).await;
         let key = self.load_existing(name).await?;
         if !key.deletion_allowed {
             return Err(bad("deletion is not allowed for this key"));
         }
-        self.state.storage.delete(&Self::path(name)).await?;
+        self.state.storage.delete(&self.path(name)).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
@@ -292,7 +296,7 @@ impl Transit<'_> {
         let key = match self.load(name).await? {
             Some(k) => k,
             None => {
-                let _lock = self.state.path_locks.lock(&Self::path(name)).await;
+                let _lock = self.state.path_locks.lock(&self.path(name)).await;
                 match self.load(name).await? {
                     Some(k) => k,
                     None => {

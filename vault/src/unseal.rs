@@ -112,6 +112,9 @@ pub async fn keep_replicated_keyring(
     let set = |keyring| *slot.write().expect("keyring lock poisoned") = Some(keyring);
     match replicated_keyring(&storage, &root).await {
         Ok(keyring) => {
+            if let Err(e) = crate::mounts_api::create_default_table(&storage, &keyring).await {
+                warn!(error = %e, "failed to create the default mounts");
+            }
             set(keyring);
             info!("unsealed");
         }
