@@ -6,7 +6,7 @@ use std::process::Command;
 
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::{EAST_ROOT_TOKEN, VaultPair, VaultServer, WEST_ROOT_TOKEN};
 
 const ROOT_TOKEN: &str = "hvs.hvac-test-root";
 
@@ -27,31 +27,61 @@ fn venv_python() -> PathBuf {
 
 /// Runs `tests/py/<script>` with hvac against a fresh ferry-vault.
 async fn run_hvac(script: &str) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    let vault = VaultServer::start(&sidecar, &"33".repeat(32), ROOT_TOKEN).await?;
+    let env = [
+        ("VAULT_ADDR", vault.api.base().to_owned()),
+        ("VAULT_TOKEN", ROOT_TOKEN.to_owned()),
+    ];
+    run_script(script, &env, || vault.log()).await
+}
+
+/// Runs `tests/py/<script>` with hvac against the secondary of a fresh replication pair; the
+/// script also gets the primary's address and root token (`VAULT_PRIMARY_ADDR`,
+/// `VAULT_PRIMARY_TOKEN`).
+async fn run_hvac_on_secondary(script: &str) -> anyhow::Result<()> {
+    let pair = VaultPair::start(&[]).await?;
+    let env = [
+        ("VAULT_ADDR", pair.east_vault.api.base().to_owned()),
+        ("VAULT_TOKEN", EAST_ROOT_TOKEN.to_owned()),
+        ("VAULT_PRIMARY_ADDR", pair.west_vault.api.base().to_owned()),
+        ("VAULT_PRIMARY_TOKEN", WEST_ROOT_TOKEN.to_owned()),
+    ];
+    run_script(script, &env, || {
+        format!(
+            "--- east (secondary) ---\n{}\n--- west (primary) ---\n{}",
+            pair.east_vault.log(),
+            pair.west_vault.log()
+        )
+    })
+    .await
+}
+
+async fn run_script(
+    script: &str,
+    env: &[(&str, String)],
+    logs: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     let python = venv_python();
     anyhow::ensure!(
         python.exists(),
         "{} is missing: run `make setup` (it installs hvac into a venv)",
         python.display()
     );
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"33".repeat(32), ROOT_TOKEN).await?;
     let script = format!("{}/py/{script}", env!("CARGO_MANIFEST_DIR"));
-    let addr = vault.api.base().to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("VAULT_ADDR", addr)
-            .env("VAULT_TOKEN", ROOT_TOKEN)
-            .output()
-    })
-    .await??;
+    let mut command = Command::new(python);
+    command.arg(script);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "hvac checks failed\n{stdout}\n{stderr}\n--- ferry-vault log ---\n{}",
-        vault.log()
+        "hvac checks failed\n{stdout}\n{stderr}\n--- ferry-vault logs ---\n{}",
+        logs()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     Ok(())
@@ -75,4 +105,42 @@ async fn hvac_policies() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hvac_transit() -> anyhow::Result<()> {
     run_hvac("transit_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_mounts() -> anyhow::Result<()> {
+    run_hvac("mounts_hvac.py").await
+}
+
+// The same suites against a performance secondary: every write is forwarded to the primary and
+// read back at once.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_kv_v2_on_a_secondary() -> anyhow::Result<()> {
+    run_hvac_on_secondary("kv_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_tokens_on_a_secondary() -> anyhow::Result<()> {
+    run_hvac_on_secondary("token_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_policies_on_a_secondary() -> anyhow::Result<()> {
+    run_hvac_on_secondary("policy_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_transit_on_a_secondary() -> anyhow::Result<()> {
+    run_hvac_on_secondary("transit_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_mounts_on_a_secondary() -> anyhow::Result<()> {
+    run_hvac_on_secondary("mounts_hvac.py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_across_a_replication_pair() -> anyhow::Result<()> {
+    run_hvac_on_secondary("replication_hvac.py").await
 }

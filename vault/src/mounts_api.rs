@@ -293,8 +293,7 @@ impl Change<'_> {
         struct Enable {
             #[serde(rename = "type")]
             kind: Option<String>,
-            #[serde(default)]
-            description: String,
+            description: Option<String>,
             config: Option<Tune>,
             options: Option<HashMap<String, Value>>,
             #[serde(default)]
@@ -336,7 +335,12 @@ impl Change<'_> {
         if req.plugin_version.is_some_and(|v| !v.is_empty()) {
             return Err(bad("plugin versions are not supported by ferry-vault"));
         }
-        let mut mount = Mount::new(path, engine, &req.description, unix_now());
+        let mut mount = Mount::new(
+            path,
+            engine,
+            req.description.as_deref().unwrap_or_default(),
+            unix_now(),
+        );
         if let Some(config) = req.config {
             apply_tune(&mut mount, config)?;
         }
