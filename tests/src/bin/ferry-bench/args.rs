@@ -13,6 +13,7 @@ pub enum Bench {
     Recovery,
     Memory,
     Replication,
+    Vault,
 }
 
 #[derive(Debug)]
@@ -24,7 +25,7 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication[,...]]\n\
+                     [--only write|recovery|memory|replication|vault[,...]]\n\
                      --seconds: measured time per write and lag case, and the catch-up outage \
                      (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
@@ -73,6 +74,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "recovery" => Bench::Recovery,
                         "memory" => Bench::Memory,
                         "replication" => Bench::Replication,
+                        "vault" => Bench::Vault,
                         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
                     });
                 }
@@ -97,6 +99,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
             Bench::Recovery,
             Bench::Memory,
             Bench::Replication,
+            Bench::Vault,
         ]
         .into();
     }
@@ -130,7 +133,7 @@ mod tests {
         let a = parse("--quick --seconds 2").unwrap();
         assert_eq!(a.keys, vec![QUICK_KEYS]);
         assert_eq!(a.seconds, 2.0);
-        assert_eq!(a.only.len(), 4);
+        assert_eq!(a.only.len(), 5);
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());

@@ -26,12 +26,17 @@
 //!     (at most a tenth of the keys with `--quick`): round trips, bytes to locate the
 //!     conflicts, time against the full copy, keys written.
 //!
+//! * `vault`: ferry-vault over HTTP on a replication pair: KV v2 writes and reads a second on
+//!   the primary and the secondary (forwarded writes against direct ones, secondary reads
+//!   against primary reads), transit encryptions a second on the secondary against the primary,
+//!   forwarded write latency p50/p99 against a direct write.
+//!
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
 //! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
 //! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication` (comma separated for several; all by default).
+//! write|recovery|memory|replication|vault` (comma separated for several; all by default).
 
 mod args;
 mod common;
@@ -41,6 +46,7 @@ mod procfs;
 mod recovery;
 mod replication;
 mod report;
+mod vault;
 mod write;
 
 use std::process::ExitCode;
@@ -69,6 +75,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         replication_bench(args, report)
             .await
             .context("replication benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Vault) {
+        vault::vault_bench(args, report)
+            .await
+            .context("vault benchmark failed")?;
     }
     Ok(())
 }
