@@ -1,20 +1,26 @@
-# Ferry: `make test` runs every test, `make bench` the benchmarks. Both set themselves up.
+# Ferry: `make demo` runs two regions on this machine, `make test` every test, `make bench` the
+# benchmarks. All set themselves up.
 SHELL := /bin/bash
 CARGO ?= cargo
 # nextest runs each test in its own process with a timeout; plain cargo test is the fallback.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all setup build lint test unit bench clean
+.PHONY: all setup build demo lint test unit bench clean
 
 all: build
 
-## Install missing Debian packages (etcd-server, protobuf-compiler).
+## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, curl) and the hvac venv.
 setup:
 	@scripts/setup.sh
 
 ## Build every binary (debug).
 build: setup
 	$(CARGO) build --workspace --bins
+
+## Two regions on this machine (etcd, ferry-sidecar and ferry-vault each; west the primary, east
+## its secondary), a short tour with hvac, then up until Ctrl-C. Ports and options: scripts/demo.sh.
+demo: setup
+	@scripts/demo.sh
 
 ## Formatting and lints, as CI checks them.
 lint: setup

@@ -8,6 +8,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # etcdctl: the benchmarks compare with `etcdctl make-mirror`.
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+# curl: `make demo` polls and calls the servers with it.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
