@@ -19,6 +19,15 @@ async fn the_store_holds_only_ciphertext_and_opens_only_with_the_root_key() -> a
     assert_eq!(health.status, 200, "{:?}", health.body);
     assert_eq!(health.body["initialized"], true);
     assert_eq!(health.body["sealed"], false);
+    // Vault's query parameters choose the codes; bad ones are named.
+    let custom = vault
+        .api
+        .get("/v1/sys/health?activecode=204&standbyok=true")
+        .await?;
+    assert_eq!(custom.status, 204);
+    let bad = vault.api.get("/v1/sys/health?sealedcode=abc").await?;
+    assert_eq!(bad.status, 400);
+    assert!(bad.error().contains("sealedcode"), "{}", bad.error());
     assert_eq!(
         vault.api.get("/v1/sys/seal-status").await?.body["sealed"],
         false

@@ -234,8 +234,60 @@ pub fn routes(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-/// `sys/health`: 200 when active and unsealed, 503 when sealed (Vault's codes).
-async fn health(State(s): Shared) -> Response {
+/// `sys/health`, with Vault's status codes and the query parameters that change them:
+/// `activecode` (200), `sealedcode` (503), `uninitcode` (501), `standbycode` (429),
+/// `performancestandbycode` (473) and `drsecondarycode` (472), and `standbyok` /
+/// `perfstandbyok`, which answer a standby with the active code. Every node of a ferry-vault
+/// cluster is active for now (standbys come later), so only the active and sealed codes are
+/// ever sent; the others are still checked.
+async fn health(
+    State(s): Shared,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let code = |name: &str, default: u16| -> Result<StatusCode, ApiError> {
+        match query.get(name) {
+            None => Ok(StatusCode::from_u16(default).expect("a valid default")),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid {name} {v:?}: not an HTTP status code"),
+                    )
+                }),
+        }
+    };
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        match query.get(name).map(String::as_str) {
+            None | Some("" | "true") => Ok(query.contains_key(name)),
+            Some("false") => Ok(false),
+            Some(v) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid {name} {v:?}: expected true or false"),
+            )),
+        }
+    };
+    let checked = (|| {
+        let active = code("activecode", 200)?;
+        let sealed = code("sealedcode", 503)?;
+        for (name, default) in [
+            ("uninitcode", 501),
+            ("standbycode", 429),
+            ("performancestandbycode", 473),
+            ("drsecondarycode", 472),
+        ] {
+            code(name, default)?;
+        }
+        flag("standbyok")?;
+        flag("perfstandbyok")?;
+        Ok::<_, ApiError>((active, sealed))
+    })();
+    let (active, sealed_code) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let sealed = s.sealed();
     let body = json!({
         "initialized": true,
@@ -246,11 +298,7 @@ async fn health(State(s): Shared) -> Response {
         "server_time_utc": crate::unseal::unix_now(),
         "version": VERSION,
     });
-    let status = if sealed {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
+    let status = if sealed { sealed_code } else { active };
     (status, axum::Json(body)).into_response()
 }
 
