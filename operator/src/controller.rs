@@ -1,0 +1,662 @@
+//! The controller: reconciles each `ReplicationCluster` as a pipeline.
+//!
+//! 1. **Observe**: the admin token Secret, the cluster's replication status, the token Secrets.
+//! 2. **Validate**: [`crate::validate`]; an invalid spec stops here (`InvalidSpec`, a Warning
+//!    event) and nothing is changed in the cluster.
+//! 3. **Decide**: [`crate::decide`], a pure function of what was observed.
+//! 4. **Act**: the plan's steps, in order, through the replication API and the Secrets API.
+//! 5. **Write status**: the cluster's status read again, the conditions merged
+//!    ([`crate::conditions`]), events for the steps taken and the conditions that flipped.
+//!
+//! The resource carries a finalizer: deleting it deletes the token Secrets the operator wrote
+//! and revokes the tokens no secondary used, best effort, so deletion finishes even when the
+//! cluster is gone. Replication itself keeps running: deleting the resource only stops managing
+//! it. Secrets are watched, so a secondary is enabled as soon as its token Secret appears.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::conditions::{self, Seen};
+use crate::crd::{IssuedToken, ReplicationCluster, ReplicationClusterStatus, Role};
+use crate::decide::{self, Inputs, Step, TokenSecret};
+use crate::metrics::Metrics;
+use crate::observe::Observed;
+use crate::validate;
+use crate::vault_api::{VaultApi, VaultError};
+
+pub const FINALIZER: &str = "replication.ferry.dev/cleanup";
+pub const FIELD_MANAGER: &str = "ferry-operator";
+/// Labels on the token Secrets the operator writes.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_CLUSTER: &str = "replication.ferry.dev/cluster";
+pub const LABEL_SECONDARY: &str = "replication.ferry.dev/secondary-id";
+/// Unix seconds the token in a Secret expires.
+pub const ANNOTATION_EXPIRES: &str = "replication.ferry.dev/expires-at";
+
+/// How often a settled resource is observed again (its status mirrored).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(10);
+/// How soon a resource in the middle of something is looked at again.
+const SOON: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub resync: Duration,
+}
+
+/// Runs the controller until the stream ends (shutdown).
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let (clusters, secrets): (Api<ReplicationCluster>, Api<Secret>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let name = secret.name_any();
+                let ns = secret.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|rc| rc.namespace() == ns && references(rc, &name))
+                    .map(|rc| ObjectRef::from_obj(&*rc))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Whether `rc` reads or writes the Secret called `name`.
+fn references(rc: &ReplicationCluster, name: &str) -> bool {
+    let spec = &rc.spec;
+    spec.cluster.token_secret_ref.name == name
+        || spec
+            .secondary
+            .as_ref()
+            .and_then(|s| s.token_secret_ref.as_ref())
+            .is_some_and(|r| r.name == name)
+        || spec
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.secondaries.iter().any(|g| g.token_secret_name == name))
+}
+
+fn error_policy(_rc: Arc<ReplicationCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed();
+    warn!(%error, "reconcile error; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(rc: Arc<ReplicationCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = rc.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<ReplicationCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, rc, |event| async {
+        match event {
+            Finalized::Apply(rc) => apply(&rc, &ctx).await,
+            Finalized::Cleanup(rc) => cleanup(&rc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()));
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+/// One cluster's handles for a reconcile.
+struct Target<'a> {
+    rc: &'a ReplicationCluster,
+    ctx: &'a Context,
+    secrets: Api<Secret>,
+    clusters: Api<ReplicationCluster>,
+}
+
+impl Target<'_> {
+    async fn secret_value(&self, name: &str, key: &str) -> Result<Option<String>, Error> {
+        let Some(secret) = self.secrets.get_opt(name).await? else {
+            return Ok(None);
+        };
+        Ok(secret
+            .data
+            .and_then(|d| d.get(key).cloned())
+            .and_then(|v| String::from_utf8(v.0).ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty()))
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String, action: &str) {
+        let reference = self.rc.object_ref(&());
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "failed to publish an event");
+        }
+    }
+
+    async fn write_status(&self, status: ReplicationClusterStatus) -> Result<(), Error> {
+        let patch = json!({ "status": status });
+        self.clusters
+            .patch_status(
+                &self.rc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = rc.namespace().unwrap_or_else(|| "default".into());
+    let t = Target {
+        rc,
+        ctx,
+        secrets: Api::namespaced(ctx.client.clone(), &ns),
+        clusters: Api::namespaced(ctx.client.clone(), &ns),
+    };
+    let previous = rc.status.clone().unwrap_or_default();
+    let mut status = ReplicationClusterStatus {
+        issued_tokens: previous.issued_tokens.clone(),
+        ..Default::default()
+    };
+    let now = unix_now();
+
+    // Validate.
+    let problems = validate::problems(&rc.spec);
+    if !problems.is_empty() {
+        let seen = Seen {
+            spec: &rc.spec,
+            problems: &problems,
+            observed: Err("not observed: the spec is invalid"),
+            waiting: None,
+            failed: None,
+            switching: false,
+        };
+        finish(&t, status, &previous, seen).await?;
+        return Ok(Action::requeue(ctx.resync * 6));
+    }
+
+    // Observe.
+    let token_ref = &rc.spec.cluster.token_secret_ref;
+    let admin_token = match t.secret_value(&token_ref.name, &token_ref.key).await? {
+        Some(v) => v,
+        None => {
+            let why = format!(
+                "the admin token Secret {:?} (key {:?}) is missing or empty",
+                token_ref.name, token_ref.key
+            );
+            finish_unreachable(&t, status, &previous, &problems, &why).await?;
+            return Ok(Action::requeue(SOON));
+        }
+    };
+    let vault = match VaultApi::new(
+        &rc.spec.cluster.address,
+        &admin_token,
+        rc.spec.cluster.ca_bundle.as_deref(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            finish_unreachable(&t, status, &previous, &problems, &e.to_string()).await?;
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
+    let observed = match vault.status().await {
+        Ok(o) => o,
+        Err(e) => {
+            finish_unreachable(&t, status, &previous, &problems, &e.to_string()).await?;
+            return Ok(Action::requeue(SOON));
+        }
+    };
+    let mut token_secrets = BTreeMap::new();
+    if let Some(primary) = &rc.spec.primary {
+        for grant in &primary.secondaries {
+            let found = t.secrets.get_opt(&grant.token_secret_name).await?;
+            token_secrets.insert(grant.id.clone(), found.map(|s| token_secret(rc, &s)));
+        }
+    }
+    let activation_token = match rc
+        .spec
+        .secondary
+        .as_ref()
+        .and_then(|s| s.token_secret_ref.as_ref())
+    {
+        Some(r) if rc.spec.role == Role::Secondary => t.secret_value(&r.name, &r.key).await?,
+        _ => None,
+    };
+    let issued: BTreeSet<String> = previous.issued_tokens.keys().cloned().collect();
+
+    // Decide.
+    let plan = decide::decide(&Inputs {
+        spec: &rc.spec,
+        observed: &observed,
+        token_secrets: &token_secrets,
+        issued: &issued,
+        activation_token: activation_token.as_deref(),
+        now,
+    });
+    let switching = plan.steps.iter().any(Step::switches_roles);
+
+    // Act.
+    let mut failed: Option<(&'static str, String)> = None;
+    for step in &plan.steps {
+        match act(&t, &vault, step, activation_token.as_deref(), &mut status).await {
+            Ok(note) => {
+                ctx.metrics.step(step.name(), true);
+                info!(resource = %rc.name_any(), step = step.name(), %note, "step done");
+                t.event(EventType::Normal, step.name(), note, step.name())
+                    .await;
+            }
+            Err(e) => {
+                ctx.metrics.step(step.name(), false);
+                let message = e.to_string();
+                warn!(resource = %rc.name_any(), step = step.name(), error = %message, "step failed");
+                // Warn once per distinct failure, not on every retry.
+                let same = previous
+                    .conditions
+                    .iter()
+                    .any(|c| c.message.contains(&message));
+                if !same {
+                    t.event(
+                        EventType::Warning,
+                        &format!("{}Failed", step.name()),
+                        message.clone(),
+                        step.name(),
+                    )
+                    .await;
+                }
+                failed = Some((step.name(), message));
+                break;
+            }
+        }
+    }
+
+    // Observe again and write the status.
+    let observed = if plan.steps.is_empty() {
+        Ok(observed)
+    } else {
+        vault.status().await.map_err(|e| e.to_string())
+    };
+    let observed_ref = observed.as_ref().map_err(String::as_str);
+    let seen = Seen {
+        spec: &rc.spec,
+        problems: &problems,
+        observed: observed_ref,
+        waiting: plan.waiting.as_ref(),
+        failed: failed.as_ref().map(|(s, e)| (*s, e.as_str())),
+        switching,
+    };
+    if let Ok(o) = &observed {
+        mirror(&mut status, o);
+    }
+    let settled = plan.steps.is_empty() && plan.waiting.is_none() && failed.is_none();
+    finish(&t, status, &previous, seen).await?;
+    Ok(Action::requeue(if settled { ctx.resync } else { SOON }))
+}
+
+/// Runs one step; returns what it did, for the event.
+async fn act(
+    t: &Target<'_>,
+    vault: &VaultApi,
+    step: &Step,
+    activation_token: Option<&str>,
+    status: &mut ReplicationClusterStatus,
+) -> Result<String, StepError> {
+    match step {
+        Step::EnablePrimary {
+            primary_cluster_addr,
+        } => {
+            vault
+                .enable_primary(primary_cluster_addr.as_deref())
+                .await?;
+            Ok("enabled performance replication as primary".into())
+        }
+        Step::IssueToken {
+            id,
+            secret_name,
+            ttl,
+        } => {
+            let token = vault.secondary_token(id, ttl).await?;
+            let seconds = ferry_proto::time::parse_duration(ttl).unwrap_or(1800);
+            let expires_at = unix_now() + seconds;
+            write_token_secret(t, secret_name, id, &token, expires_at).await?;
+            status.issued_tokens.insert(
+                id.clone(),
+                IssuedToken {
+                    secret_name: secret_name.clone(),
+                    expires_at: ferry_proto::time::rfc3339(expires_at),
+                },
+            );
+            Ok(format!(
+                "issued an activation token for secondary {id:?} into Secret {secret_name:?}"
+            ))
+        }
+        Step::Revoke { id } => {
+            match vault.revoke_secondary(id).await {
+                Ok(()) => {}
+                // Already gone at the cluster: the bookkeeping below still has to happen.
+                Err(VaultError::Refused { status: 400, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(issued) = status.issued_tokens.remove(id) {
+                delete_managed_secret(t, &issued.secret_name).await?;
+            }
+            Ok(format!("revoked secondary {id:?}"))
+        }
+        Step::EnableSecondary => {
+            let token = activation_token.ok_or_else(|| StepError("no activation token".into()))?;
+            vault.enable_secondary(token).await?;
+            Ok("enabled performance replication as secondary".into())
+        }
+        Step::Demote => {
+            vault.demote().await?;
+            Ok("demoted the primary: it no longer takes writes".into())
+        }
+        Step::Promote { force } => {
+            vault.promote(*force).await?;
+            Ok(if *force {
+                "promoted to primary (forced)".into()
+            } else {
+                "promoted to primary after applying everything the old primary wrote".into()
+            })
+        }
+        Step::FollowAddrs { addrs } => {
+            vault.update_primary_addrs(addrs).await?;
+            Ok(format!("following the new primary at {}", addrs.join(", ")))
+        }
+        Step::FollowToken => {
+            let token = activation_token.ok_or_else(|| StepError("no activation token".into()))?;
+            vault.update_primary_token(token).await?;
+            Ok("following the primary that issued the activation token".into())
+        }
+    }
+}
+
+/// Why a step failed, for conditions and events.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StepError(String);
+
+impl From<VaultError> for StepError {
+    fn from(e: VaultError) -> Self {
+        StepError(e.to_string())
+    }
+}
+
+impl From<kube::Error> for StepError {
+    fn from(e: kube::Error) -> Self {
+        StepError(format!("Kubernetes API: {e}"))
+    }
+}
+
+fn token_secret(rc: &ReplicationCluster, secret: &Secret) -> TokenSecret {
+    let labels = secret.labels();
+    TokenSecret {
+        expires_at: secret
+            .annotations()
+            .get(ANNOTATION_EXPIRES)
+            .and_then(|v| v.parse().ok()),
+        managed: labels
+            .get(LABEL_CLUSTER)
+            .is_some_and(|c| *c == rc.name_any())
+            && labels
+                .get(LABEL_MANAGED_BY)
+                .is_some_and(|m| m == FIELD_MANAGER),
+    }
+}
+
+/// Creates or replaces the token Secret, labelled and owned by the resource.
+async fn write_token_secret(
+    t: &Target<'_>,
+    name: &str,
+    id: &str,
+    token: &str,
+    expires_at: u64,
+) -> Result<(), StepError> {
+    let owner =
+        t.rc.controller_owner_ref(&())
+            .ok_or_else(|| StepError("the resource has no uid yet".into()))?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: t.rc.namespace(),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.into(), FIELD_MANAGER.into()),
+                (LABEL_CLUSTER.into(), t.rc.name_any()),
+                (LABEL_SECONDARY.into(), id.into()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_EXPIRES.into(),
+                expires_at.to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "token".into(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    match t.secrets.get_opt(name).await? {
+        Some(existing) => {
+            let mut replacement = secret;
+            replacement.metadata.resource_version = existing.metadata.resource_version;
+            t.secrets
+                .replace(name, &PostParams::default(), &replacement)
+                .await?;
+        }
+        None => {
+            t.secrets.create(&PostParams::default(), &secret).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_managed_secret(t: &Target<'_>, name: &str) -> Result<(), StepError> {
+    if let Some(secret) = t.secrets.get_opt(name).await?
+        && token_secret(t.rc, &secret).managed
+    {
+        t.secrets.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
+
+/// Copies what the cluster reports into the status.
+fn mirror(status: &mut ReplicationClusterStatus, o: &Observed) {
+    status.role = Some(
+        match o.role {
+            crate::observe::ObservedRole::DemotedPrimary => "secondary",
+            r => r.as_str(),
+        }
+        .into(),
+    );
+    status.mode = Some("performance".into());
+    status.state = Some(o.state.clone());
+    status.cluster_id = o.cluster_id.clone();
+    status.last_wal = o.last_wal;
+    status.last_remote_wal = o.last_remote_wal;
+    status.lag = o.lag();
+    status.merkle_root = o.merkle_root.clone();
+    status.epoch = o.epoch;
+    status.primary_cluster_addr = o.primary_cluster_addr.clone();
+    status.known_primary_cluster_addrs = o.known_primary_cluster_addrs.clone();
+    status.secondaries = o.secondaries.clone();
+}
+
+async fn finish_unreachable(
+    t: &Target<'_>,
+    status: ReplicationClusterStatus,
+    previous: &ReplicationClusterStatus,
+    problems: &[String],
+    why: &str,
+) -> Result<(), Error> {
+    let seen = Seen {
+        spec: &t.rc.spec,
+        problems,
+        observed: Err(why),
+        waiting: None,
+        failed: None,
+        switching: false,
+    };
+    // Keep what was last observed rather than blanking it.
+    let status = ReplicationClusterStatus {
+        role: previous.role.clone(),
+        mode: previous.mode.clone(),
+        state: previous.state.clone(),
+        cluster_id: previous.cluster_id.clone(),
+        last_wal: previous.last_wal,
+        last_remote_wal: previous.last_remote_wal,
+        lag: previous.lag,
+        merkle_root: previous.merkle_root.clone(),
+        epoch: previous.epoch,
+        primary_cluster_addr: previous.primary_cluster_addr.clone(),
+        known_primary_cluster_addrs: previous.known_primary_cluster_addrs.clone(),
+        secondaries: previous.secondaries.clone(),
+        ..status
+    };
+    finish(t, status, previous, seen).await
+}
+
+/// Merges the conditions, reports the ones that flipped, writes the status.
+async fn finish(
+    t: &Target<'_>,
+    mut status: ReplicationClusterStatus,
+    previous: &ReplicationClusterStatus,
+    seen: Seen<'_>,
+) -> Result<(), Error> {
+    let generation = t.rc.metadata.generation;
+    let (conditions, flipped) = conditions::merge(
+        &previous.conditions,
+        conditions::compute(&seen),
+        &ferry_proto::time::rfc3339(unix_now()),
+        generation,
+    );
+    for c in flipped {
+        let (type_, reason) = match (c.type_, c.status) {
+            (conditions::INVALID_SPEC, true) => (EventType::Warning, "InvalidSpec".to_owned()),
+            (conditions::DEGRADED, true) => (EventType::Warning, c.reason.clone()),
+            (t_, true) => (EventType::Normal, t_.to_string()),
+            (t_, false) => (EventType::Normal, format!("Not{t_}")),
+        };
+        t.event(type_, &reason, c.message.clone(), "Reconcile")
+            .await;
+    }
+    status.conditions = conditions;
+    status.observed_generation = generation;
+    if status != *previous {
+        t.write_status(status).await?;
+    }
+    Ok(())
+}
+
+/// Deleting the resource: its token Secrets go, and tokens never used are revoked (best
+/// effort: the cluster may be gone, and deletion must finish anyway).
+async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = rc.namespace().unwrap_or_else(|| "default".into());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_CLUSTER}={}",
+        rc.name_any()
+    );
+    let owned = secrets
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let token_ref = &rc.spec.cluster.token_secret_ref;
+    let admin = secrets
+        .get_opt(&token_ref.name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(&token_ref.key).cloned())
+        .and_then(|v| String::from_utf8(v.0).ok());
+    let vault = admin.and_then(|token| {
+        VaultApi::new(
+            &rc.spec.cluster.address,
+            token.trim(),
+            rc.spec.cluster.ca_bundle.as_deref(),
+        )
+        .ok()
+    });
+    let activated: BTreeSet<String> = match &vault {
+        Some(v) => match tokio::time::timeout(Duration::from_secs(5), v.status()).await {
+            Ok(Ok(o)) => o.secondaries.into_iter().map(|s| s.id).collect(),
+            _ => BTreeSet::new(),
+        },
+        None => BTreeSet::new(),
+    };
+    for secret in owned {
+        let name = secret.name_any();
+        if let (Some(v), Some(id)) = (&vault, secret.labels().get(LABEL_SECONDARY))
+            && !activated.contains(id)
+            && let Err(e) = tokio::time::timeout(Duration::from_secs(5), v.revoke_secondary(id))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(VaultError::Unreachable {
+                        address: v.address().into(),
+                        reason: "timed out".into(),
+                    })
+                })
+        {
+            warn!(secondary_id = %id, error = %e, "could not revoke an unused token on deletion");
+        }
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(secret = %name, "deleted a token Secret of a deleted resource"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
