@@ -9,7 +9,8 @@ NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 all: build
 
-## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, curl) and the hvac venv.
+## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, curl), the hvac venv
+## and the kube-apiserver the operator tests run (built once from Debian's source, then cached).
 setup:
 	@scripts/setup.sh
 

@@ -31,3 +31,15 @@ if ! "$venv/bin/python" -c "import hvac" >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "hvac==2.3.0"
 fi
+
+# A real kube-apiserver for the operator tests (tests/src/kube.rs), built from Debian's source
+# and cached outside the repo by scripts/kube-apiserver.sh, which then only prints its path.
+if [ -n "${FERRY_KUBE_APISERVER:-}" ]; then
+  kube_apiserver="$FERRY_KUBE_APISERVER"
+else
+  kube_cached="${FERRY_CACHE:-$HOME/.cache/ferry}/kube-apiserver/v1.20.2/kube-apiserver"
+  [ -x "$kube_cached" ] || echo "setup: building kube-apiserver v1.20.2 from Debian's source" \
+    "(first run only: it takes minutes; cached as $kube_cached)"
+  kube_apiserver="$("$(dirname "${BASH_SOURCE[0]}")/kube-apiserver.sh" | tail -n1)"
+fi
+"$kube_apiserver" --version >/dev/null || { echo "setup: $kube_apiserver does not run" >&2; exit 1; }

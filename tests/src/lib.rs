@@ -1,13 +1,15 @@
 //! Test harness for Ferry: real etcd servers and the real Ferry binaries, on loopback.
 //!
 //! Every integration test and benchmark starts what it needs through this crate: an
-//! [`etcd::EtcdServer`] on free ports with its own data directory, and [`sidecar::Sidecar`]
-//! processes spawned from the binaries `cargo build` produced. Each handle owns its process and
-//! stops it on drop; readiness is polled, never slept for.
+//! [`etcd::EtcdServer`] on free ports with its own data directory, [`sidecar::Sidecar`]
+//! processes spawned from the binaries `cargo build` produced, and for the operator a real
+//! [`kube::KubeApiServer`] per region. Each handle owns its process and stops it on drop;
+//! readiness is polled, never slept for.
 
 pub mod etcd;
 pub mod http;
 pub mod inspect;
+pub mod kube;
 pub mod ports;
 pub mod process;
 pub mod region;
