@@ -43,6 +43,9 @@ pub struct Seen<'a> {
     pub failed: Option<(&'a str, &'a str)>,
     /// Whether a role change is under way (a switchover step was planned).
     pub switching: bool,
+    /// The steps this reconcile took: the next one checks their effect before calling the
+    /// resource ready.
+    pub acted: &'a [&'a str],
 }
 
 pub fn compute(s: &Seen<'_>) -> Vec<Computed> {
@@ -193,6 +196,13 @@ pub fn compute(s: &Seen<'_>) -> Vec<Computed> {
         )
     } else if let Some(w) = s.waiting {
         c(READY, false, w.reason, w.message.clone())
+    } else if !s.acted.is_empty() {
+        c(
+            READY,
+            false,
+            "Reconciling",
+            format!("took steps: {}", s.acted.join(", ")),
+        )
     } else if !in_role {
         c(
             READY,
@@ -276,6 +286,7 @@ mod tests {
             waiting: None,
             failed: None,
             switching: false,
+            acted: &[],
         }
     }
 

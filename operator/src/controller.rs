@@ -216,6 +216,7 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
             waiting: None,
             failed: None,
             switching: false,
+            acted: &[],
         };
         finish(&t, status, &previous, seen).await?;
         return Ok(Action::requeue(ctx.resync * 6));
@@ -283,10 +284,12 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
 
     // Act.
     let mut failed: Option<(&'static str, String)> = None;
+    let mut acted = Vec::new();
     for step in &plan.steps {
         match act(&t, &vault, step, activation_token.as_deref(), &mut status).await {
             Ok(note) => {
                 ctx.metrics.step(step.name(), true);
+                acted.push(step.name());
                 info!(resource = %rc.name_any(), step = step.name(), %note, "step done");
                 t.event(EventType::Normal, step.name(), note, step.name())
                     .await;
@@ -329,6 +332,7 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
         waiting: plan.waiting.as_ref(),
         failed: failed.as_ref().map(|(s, e)| (*s, e.as_str())),
         switching,
+        acted: &acted,
     };
     if let Ok(o) = &observed {
         mirror(&mut status, o);
@@ -543,6 +547,7 @@ async fn finish_unreachable(
         waiting: None,
         failed: None,
         switching: false,
+        acted: &[],
     };
     // Keep what was last observed rather than blanking it.
     let status = ReplicationClusterStatus {

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod http;
 pub mod inspect;
 pub mod kube;
+pub mod operator;
 pub mod ports;
 pub mod process;
 pub mod region;
