@@ -78,14 +78,19 @@ pub fn compute(s: &Seen<'_>) -> Vec<Computed> {
             "Settled",
             format!("the cluster is {}", want.as_str()),
         ),
+        (true, Some(("Promote", error)), _) if !s.spec.promotion.force => c(
+            PROMOTING,
+            true,
+            "WaitingForOldPrimary",
+            format!(
+                "waiting for the old primary to be demoted and drained ({error}); set \
+                 spec.promotion.force: true to promote without it (what it never shipped stays on it)"
+            ),
+        ),
         (true, Some((step, error)), _) => c(
             PROMOTING,
             true,
-            if step == "Promote" {
-                "WaitingForOldPrimary"
-            } else {
-                "SwitchoverStepFailed"
-            },
+            "SwitchoverStepFailed",
             format!("{step} failed: {error}"),
         ),
         (true, None, Some(w)) => c(PROMOTING, true, w.reason, w.message.clone()),

@@ -21,14 +21,13 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::conditions::{self, Seen};
@@ -57,6 +56,9 @@ const SOON: Duration = Duration::from_secs(2);
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The resource changed since this reconcile read it: reconcile again with the new one.
+    #[error("the resource changed while it was reconciled")]
+    Conflict,
     #[error("{0}")]
     Other(String),
 }
@@ -122,6 +124,9 @@ fn references(rc: &ReplicationCluster, name: &str) -> bool {
 }
 
 fn error_policy(_rc: Arc<ReplicationCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::Conflict) {
+        return Action::requeue(Duration::from_millis(200));
+    }
     ctx.metrics.reconcile_failed();
     warn!(%error, "reconcile error; retrying");
     Action::requeue(Duration::from_secs(5))
@@ -138,7 +143,10 @@ async fn reconcile(rc: Arc<ReplicationCluster>, ctx: Arc<Context>) -> Result<Act
         }
     })
     .await
-    .map_err(|e| Error::Other(e.to_string()));
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(Error::Conflict) => Error::Conflict,
+        other => Error::Other(other.to_string()),
+    });
     ctx.metrics.reconciled(started.elapsed());
     result
 }
@@ -178,16 +186,22 @@ impl Target<'_> {
         }
     }
 
+    /// Replaces the whole status (a merge patch could not remove what is gone, such as a
+    /// revoked token), guarded by the resource version this reconcile read: the status carries
+    /// bookkeeping (issued tokens) derived from the previous one, so a reconcile that read a
+    /// stale resource must not overwrite a newer status. It reconciles again instead.
     async fn write_status(&self, status: ReplicationClusterStatus) -> Result<(), Error> {
-        let patch = json!({ "status": status });
-        self.clusters
-            .patch_status(
-                &self.rc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        Ok(())
+        let mut object = self.rc.clone();
+        object.status = Some(status);
+        match self
+            .clusters
+            .replace_status(&self.rc.name_any(), &PostParams::default(), &object)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -269,7 +283,34 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
         Some(r) if rc.spec.role == Role::Secondary => t.secret_value(&r.name, &r.key).await?,
         _ => None,
     };
-    let issued: BTreeSet<String> = previous.issued_tokens.keys().cloned().collect();
+    // Tokens issued before: as the status says, and as the Secrets labelled ours say (a status
+    // write can be lost to a conflict after the Secret was written).
+    let mut issued: BTreeSet<String> = previous.issued_tokens.keys().cloned().collect();
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_CLUSTER}={}",
+        rc.name_any()
+    );
+    for secret in t
+        .secrets
+        .list(&ListParams::default().labels(&selector))
+        .await?
+    {
+        if let Some(id) = secret.labels().get(LABEL_SECONDARY) {
+            issued.insert(id.clone());
+            status
+                .issued_tokens
+                .entry(id.clone())
+                .or_insert_with(|| IssuedToken {
+                    secret_name: secret.name_any(),
+                    expires_at: secret
+                        .annotations()
+                        .get(ANNOTATION_EXPIRES)
+                        .and_then(|v| v.parse().ok())
+                        .map(ferry_proto::time::rfc3339)
+                        .unwrap_or_default(),
+                });
+        }
+    }
 
     // Decide.
     let plan = decide::decide(&Inputs {

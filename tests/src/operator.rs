@@ -2,16 +2,24 @@
 //! ferry-vault on it, a real kube-apiserver with the CRD and the operator's RBAC applied, and
 //! ferry-operator processes running as the operator's ServiceAccount.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_operator::crd::ReplicationCluster;
+use ferry_operator::crd::{
+    ClusterRef, PrimarySpec, ReplicationCluster, ReplicationClusterSpec, Role, SecondaryGrant,
+    SecondarySpec, SecretKeyRef,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
 use tempfile::TempDir;
+use tokio::sync::Mutex;
 
 use crate::http::JsonClient;
 use crate::kube::KubeApiServer;
@@ -220,4 +228,213 @@ pub fn condition(rc: &ReplicationCluster, type_: &str) -> Option<(String, String
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+pub const LONG: Duration = Duration::from_secs(90);
+
+/// Acknowledged writes: number → the region that answered, and when.
+pub type Acked = BTreeMap<u64, (&'static str, Instant)>;
+
+pub fn cluster_ref(r: &OperatorRegion) -> ClusterRef {
+    ClusterRef {
+        address: r.vault.api.base().to_owned(),
+        token_secret_ref: SecretKeyRef {
+            name: ADMIN_SECRET.into(),
+            key: "token".into(),
+        },
+        ca_bundle: None,
+    }
+}
+
+pub fn primary_spec(r: &OperatorRegion, secondaries: &[&str]) -> ReplicationClusterSpec {
+    ReplicationClusterSpec {
+        cluster: cluster_ref(r),
+        role: Role::Primary,
+        primary: Some(PrimarySpec {
+            primary_cluster_addr: Some(r.region.cluster_addr()),
+            secondaries: secondaries
+                .iter()
+                .map(|id| SecondaryGrant {
+                    id: (*id).into(),
+                    token_secret_name: format!("{id}-activation"),
+                    ttl: "30m".into(),
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn secondary_spec(r: &OperatorRegion, id: &str) -> ReplicationClusterSpec {
+    ReplicationClusterSpec {
+        cluster: cluster_ref(r),
+        role: Role::Secondary,
+        secondary: Some(SecondarySpec {
+            token_secret_ref: Some(SecretKeyRef {
+                name: format!("{id}-activation"),
+                key: "token".into(),
+            }),
+            primary_addrs: Vec::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn create(
+    r: &OperatorRegion,
+    name: &str,
+    spec: ReplicationClusterSpec,
+) -> anyhow::Result<()> {
+    r.clusters()
+        .create(&PostParams::default(), &ReplicationCluster::new(name, spec))
+        .await?;
+    Ok(())
+}
+
+pub async fn set_spec(
+    r: &OperatorRegion,
+    name: &str,
+    spec: &ReplicationClusterSpec,
+) -> anyhow::Result<()> {
+    r.clusters()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await?;
+    Ok(())
+}
+
+pub fn state(rc: &ReplicationCluster) -> Option<&str> {
+    rc.status.as_ref()?.state.as_deref()
+}
+
+pub fn is_true(rc: &ReplicationCluster, type_: &str) -> bool {
+    condition(rc, type_).is_some_and(|(s, _)| s == "True")
+}
+
+/// West primary, east its secondary, both through their operators: the token Secret is copied
+/// from west's API server to east's. Returns the seconds from applying to `stream-wals`.
+pub async fn connect(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    create(west, "west", primary_spec(west, &["east"])).await?;
+    create(east, "east", secondary_spec(east, "east")).await?;
+    // The primary's operator writes the activation token into a Secret it owns.
+    let token_secret = wait_for("the activation token Secret", LONG, || async {
+        west.secrets().get_opt("east-activation").await.ok()?
+    })
+    .await?;
+    let labels = token_secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("replication.ferry.dev/secondary-id")
+            .map(String::as_str),
+        Some("east")
+    );
+    let owner = &token_secret
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("ReplicationCluster", "west")
+    );
+    // GitOps copies it to the secondary's region.
+    let token = String::from_utf8(token_secret.data.unwrap_or_default()["token"].0.clone())?;
+    east.secrets()
+        .create(
+            &PostParams::default(),
+            &secret("east-activation", "token", &token),
+        )
+        .await?;
+    east.wait_resource("east", "east streaming and Ready", LONG, |rc| {
+        state(rc) == Some("stream-wals") && is_true(rc, "Ready") && is_true(rc, "Replicating")
+    })
+    .await?;
+    let took = started.elapsed().as_secs_f64();
+    let rc = west
+        .wait_resource("west", "west reporting east connected", LONG, |rc| {
+            rc.status.as_ref().is_some_and(|s| {
+                s.secondaries
+                    .iter()
+                    .any(|x| x.id == "east" && x.connection_state == "connected")
+            }) && is_true(rc, "Ready")
+                && is_true(rc, "Replicating")
+        })
+        .await?;
+    let status = rc.status.expect("status");
+    assert_eq!(status.role.as_deref(), Some("primary"));
+    assert!(status.issued_tokens.contains_key("east"));
+    assert_eq!(status.observed_generation, rc.metadata.generation);
+    Ok(took)
+}
+
+/// Writes numbered secrets to whichever region accepts them (directly or forwarded),
+/// remembering every acknowledged one: where and when.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+    first_on_east: Arc<Mutex<Option<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(west: JsonClient, east: JsonClient) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let first_on_east = Arc::new(Mutex::new(None));
+        let task = {
+            let (stop, acked, first_on_east) = (stop.clone(), acked.clone(), first_on_east.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let path = format!("/v1/secret/data/load/{n}");
+                    let body = json!({ "data": { "n": n } });
+                    for (name, api) in [("west", &west), ("east", &east)] {
+                        let Ok(r) = api.post(&path, body.clone()).await else {
+                            continue;
+                        };
+                        if r.status == 200 {
+                            acked.lock().await.insert(n, (name, Instant::now()));
+                            if name == "east" {
+                                first_on_east.lock().await.get_or_insert_with(Instant::now);
+                            }
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        Self {
+            stop,
+            acked,
+            first_on_east,
+            task,
+        }
+    }
+
+    pub async fn stop(self) -> (Acked, Option<Instant>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.acked.lock().await.clone(),
+            *self.first_on_east.lock().await,
+        )
+    }
+}
+
+/// Flips the roles as GitOps would: west becomes a secondary following east, east the primary.
+pub async fn flip(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Result<()> {
+    let mut w = secondary_spec(west, "west");
+    w.secondary = Some(SecondarySpec {
+        token_secret_ref: None,
+        primary_addrs: vec![east.region.cluster_addr()],
+    });
+    set_spec(west, "west", &w).await?;
+    set_spec(east, "east", &primary_spec(east, &[])).await?;
+    Ok(())
 }

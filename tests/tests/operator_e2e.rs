@@ -3,229 +3,15 @@
 //! ferry-vault. The tests apply ReplicationCluster resources, copy the activation token Secret
 //! from one API server to the other as GitOps would, and flip roles by changing the resources.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_operator::crd::{
-    ClusterRef, PrimarySpec, ReplicationCluster, ReplicationClusterSpec, Role, SecondaryGrant,
-    SecondarySpec, SecretKeyRef,
+use ferry_operator::crd::{ClusterRef, ReplicationClusterSpec};
+use ferry_tests::operator::{
+    ADMIN_SECRET, Acked, LONG, NAMESPACE, OperatorRegion, Writer, cluster_ref, condition, connect,
+    create, flip, is_true, primary_spec, set_spec, state,
 };
-use ferry_tests::operator::{ADMIN_SECRET, NAMESPACE, OperatorRegion, condition, secret};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
-use tokio::sync::Mutex;
-
-const LONG: Duration = Duration::from_secs(90);
-
-/// Acknowledged writes: number → the region that answered, and when.
-type Acked = BTreeMap<u64, (&'static str, Instant)>;
-
-fn cluster_ref(r: &OperatorRegion) -> ClusterRef {
-    ClusterRef {
-        address: r.vault.api.base().to_owned(),
-        token_secret_ref: SecretKeyRef {
-            name: ADMIN_SECRET.into(),
-            key: "token".into(),
-        },
-        ca_bundle: None,
-    }
-}
-
-fn primary_spec(r: &OperatorRegion, secondaries: &[&str]) -> ReplicationClusterSpec {
-    ReplicationClusterSpec {
-        cluster: cluster_ref(r),
-        role: Role::Primary,
-        primary: Some(PrimarySpec {
-            primary_cluster_addr: Some(r.region.cluster_addr()),
-            secondaries: secondaries
-                .iter()
-                .map(|id| SecondaryGrant {
-                    id: (*id).into(),
-                    token_secret_name: format!("{id}-activation"),
-                    ttl: "30m".into(),
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn secondary_spec(r: &OperatorRegion, id: &str) -> ReplicationClusterSpec {
-    ReplicationClusterSpec {
-        cluster: cluster_ref(r),
-        role: Role::Secondary,
-        secondary: Some(SecondarySpec {
-            token_secret_ref: Some(SecretKeyRef {
-                name: format!("{id}-activation"),
-                key: "token".into(),
-            }),
-            primary_addrs: Vec::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn create(
-    r: &OperatorRegion,
-    name: &str,
-    spec: ReplicationClusterSpec,
-) -> anyhow::Result<()> {
-    r.clusters()
-        .create(&PostParams::default(), &ReplicationCluster::new(name, spec))
-        .await?;
-    Ok(())
-}
-
-async fn set_spec(
-    r: &OperatorRegion,
-    name: &str,
-    spec: &ReplicationClusterSpec,
-) -> anyhow::Result<()> {
-    r.clusters()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": spec })),
-        )
-        .await?;
-    Ok(())
-}
-
-fn state(rc: &ReplicationCluster) -> Option<&str> {
-    rc.status.as_ref()?.state.as_deref()
-}
-
-fn is_true(rc: &ReplicationCluster, type_: &str) -> bool {
-    condition(rc, type_).is_some_and(|(s, _)| s == "True")
-}
-
-/// West primary, east its secondary, both through their operators: the token Secret is copied
-/// from west's API server to east's. Returns the seconds from applying to `stream-wals`.
-async fn connect(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    create(west, "west", primary_spec(west, &["east"])).await?;
-    create(east, "east", secondary_spec(east, "east")).await?;
-    // The primary's operator writes the activation token into a Secret it owns.
-    let token_secret = ferry_tests::wait_for("the activation token Secret", LONG, || async {
-        west.secrets().get_opt("east-activation").await.ok()?
-    })
-    .await?;
-    let labels = token_secret.metadata.labels.clone().unwrap_or_default();
-    assert_eq!(
-        labels
-            .get("replication.ferry.dev/secondary-id")
-            .map(String::as_str),
-        Some("east")
-    );
-    let owner = &token_secret
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str()),
-        ("ReplicationCluster", "west")
-    );
-    // GitOps copies it to the secondary's region.
-    let token = String::from_utf8(token_secret.data.unwrap_or_default()["token"].0.clone())?;
-    east.secrets()
-        .create(
-            &PostParams::default(),
-            &secret("east-activation", "token", &token),
-        )
-        .await?;
-    east.wait_resource("east", "east streaming and Ready", LONG, |rc| {
-        state(rc) == Some("stream-wals") && is_true(rc, "Ready") && is_true(rc, "Replicating")
-    })
-    .await?;
-    let took = started.elapsed().as_secs_f64();
-    let rc = west
-        .wait_resource("west", "west reporting east connected", LONG, |rc| {
-            rc.status.as_ref().is_some_and(|s| {
-                s.secondaries
-                    .iter()
-                    .any(|x| x.id == "east" && x.connection_state == "connected")
-            }) && is_true(rc, "Ready")
-                && is_true(rc, "Replicating")
-        })
-        .await?;
-    let status = rc.status.expect("status");
-    assert_eq!(status.role.as_deref(), Some("primary"));
-    assert!(status.issued_tokens.contains_key("east"));
-    assert_eq!(status.observed_generation, rc.metadata.generation);
-    Ok(took)
-}
-
-/// Writes numbered secrets to whichever region accepts them (directly or forwarded),
-/// remembering every acknowledged one: where and when.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Acked>>,
-    first_on_east: Arc<Mutex<Option<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(west: ferry_tests::http::JsonClient, east: ferry_tests::http::JsonClient) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeMap::new()));
-        let first_on_east = Arc::new(Mutex::new(None));
-        let task = {
-            let (stop, acked, first_on_east) = (stop.clone(), acked.clone(), first_on_east.clone());
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let path = format!("/v1/secret/data/load/{n}");
-                    let body = json!({ "data": { "n": n } });
-                    for (name, api) in [("west", &west), ("east", &east)] {
-                        let Ok(r) = api.post(&path, body.clone()).await else {
-                            continue;
-                        };
-                        if r.status == 200 {
-                            acked.lock().await.insert(n, (name, Instant::now()));
-                            if name == "east" {
-                                first_on_east.lock().await.get_or_insert_with(Instant::now);
-                            }
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        Self {
-            stop,
-            acked,
-            first_on_east,
-            task,
-        }
-    }
-
-    async fn stop(self) -> (Acked, Option<Instant>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        (
-            self.acked.lock().await.clone(),
-            *self.first_on_east.lock().await,
-        )
-    }
-}
-
-/// Flips the roles as GitOps would: west becomes a secondary following east, east the primary.
-async fn flip(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Result<()> {
-    let mut w = secondary_spec(west, "west");
-    w.secondary = Some(SecondarySpec {
-        token_secret_ref: None,
-        primary_addrs: vec![east.region.cluster_addr()],
-    });
-    set_spec(west, "west", &w).await?;
-    set_spec(east, "east", &primary_spec(east, &[])).await?;
-    Ok(())
-}
+use kube::api::Api;
 
 /// After a switchover: east is the primary and Ready, west follows it, and every write either
 /// side acknowledged is on both.
@@ -430,7 +216,40 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
         condition(rc, "InvalidSpec").is_some_and(|(s, _)| s == "False") && is_true(rc, "Ready")
     })
     .await?;
-    assert!(west.secrets().get_opt("east-activation").await?.is_some());
+    let first = token_of(&west, "east-activation").await?;
+    // A token Secret that goes missing is issued afresh.
+    west.secrets()
+        .delete("east-activation", &Default::default())
+        .await?;
+    let second = ferry_tests::wait_for("a fresh token Secret", LONG, || async {
+        token_of(&west, "east-activation").await.ok()
+    })
+    .await?;
+    assert_ne!(first, second, "a new token");
+    // A secondary dropped from the spec is revoked, and its Secret deleted.
+    set_spec(&west, "west", &primary_spec(&west, &[])).await?;
+    west.wait_resource("west", "east revoked", LONG, |rc| {
+        rc.status
+            .as_ref()
+            .is_some_and(|s| !s.issued_tokens.contains_key("east"))
+            && is_true(rc, "Ready")
+    })
+    .await?;
+    assert!(west.secrets().get_opt("east-activation").await?.is_none());
+    let status = west
+        .vault
+        .api
+        .get("/v1/sys/replication/performance/status")
+        .await?;
+    assert_eq!(
+        status.body["data"]["known_secondaries"],
+        serde_json::json!([])
+    );
+    set_spec(&west, "west", &primary_spec(&west, &["east"])).await?;
+    ferry_tests::wait_for("the token Secret again", LONG, || async {
+        token_of(&west, "east-activation").await.ok()
+    })
+    .await?;
 
     // Deleting the resource runs the finalizer: the token Secret it wrote is gone.
     west.clusters().delete("west", &Default::default()).await?;
@@ -517,4 +336,91 @@ async fn get_raw(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The token in Secret `name`, if it exists.
+async fn token_of(r: &OperatorRegion, name: &str) -> anyhow::Result<String> {
+    let secret = r
+        .secrets()
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no Secret {name}"))?;
+    Ok(String::from_utf8(
+        secret.data.unwrap_or_default()["token"].0.clone(),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promotion_waits_for_an_unreachable_old_primary_unless_forced() -> anyhow::Result<()> {
+    let (west, east) =
+        tokio::try_join!(OperatorRegion::start("west"), OperatorRegion::start("east"))?;
+    let (mut west, mut east) = (west, east);
+    west.start_operator("west-operator")?;
+    east.start_operator("east-operator")?;
+    connect(&west, &east).await?;
+    // West's region is lost: its server and sidecar are gone.
+    west.vault.kill();
+    west.region.sidecar.kill();
+    set_spec(&east, "east", &primary_spec(&east, &[])).await?;
+    let rc = east
+        .wait_resource("east", "a waiting promotion", LONG, |rc| {
+            condition(rc, "Promoting")
+                .is_some_and(|(s, r)| s == "True" && r == "WaitingForOldPrimary")
+        })
+        .await?;
+    let message = rc
+        .status
+        .as_ref()
+        .expect("status")
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Promoting")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("spec.promotion.force"), "{message}");
+    let status = east
+        .vault
+        .api
+        .get("/v1/sys/replication/performance/status")
+        .await?;
+    assert_eq!(
+        status.body["data"]["mode"], "secondary",
+        "not promoted without force"
+    );
+    // Forced, it goes ahead.
+    let mut forced = primary_spec(&east, &[]);
+    forced.promotion.force = true;
+    set_spec(&east, "east", &forced).await?;
+    east.wait_resource("east", "east promoted by force", LONG, |rc| {
+        rc.status.as_ref().and_then(|s| s.role.as_deref()) == Some("primary")
+            && is_true(rc, "Ready")
+    })
+    .await?;
+    let written = east
+        .vault_api()
+        .post(
+            "/v1/secret/data/after",
+            serde_json::json!({ "data": { "ok": true } }),
+        )
+        .await?;
+    anyhow::ensure!(
+        written.status == 200,
+        "a write on the promoted primary: {:?}\n{}",
+        written.body,
+        east.vault.log()
+    );
+    // Deleting west's resource finishes although its cluster is gone; its Secret goes with it.
+    west.clusters().delete("west", &Default::default()).await?;
+    ferry_tests::wait_for("west's resource to go", LONG, || async {
+        let gone = west.clusters().get_opt("west").await.ok()?.is_none();
+        let secret_gone = west
+            .secrets()
+            .get_opt("east-activation")
+            .await
+            .ok()?
+            .is_none();
+        (gone && secret_gone).then_some(())
+    })
+    .await?;
+    Ok(())
 }

@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replicated: Arc::new(RwLock::new(None)),
         path_locks: Default::default(),
         mount_cache: Default::default(),
+        root: root.clone(),
         sidecar_api: replication_proxy::SidecarApi::new(&config.sidecar_api),
     });
     tokio::spawn(unseal::keep_replicated_keyring(

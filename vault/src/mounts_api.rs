@@ -71,19 +71,31 @@ pub async fn create_default_table(
 }
 
 impl ServerState {
-    /// The mount table as stored now, parsed again only when it changed.
-    pub async fn mount_table(&self, keyring: &Keyring) -> Result<Arc<MountTable>, ApiError> {
+    /// The mount table as stored now, parsed again only when it changed, and the keyring it
+    /// opened with (reloaded when the table no longer opens with the one in memory).
+    pub async fn mount_table(&self) -> Result<(Arc<MountTable>, Keyring), ApiError> {
+        let keyring = self.keyring()?;
         let Some(sealed) = self.storage.get(MOUNTS_PATH).await? else {
-            return Ok(Arc::default());
+            return Ok((Arc::default(), keyring));
         };
         if let Some((seen, table)) = &*self.mount_cache.lock().expect("mount cache poisoned")
             && *seen == sealed
         {
-            return Ok(table.clone());
+            return Ok((table.clone(), keyring));
         }
-        let table = Arc::new(open_table(keyring, &sealed)?);
+        let (table, keyring) = match open_table(&keyring, &sealed) {
+            Ok(t) => (t, keyring),
+            Err(e) => {
+                if !self.reload_keyring().await {
+                    return Err(e);
+                }
+                let keyring = self.keyring()?;
+                (open_table(&keyring, &sealed)?, keyring)
+            }
+        };
+        let table = Arc::new(table);
         *self.mount_cache.lock().expect("mount cache poisoned") = Some((sealed, table.clone()));
-        Ok(table)
+        Ok((table, keyring))
     }
 }
 
@@ -103,12 +115,8 @@ pub async fn logical(
         )
         .into_response();
     };
-    let keyring = match state.keyring() {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let table = match state.mount_table(&keyring).await {
-        Ok(t) => t,
+    let table = match state.mount_table().await {
+        Ok((t, _)) => t,
         Err(e) => return e.into_response(),
     };
     let Some((mount, rest)) = table.route(path) else {
@@ -175,7 +183,8 @@ pub async fn handle(
     let result = async {
         let body = body?;
         let (_, entry) = authenticate(&state, &headers).await?;
-        let keyring = state.keyring()?;
+        // Through the table, so that a keyring replaced under the server is picked up first.
+        let (_, keyring) = state.mount_table().await?;
         if path.trim_matches('/').is_empty() {
             authorize(&state, &entry, "sys/mounts", &["read"]).await?;
             if method != Method::GET {
@@ -184,7 +193,7 @@ pub async fn handle(
                     format!("unsupported operation {method} on sys/mounts"),
                 ));
             }
-            let table = state.mount_table(&keyring).await?;
+            let (table, _) = state.mount_table().await?;
             let data: Map<String, Value> = table
                 .mounts
                 .iter()
@@ -209,7 +218,7 @@ pub async fn handle(
         };
         match (&method, tune) {
             (&Method::GET, _) => {
-                let table = state.mount_table(&change.keyring).await?;
+                let (table, _) = state.mount_table().await?;
                 let mount = table
                     .get(&mount_path)
                     .ok_or_else(|| bad(format!("no mount at {mount_path}")))?;

@@ -25,6 +25,8 @@ pub struct ServerState {
     pub local: Keyring,
     /// `None` while a secondary waits for the replicated keyring: the server reports sealed.
     pub replicated: Arc<RwLock<Option<Keyring>>>,
+    /// The root key, to open a replicated keyring that changed under the server.
+    pub root: crate::barrier::Key,
     /// Serialise read-modify-write cycles on one KV path (striped by path hash).
     pub path_locks: PathLocks,
     pub sidecar_api: crate::replication_proxy::SidecarApi,
@@ -64,6 +66,24 @@ impl ServerState {
             .expect("keyring lock poisoned")
             .clone()
             .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed"))
+    }
+
+    /// Reads the replicated keyring from storage again and adopts it; `true` when it opened.
+    ///
+    /// A value that does not open may be sealed by a keyring this server has not picked up
+    /// yet: its cluster has just joined a replication set and taken the primary's data and
+    /// keyring (the watcher in `unseal` notices within a second). Callers retry once after it.
+    pub async fn reload_keyring(&self) -> bool {
+        let Ok(Some(sealed)) = self.storage.get(crate::unseal::REPLICATED_KEYRING).await else {
+            return false;
+        };
+        match Keyring::open_with_root(&self.root, crate::unseal::REPLICATED_KEYRING, &sealed) {
+            Ok(keyring) => {
+                *self.replicated.write().expect("keyring lock poisoned") = Some(keyring);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn sealed(&self) -> bool {

@@ -99,7 +99,7 @@ pub async fn replicated_keyring(storage: &Storage, root: &Key) -> anyhow::Result
 }
 
 /// How often a running server checks whether the replicated keyring changed.
-const KEYRING_CHECK: Duration = Duration::from_secs(1);
+const KEYRING_CHECK: Duration = Duration::from_millis(250);
 
 /// Keeps `slot` holding the replicated keyring: opens or creates it, then picks up each new
 /// version. A cluster that joins a replication set takes the primary's keyring with its data;

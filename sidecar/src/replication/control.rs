@@ -328,6 +328,11 @@ impl Replication {
                 for a in &addrs {
                     validate_address(a)?;
                 }
+                // Following an address that is not (yet) an active primary would leave this
+                // cluster following nobody, and a demoted primary that stops answering as one
+                // blocks the planned promotion of its successor: refuse, change nothing, and
+                // let the caller retry once the new primary is promoted.
+                require_active_primary(&current, &addrs).await?;
                 let definition = ClusterDefinition {
                     primary_cluster_addr: addrs[0].clone(),
                     demoted: false,
@@ -662,6 +667,27 @@ fn role_name(d: &ClusterDefinition) -> &'static str {
         (Mode::Secondary, true) => "secondary (demoted primary)",
         (Mode::Secondary, false) => "secondary",
     }
+}
+
+/// At least one of `addrs` must answer a heartbeat as an active primary of this replication
+/// set; otherwise a 503 naming each address's answer.
+async fn require_active_primary(
+    current: &ClusterDefinition,
+    addrs: &[String],
+) -> Result<(), ControlError> {
+    let tls = TlsMaterial::of(current);
+    let mut answers = Vec::new();
+    for address in addrs {
+        match probe(address, &tls, &current.secondary_id).await {
+            Ok(reply) if reply.active => return Ok(()),
+            Ok(_) => answers.push(format!("{address}: a demoted primary")),
+            Err(e) => answers.push(format!("{address}: {}", e.message())),
+        }
+    }
+    Err(ControlError::Unavailable(format!(
+        "no active primary to follow ({}); nothing changed: try again once the new primary is promoted",
+        answers.join("; ")
+    )))
 }
 
 /// Checks a `host:port` address.
