@@ -417,6 +417,11 @@ impl Writer {
         }
     }
 
+    /// When the new primary (east) first acknowledged a write, if it has.
+    pub async fn first_on_east(&self) -> Option<Instant> {
+        *self.first_on_east.lock().await
+    }
+
     pub async fn stop(self) -> (Acked, Option<Instant>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;

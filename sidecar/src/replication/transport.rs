@@ -11,7 +11,6 @@ use anyhow::Context;
 use ferry_proto::replication::replication_client::ReplicationClient;
 use ferry_proto::replication::replication_server::ReplicationServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -69,22 +68,29 @@ pub fn client(address: &str, tls: &TlsMaterial) -> anyhow::Result<ReplicationCli
 
 /// Serves the replication service on `listen` whenever `material` holds TLS material; restarts
 /// the server when it changes and stops it when it goes away, until `shutdown`.
+///
+/// The port is bound once, at start-up, whether or not this cluster has a role yet: a port
+/// that is taken fails start-up loudly, and no other process can take it between start-up and
+/// the day replication is enabled. Without a role, connections are accepted and closed.
 pub async fn serve(
     listen: SocketAddr,
     service: ReplicationService,
     mut material: watch::Receiver<Option<TlsMaterial>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let listener = std::sync::Arc::new(bind(listen).await?);
+    info!(%listen, "cluster port bound; it serves once this cluster has a replication role");
     loop {
         let current = material.borrow_and_update().clone();
         let Some(tls) = current else {
             tokio::select! {
                 changed = material.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
+                // No role: nothing to serve.
+                accepted = listener.accept() => drop(accepted),
             }
             continue;
         };
-        let listener = bind(listen).await?;
         info!(%listen, "cluster port ready (mutual TLS)");
         let config = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -105,7 +111,7 @@ pub async fn serve(
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(incoming(listener), async move {
+            .serve_with_incoming_shutdown(incoming(listener.clone()), async move {
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = stop_all.changed() => {}
@@ -123,15 +129,17 @@ pub async fn serve(
 }
 
 /// Accepted connections with Nagle's algorithm off: WAL shipments are small and latency-bound,
-/// and tonic sets `TCP_NODELAY` only on listeners it binds itself.
+/// and tonic sets `TCP_NODELAY` only on listeners it binds itself. The listener outlives each
+/// server instance (see [`serve`]).
 fn incoming(
-    listener: tokio::net::TcpListener,
+    listener: std::sync::Arc<tokio::net::TcpListener>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.and_then(|(stream, _)| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        });
+        Some((accepted, listener))
     })
 }
 

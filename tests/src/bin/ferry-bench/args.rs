@@ -14,6 +14,7 @@ pub enum Bench {
     Memory,
     Replication,
     Vault,
+    Operator,
 }
 
 #[derive(Debug)]
@@ -25,7 +26,7 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|vault[,...]]\n\
+                     [--only write|recovery|memory|replication|vault|operator[,...]]\n\
                      --seconds: measured time per write and lag case, and the catch-up outage \
                      (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
@@ -75,6 +76,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "memory" => Bench::Memory,
                         "replication" => Bench::Replication,
                         "vault" => Bench::Vault,
+                        "operator" => Bench::Operator,
                         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
                     });
                 }
@@ -100,6 +102,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
             Bench::Memory,
             Bench::Replication,
             Bench::Vault,
+            Bench::Operator,
         ]
         .into();
     }
@@ -133,7 +136,7 @@ mod tests {
         let a = parse("--quick --seconds 2").unwrap();
         assert_eq!(a.keys, vec![QUICK_KEYS]);
         assert_eq!(a.seconds, 2.0);
-        assert_eq!(a.only.len(), 5);
+        assert_eq!(a.only.len(), 6);
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());

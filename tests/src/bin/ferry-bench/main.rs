@@ -31,17 +31,22 @@
 //!   against primary reads), transit encryptions a second on the secondary against the primary,
 //!   forwarded write latency p50/p99 against a direct write.
 //!
+//! * `operator`: two regions with their own kube-apiservers and operators: from applying the
+//!   resources to `stream-wals`, and from flipping the roles to writes accepted on the new
+//!   primary (target ≤5 s), median of three runs.
+//!
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
 //! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
 //! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|vault` (comma separated for several; all by default).
+//! write|recovery|memory|replication|vault|operator` (comma separated for several; all by default).
 
 mod args;
 mod common;
 mod harness;
 mod memory;
+mod operator;
 mod procfs;
 mod recovery;
 mod replication;
@@ -80,6 +85,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         vault::vault_bench(args, report)
             .await
             .context("vault benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Operator) {
+        operator::operator_bench(args, report)
+            .await
+            .context("operator benchmark failed")?;
     }
     Ok(())
 }
