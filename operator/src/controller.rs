@@ -51,6 +51,8 @@ pub const ANNOTATION_EXPIRES: &str = "replication.ferry.dev/expires-at";
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(10);
 /// How soon a resource in the middle of something is looked at again.
 const SOON: Duration = Duration::from_secs(2);
+/// How soon a promotion that waits for the old primary is tried again.
+const PROMOTE_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -380,7 +382,12 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
     }
     let settled = plan.steps.is_empty() && plan.waiting.is_none() && failed.is_none();
     finish(&t, status, &previous, seen).await?;
-    Ok(Action::requeue(if settled { ctx.resync } else { SOON }))
+    Ok(Action::requeue(match failed {
+        // A promotion waiting for the old primary's demotion: that usually takes moments.
+        Some(("Promote", _)) => PROMOTE_RETRY,
+        _ if settled => ctx.resync,
+        _ => SOON,
+    }))
 }
 
 /// Runs one step; returns what it did, for the event.

@@ -439,7 +439,9 @@ pub async fn flip(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Resul
         token_secret_ref: None,
         primary_addrs: vec![east.region.cluster_addr()],
     });
-    set_spec(west, "west", &w).await?;
+    // The new primary first: the less favourable order, where its promotion has to wait for
+    // the old primary's demotion.
     set_spec(east, "east", &primary_spec(east, &[])).await?;
+    set_spec(west, "west", &w).await?;
     Ok(())
 }
