@@ -26,7 +26,7 @@ pub const GROUP: &str = "replication.ferry.dev";
     namespaced,
     doc = "The role of one region's Vault-like cluster in a replication set, and what the operator observes of it. The operator enables replication, issues and consumes activation tokens through Secrets, and performs a safe switchover when spec.role changes.",
     status = "ReplicationClusterStatus",
-    shortname = "rc",
+    shortname = "rcluster",
     shortname = "replcluster",
     category = "ferry",
     derive = "PartialEq",
@@ -271,17 +271,23 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// The CustomResourceDefinition as installed: the derived one, with each description unwrapped
-/// into paragraphs (doc comments are wrapped at 100 columns; `kubectl explain` wraps by itself).
+/// The CustomResourceDefinition as installed: the derived one, tidied for `kubectl explain`:
+///
+/// * each description unwrapped into paragraphs (doc comments are wrapped at 100 columns;
+///   `kubectl explain` wraps by itself);
+/// * no `nullable`: API servers publish a nullable field to OpenAPI v2 without its type, and
+///   `kubectl explain` then can neither name the type nor descend into it. The types above
+///   never serialise a null (every `Option` is skipped when `None`).
 pub fn definition() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(ReplicationCluster::crd()).expect("the CRD serialises");
-    unwrap_descriptions(&mut value);
+    tidy(&mut value);
     serde_json::from_value(value).expect("the CRD deserialises")
 }
 
-fn unwrap_descriptions(value: &mut serde_json::Value) {
+fn tidy(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
+            map.remove("nullable");
             for (key, v) in map.iter_mut() {
                 match v {
                     serde_json::Value::String(text) if key == "description" => {
@@ -293,11 +299,11 @@ fn unwrap_descriptions(value: &mut serde_json::Value) {
                             .collect::<Vec<_>>()
                             .join("\n\n");
                     }
-                    other => unwrap_descriptions(other),
+                    other => tidy(other),
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(tidy),
         _ => {}
     }
 }
