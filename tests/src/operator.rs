@@ -220,6 +220,15 @@ pub fn secret(name: &str, key: &str, value: &str) -> Secret {
     }
 }
 
+/// The message of condition `type_` of `rc` (empty when unset).
+pub fn condition_message(rc: &ReplicationCluster, type_: &str) -> String {
+    rc.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// The status of condition `type_` of `rc`, if set.
 pub fn condition(rc: &ReplicationCluster, type_: &str) -> Option<(String, String)> {
     rc.status

@@ -12,14 +12,7 @@ use ferry_tests::kube::KubeApiServer;
 fn kubectl_binary() -> PathBuf {
     std::env::var_os("FERRY_KUBECTL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("FERRY_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ferry")
-                });
-            cache.join("kubectl/v33/kubectl")
-        })
+        .unwrap_or_else(|| ferry_tests::cache_dir().join("kubectl/v33/kubectl"))
 }
 
 fn kubectl(kube: &KubeApiServer, args: &[&str]) -> anyhow::Result<(bool, String)> {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ferry_operator::crd::{ClusterRef, ReplicationClusterSpec};
 use ferry_tests::operator::{
-    ADMIN_SECRET, Acked, LONG, NAMESPACE, OperatorRegion, Writer, cluster_ref, condition, connect,
-    create, flip, is_true, primary_spec, set_spec, state,
+    ADMIN_SECRET, Acked, LONG, NAMESPACE, OperatorRegion, Writer, cluster_ref, condition,
+    condition_message, connect, create, flip, is_true, primary_spec, set_spec, state,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -180,15 +180,7 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
         .await?;
     let (_, reason) = condition(&rc, "Ready").expect("Ready");
     assert_eq!(reason, "InvalidSpec");
-    let message = rc
-        .status
-        .as_ref()
-        .expect("status")
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "InvalidSpec")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = condition_message(&rc, "InvalidSpec");
     assert!(message.contains("768h"), "{message}");
     // Nothing changed in the cluster, and no token Secret was written.
     let status = west
@@ -368,15 +360,7 @@ async fn promotion_waits_for_an_unreachable_old_primary_unless_forced() -> anyho
                 .is_some_and(|(s, r)| s == "True" && r == "WaitingForOldPrimary")
         })
         .await?;
-    let message = rc
-        .status
-        .as_ref()
-        .expect("status")
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Promoting")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = condition_message(&rc, "Promoting");
     assert!(message.contains("spec.promotion.force"), "{message}");
     let status = east
         .vault

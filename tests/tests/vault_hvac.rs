@@ -14,14 +14,7 @@ const ROOT_TOKEN: &str = "hvs.hvac-test-root";
 fn venv_python() -> PathBuf {
     let venv = std::env::var_os("FERRY_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
-                });
-            cache.join("ferry/venv")
-        });
+        .unwrap_or_else(|| ferry_tests::cache_dir().join("venv"));
     venv.join("bin/python")
 }
 

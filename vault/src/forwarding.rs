@@ -173,10 +173,16 @@ pub async fn layer(
     let (parts, body) = request.into_parts();
     // Kept for forwarding; the handlers see the same bytes.
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return error(
+        let mut refused = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body is over the limit of {MAX_BODY_BYTES} bytes or unreadable"),
         );
+        // The rest of the body is never read: the connection cannot serve another request,
+        // and the client must not reuse it.
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return refused;
     };
     let method = parts.method.clone();
     let path_and_query = parts

@@ -245,17 +245,7 @@ pub async fn handle(
 fn list_response(data: Map<String, Value>) -> Response {
     let mut body = Map::new();
     body.extend(data.clone());
-    let envelope = json!({
-        "request_id": crate::server::request_id(),
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": data,
-        "wrap_info": null,
-        "warnings": null,
-        "auth": null,
-    });
-    if let Value::Object(e) = envelope {
+    if let Value::Object(e) = crate::server::envelope_json(Value::Object(data)) {
         body.extend(e);
     }
     axum::Json(Value::Object(body)).into_response()

@@ -185,7 +185,12 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// Vault's response envelope around `data`.
 pub fn envelope(data: Value) -> Response {
-    axum::Json(json!({
+    axum::Json(envelope_json(data)).into_response()
+}
+
+/// The envelope as JSON, for responses that add to it.
+pub fn envelope_json(data: Value) -> Value {
+    json!({
         "request_id": request_id(),
         "lease_id": "",
         "renewable": false,
@@ -194,11 +199,10 @@ pub fn envelope(data: Value) -> Response {
         "wrap_info": null,
         "warnings": null,
         "auth": null,
-    }))
-    .into_response()
+    })
 }
 
-pub fn request_id() -> String {
+fn request_id() -> String {
     let h = crate::token::random_hex(16);
     format!(
         "{}-{}-{}-{}-{}",
