@@ -449,12 +449,22 @@ async fn act(
             Ok("demoted the primary: it no longer takes writes".into())
         }
         Step::Promote { force } => {
-            vault.promote(*force).await?;
-            Ok(if *force {
-                "promoted to primary (forced)".into()
-            } else {
-                "promoted to primary after applying everything the old primary wrote".into()
-            })
+            // Always the planned promotion first: `force` stays in Git after the day it was
+            // needed, and must not skip the demotion of an old primary that can be reached.
+            match vault.promote(false).await {
+                Ok(()) => Ok(
+                    "promoted to primary after applying everything the old primary wrote".into(),
+                ),
+                Err(VaultError::Refused {
+                    status: 503,
+                    message,
+                    ..
+                }) if *force && message.contains("cannot reach the primary") => {
+                    vault.promote(true).await?;
+                    Ok(format!("promoted to primary by force: {message}"))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Step::FollowAddrs { addrs } => {
             vault.update_primary_addrs(addrs).await?;
@@ -630,6 +640,13 @@ async fn finish(
         &ferry_proto::time::rfc3339(unix_now()),
         generation,
     );
+    status.conditions = conditions;
+    status.observed_generation = generation;
+    if status != *previous {
+        // Written first: a reconcile that loses the write to a conflict reports nothing, and
+        // the one that follows reports the flips once.
+        t.write_status(status).await?;
+    }
     for c in flipped {
         let (type_, reason) = match (c.type_, c.status) {
             (conditions::INVALID_SPEC, true) => (EventType::Warning, "InvalidSpec".to_owned()),
@@ -639,11 +656,6 @@ async fn finish(
         };
         t.event(type_, &reason, c.message.clone(), "Reconcile")
             .await;
-    }
-    status.conditions = conditions;
-    status.observed_generation = generation;
-    if status != *previous {
-        t.write_status(status).await?;
     }
     Ok(())
 }
@@ -677,16 +689,19 @@ async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error
         )
         .ok()
     });
-    let activated: BTreeSet<String> = match &vault {
+    // Which secondaries use their tokens; unknown (None) when the cluster does not answer,
+    // and then nothing is revoked: a replicating secondary must never be cut off by this.
+    let activated: Option<BTreeSet<String>> = match &vault {
         Some(v) => match tokio::time::timeout(Duration::from_secs(5), v.status()).await {
-            Ok(Ok(o)) => o.secondaries.into_iter().map(|s| s.id).collect(),
-            _ => BTreeSet::new(),
+            Ok(Ok(o)) => Some(o.secondaries.into_iter().map(|s| s.id).collect()),
+            _ => None,
         },
-        None => BTreeSet::new(),
+        None => None,
     };
     for secret in owned {
         let name = secret.name_any();
-        if let (Some(v), Some(id)) = (&vault, secret.labels().get(LABEL_SECONDARY))
+        if let (Some(v), Some(activated), Some(id)) =
+            (&vault, &activated, secret.labels().get(LABEL_SECONDARY))
             && !activated.contains(id)
             && let Err(e) = tokio::time::timeout(Duration::from_secs(5), v.revoke_secondary(id))
                 .await

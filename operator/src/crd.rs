@@ -180,9 +180,10 @@ pub struct SecondarySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionSpec {
-    /// Promote even when the old primary cannot be reached or has not been demoted. Writes the
-    /// old primary acknowledged but never shipped are then not on the new primary (they are
-    /// kept aside on the old one). Off by default: promotion waits, with a `Promoting`
+    /// Promote even when the old primary cannot be reached. A reachable old primary is always
+    /// demoted and drained first, with or without it. Writes an unreachable primary
+    /// acknowledged but never shipped are then not on the new primary (they are kept aside on
+    /// the old one when it returns). Off by default: promotion waits, with a `Promoting`
     /// condition saying why.
     #[serde(default)]
     pub force: bool,

@@ -18,6 +18,11 @@ use tracing::{info, warn};
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// A leader that has not renewed for this long steps down, well before the lease it last
+/// wrote can expire for the others (client-go's renewDeadline).
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest one Lease call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often a follower looks at the Lease.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -40,7 +45,10 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut reported = false;
         loop {
-            match self.try_acquire().await {
+            match tokio::time::timeout(CALL_TIMEOUT, self.try_acquire())
+                .await
+                .unwrap_or_else(|_| Ok(false))
+            {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "became the leader");
                     return;
@@ -57,21 +65,25 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until renewing fails for a whole lease duration; then returns.
+    /// Renews the Lease until it is lost or cannot be renewed within [`RENEW_DEADLINE`]; then
+    /// returns (and the caller stops reconciling). Time is counted from when each renewal was
+    /// sent, which is no later than the `renewTime` it writes.
     pub async fn keep(&self) {
-        let mut last_renewed = tokio::time::Instant::now();
+        let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            match self.try_acquire().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout(CALL_TIMEOUT, self.try_acquire()).await {
+                Ok(Ok(true)) => renewed_at = sent,
+                Ok(Ok(false)) => {
                     warn!(lease = %self.name, "another replica took the lease");
                     return;
                 }
-                Err(e) => warn!(error = %e, "failed to renew the lease"),
+                Ok(Err(e)) => warn!(error = %e, "failed to renew the lease"),
+                Err(_) => warn!("renewing the lease timed out"),
             }
-            if last_renewed.elapsed() >= LEASE_DURATION {
-                warn!(lease = %self.name, "could not renew the lease in time");
+            if renewed_at.elapsed() >= RENEW_DEADLINE {
+                warn!(lease = %self.name, "could not renew the lease in time: stepping down");
                 return;
             }
         }

@@ -128,16 +128,24 @@ impl VaultApi {
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))
             .map_err(|e| VaultError::Config(format!("bad request to {path}: {e}")))?;
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        // One deadline for the whole exchange, the body included.
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| unreachable(format!("{e:#}")))?;
+            let status = response.status().as_u16();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
+                .to_bytes();
+            Ok::<_, VaultError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs())))?
-            .map_err(|e| unreachable(format!("{e:#}")))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
-            .to_bytes();
+            .map_err(|_| unreachable(format!("no answer within {}s", timeout.as_secs())))??;
         let json: Value = if body.is_empty() {
             Value::Null
         } else {

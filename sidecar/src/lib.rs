@@ -216,6 +216,13 @@ async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    // Only this user (the server's container runs as the same one): the socket reaches every
+    // stored value, and forwards requests to the primary for the identity a caller names.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to restrict {}", socket.display()))?;
+    }
     info!(socket = %socket.display(), "storage API ready");
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)

@@ -449,8 +449,11 @@ pub async fn flip(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Resul
         primary_addrs: vec![east.region.cluster_addr()],
     });
     // The new primary first: the less favourable order, where its promotion has to wait for
-    // the old primary's demotion.
-    set_spec(east, "east", &primary_spec(east, &[])).await?;
+    // the old primary's demotion. With `force` set, as it may stay in Git after the day it was
+    // needed: a reachable old primary must still be demoted and drained first.
+    let mut e = primary_spec(east, &[]);
+    e.promotion.force = true;
+    set_spec(east, "east", &e).await?;
     set_spec(west, "west", &w).await?;
     Ok(())
 }

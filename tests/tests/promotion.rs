@@ -161,7 +161,7 @@ async fn a_forced_promotion_fences_the_old_primary_and_keeps_its_unshipped_write
     b.restart().await?;
 
     let reply = b.call("secondary/promote", json!({})).await?;
-    assert_eq!(reply.status, 400);
+    assert_eq!(reply.status, 503, "the old primary cannot be reached");
     assert!(reply.error().contains("force=true"), "{}", reply.error());
     assert_eq!(b.status().await?["mode"], "secondary");
 

@@ -43,8 +43,11 @@ use crate::token::TokenEntry;
 
 /// How long a secondary holds a forwarded write's response for the write to arrive.
 pub const READ_AFTER_WRITE: Duration = Duration::from_secs(2);
-/// The largest response a forwarded request may produce.
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The largest response body a forwarded request may produce: with its envelope it stays under
+/// the 4 MiB every hop decodes.
+pub const MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
+/// What each hop decodes at most.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const INDEX_HEADER: &str = "x-vault-index";
 const NOT_VISIBLE_YET: &str = "the request was forwarded to the primary and succeeded there, \
     but this cluster had not received the write after 2s: it may not be visible here yet";
@@ -229,15 +232,18 @@ async fn forward(state: &ServerState, request: ForwardedRequest) -> Response {
     let reply = match state.storage.forward(request).await {
         Ok(r) => r,
         Err(status) => {
-            let code = if status.code() == tonic::Code::DeadlineExceeded {
-                StatusCode::GATEWAY_TIMEOUT
+            let (code, outcome) = if status.code() == tonic::Code::DeadlineExceeded {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "; the primary may have executed it: check before retrying",
+                )
             } else {
-                StatusCode::SERVICE_UNAVAILABLE
+                (StatusCode::SERVICE_UNAVAILABLE, "")
             };
             return error(
                 code,
                 format!(
-                    "error forwarding the request to the primary cluster: {}",
+                    "error forwarding the request to the primary cluster: {}{outcome}",
                     status.message()
                 ),
             );
@@ -308,6 +314,19 @@ fn primary_response(reply: ForwardedResponse, warning: Option<&str>) -> Response
     response
 }
 
+/// Whether a secondary may have `path` executed here: what writes replicated storage (secrets
+/// engines, mounts, policies). Never `auth/` (tokens are local to each cluster) nor the rest
+/// of `sys/` (replication roles, health): a forwarded identity acts only where it must.
+fn forwardable(path: &str) -> bool {
+    let Some(path) = path.strip_prefix("/v1/") else {
+        return false;
+    };
+    if let Some(sys) = path.strip_prefix("sys/") {
+        return sys.starts_with("mounts") || sys.starts_with("policies/acl/");
+    }
+    !path.starts_with("auth/")
+}
+
 /// The forward socket's service: runs what a secondary forwarded, for the identity it sent.
 pub struct ForwardServer {
     pub routes: axum::Router,
@@ -320,6 +339,13 @@ impl Forwarding for ForwardServer {
         request: tonic::Request<ForwardedRequest>,
     ) -> Result<tonic::Response<ForwardedResponse>, tonic::Status> {
         let r = request.into_inner();
+        let path = r.path_and_query.split('?').next().unwrap_or_default();
+        if !forwardable(path) {
+            return Err(tonic::Status::permission_denied(format!(
+                "{path} is not executed for another cluster: only secrets engines, sys/mounts and \
+                 sys/policies are forwarded"
+            )));
+        }
         let identity = r.identity.ok_or_else(|| {
             tonic::Status::invalid_argument("a forwarded request must carry an identity")
         })?;
@@ -372,6 +398,26 @@ impl Forwarding for ForwardServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_replicated_writes_are_executed_for_another_cluster() {
+        for path in [
+            "/v1/secret/data/a",
+            "/v1/transit/keys/k",
+            "/v1/sys/mounts/x",
+            "/v1/sys/policies/acl/p",
+        ] {
+            assert!(forwardable(path), "{path}");
+        }
+        for path in [
+            "/v1/auth/token/create",
+            "/v1/sys/replication/performance/primary/demote",
+            "/v1/sys/health",
+            "/secret/data/a",
+        ] {
+            assert!(!forwardable(path), "{path}");
+        }
+    }
 
     #[test]
     fn index_header_round_trips() {

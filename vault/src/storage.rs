@@ -64,7 +64,7 @@ impl Storage {
         Self {
             client: StorageClient::new(channel.clone()),
             forwarding: ForwardingClient::new(channel.clone())
-                .max_decoding_message_size(crate::forwarding::MAX_RESPONSE_BYTES),
+                .max_decoding_message_size(crate::forwarding::MAX_MESSAGE_BYTES),
             consistency: ConsistencyClient::new(channel),
         }
     }

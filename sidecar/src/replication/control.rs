@@ -484,7 +484,8 @@ impl Replication {
                 return Ok(None);
             }
             Err(e) => {
-                return Err(invalid(format!(
+                // A 503: the peer is the problem, and the operator may then force (only then).
+                return Err(ControlError::Unavailable(format!(
                     "cannot reach the primary at {address} ({}); demote it first, or promote with force=true to accept losing writes it has not shipped",
                     e.message()
                 )));
@@ -676,9 +677,14 @@ async fn require_active_primary(
     addrs: &[String],
 ) -> Result<(), ControlError> {
     let tls = TlsMaterial::of(current);
+    // All at once, each bounded by the probe's own deadline.
+    let probes = addrs.iter().map(|address| {
+        let tls = tls.clone();
+        async move { (address, probe(address, &tls, &current.secondary_id).await) }
+    });
     let mut answers = Vec::new();
-    for address in addrs {
-        match probe(address, &tls, &current.secondary_id).await {
+    for (address, answer) in futures::future::join_all(probes).await {
+        match answer {
             Ok(reply) if reply.active => return Ok(()),
             Ok(_) => answers.push(format!("{address}: a demoted primary")),
             Err(e) => answers.push(format!("{address}: {}", e.message())),

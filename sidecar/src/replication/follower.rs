@@ -159,18 +159,34 @@ async fn session(
         address.clone(),
         lost_tx,
     ));
+    // However the session ends, aborted included: no forwarding to it, no heartbeats.
+    let _ended = SessionGuard {
+        replication: replication.clone(),
+        heartbeat: heartbeat.abort_handle(),
+    };
     let result = tokio::select! {
         end = follow(replication, client) => end,
         _ = stop.changed() => End::Stopped,
         _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
     };
-    heartbeat.abort();
-    replication
-        .primary
-        .lock()
-        .expect("primary lock poisoned")
-        .take();
     result
+}
+
+/// Ends a session's side effects when the session ends, however it ends.
+struct SessionGuard {
+    replication: Arc<Replication>,
+    heartbeat: tokio::task::AbortHandle,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        self.replication
+            .primary
+            .lock()
+            .expect("primary lock poisoned")
+            .take();
+    }
 }
 
 /// Tries each target with a heartbeat; the first that answers is the primary.

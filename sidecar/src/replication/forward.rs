@@ -30,16 +30,23 @@ use crate::wal::record::StreamId;
 
 /// The longest `WaitForState` waits, whatever the caller asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Most requests forwarded at once. They share the follower's connection, whose calls the
+/// primary limits (64): heartbeats and the WAL stream must always find room beside them.
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// The storage socket's forwarding and consistency services.
 #[derive(Clone)]
 pub struct Forwarder {
     replication: Arc<Replication>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Forwarder {
     pub fn new(replication: Arc<Replication>) -> Self {
-        Self { replication }
+        Self {
+            replication,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     /// Whether this cluster holds `state` now.
@@ -90,6 +97,11 @@ impl Forwarding for Forwarder {
                 .unwrap_or_else(|| "not connected yet".into());
             return Err(Status::unavailable(format!(
                 "the primary cluster is unreachable ({why}); the request was not forwarded"
+            )));
+        };
+        let Ok(_slot) = self.in_flight.try_acquire() else {
+            return Err(Status::unavailable(format!(
+                "{MAX_IN_FLIGHT} requests are already being forwarded to the primary; retry shortly"
             )));
         };
         let mut forwarded = request.into_inner();

@@ -87,7 +87,10 @@ pub async fn serve(
                 changed = material.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
                 // No role: nothing to serve.
-                accepted = listener.accept() => drop(accepted),
+                accepted = listener.accept() => if accepted.is_err() {
+                    // Out of descriptors, say: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                },
             }
             continue;
         };
