@@ -97,9 +97,13 @@ impl Fence {
 
     /// Records that the fence is gone; every later write fails with `FenceLost`.
     pub fn mark_lost(&self, reason: String) {
-        if self.held.swap(false, Ordering::SeqCst) {
+        // The reason is in place before the fence reads as lost: a write refused in between
+        // says why (it used to say "not acquired").
+        let mut lost_reason = self.lost_reason.lock().expect("fence lock");
+        if self.held.load(Ordering::SeqCst) {
             warn!(key = %self.key, %reason, "lost the write fence; refusing writes until restarted");
-            *self.lost_reason.lock().expect("fence lock") = Some(reason);
+            *lost_reason = Some(reason);
+            self.held.store(false, Ordering::SeqCst);
             self.revision.store(0, Ordering::SeqCst);
         }
     }
