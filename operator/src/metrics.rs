@@ -45,38 +45,36 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let reconciles = self.reconciles.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP ferry_operator_reconciles_total Reconciles run."
+        family(
+            &mut out,
+            "ferry_operator_reconciles_total",
+            "counter",
+            "Reconciles run.",
         );
-        let _ = writeln!(out, "# TYPE ferry_operator_reconciles_total counter");
         let _ = writeln!(out, "ferry_operator_reconciles_total {reconciles}");
-        let _ = writeln!(
-            out,
-            "# HELP ferry_operator_reconcile_errors_total Reconciles that failed."
+        family(
+            &mut out,
+            "ferry_operator_reconcile_errors_total",
+            "counter",
+            "Reconciles that failed.",
         );
-        let _ = writeln!(out, "# TYPE ferry_operator_reconcile_errors_total counter");
-        let _ = writeln!(
-            out,
-            "ferry_operator_reconcile_errors_total {}",
-            self.failures.load(Ordering::Relaxed)
+        let failures = self.failures.load(Ordering::Relaxed);
+        let _ = writeln!(out, "ferry_operator_reconcile_errors_total {failures}");
+        family(
+            &mut out,
+            "ferry_operator_reconcile_seconds",
+            "summary",
+            "Time spent reconciling.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP ferry_operator_reconcile_seconds Time spent reconciling."
-        );
-        let _ = writeln!(out, "# TYPE ferry_operator_reconcile_seconds summary");
-        let _ = writeln!(
-            out,
-            "ferry_operator_reconcile_seconds_sum {}",
-            self.reconcile_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
+        let seconds = self.reconcile_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "ferry_operator_reconcile_seconds_sum {seconds}");
         let _ = writeln!(out, "ferry_operator_reconcile_seconds_count {reconciles}");
-        let _ = writeln!(
-            out,
-            "# HELP ferry_operator_steps_total Steps taken on clusters, by step and outcome."
+        family(
+            &mut out,
+            "ferry_operator_steps_total",
+            "counter",
+            "Steps taken on clusters, by step and outcome.",
         );
-        let _ = writeln!(out, "# TYPE ferry_operator_steps_total counter");
         for ((name, ok), n) in self.steps.lock().expect("metrics lock poisoned").iter() {
             let result = if *ok { "ok" } else { "error" };
             let _ = writeln!(
@@ -84,18 +82,22 @@ impl Metrics {
                 "ferry_operator_steps_total{{step=\"{name}\",result=\"{result}\"}} {n}"
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_operator_leader 1 while this replica holds the leader lease."
+        family(
+            &mut out,
+            "ferry_operator_leader",
+            "gauge",
+            "1 while this replica holds the leader lease.",
         );
-        let _ = writeln!(out, "# TYPE ferry_operator_leader gauge");
-        let _ = writeln!(
-            out,
-            "ferry_operator_leader {}",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        );
+        let leader = u8::from(self.leader.load(Ordering::Relaxed));
+        let _ = writeln!(out, "ferry_operator_leader {leader}");
         out
     }
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.

@@ -244,18 +244,7 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
     .await?;
 
     // Deleting the resource runs the finalizer: the token Secret it wrote is gone.
-    west.clusters().delete("west", &Default::default()).await?;
-    ferry_tests::wait_for("the resource and its Secret to go", LONG, || async {
-        let gone = west.clusters().get_opt("west").await.ok()?.is_none();
-        let secret_gone = west
-            .secrets()
-            .get_opt("east-activation")
-            .await
-            .ok()?
-            .is_none();
-        (gone && secret_gone).then_some(())
-    })
-    .await?;
+    delete_west_and_wait(&west).await?;
     Ok(())
 }
 
@@ -394,8 +383,15 @@ async fn promotion_waits_for_an_unreachable_old_primary_unless_forced() -> anyho
         east.vault.log()
     );
     // Deleting west's resource finishes although its cluster is gone; its Secret goes with it.
+    delete_west_and_wait(&west).await?;
+    Ok(())
+}
+
+/// Deletes west's resource and waits until it and the token Secret it wrote are gone (the
+/// finalizer ran).
+async fn delete_west_and_wait(west: &OperatorRegion) -> anyhow::Result<()> {
     west.clusters().delete("west", &Default::default()).await?;
-    ferry_tests::wait_for("west's resource to go", LONG, || async {
+    ferry_tests::wait_for("the resource and its token Secret to go", LONG, || async {
         let gone = west.clusters().get_opt("west").await.ok()?.is_none();
         let secret_gone = west
             .secrets()
