@@ -13,6 +13,7 @@ pub mod decide;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+mod steps;
 pub mod validate;
 pub mod vault_api;
 

@@ -6,15 +6,14 @@
 //! activation fails stays exactly as it was.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::replication as pb;
 use serde::Serialize;
 use thiserror::Error;
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::applied::Applied;
 use super::definition::{
     CA_PATH, ClusterDefinition, DEFINITION_PATH, Mode, PRIMARY_ADDRS_PATH, SECONDARIES_PREFIX,
     SecondaryRecord, validate_secondary_id,
@@ -26,17 +25,11 @@ use super::token::{TokenClaims, TokenError};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
 use super::{Replication, unix_now};
 use crate::error::StoreError;
-use crate::wal::StreamState;
-use crate::wal::record::StreamId;
 
 /// Default lifetime of an activation token (Vault's).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 /// Longest lifetime an activation token may be given.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long a planned promotion waits to apply the demoted primary's last WAL index.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a new primary keeps telling its old primary about the new epoch.
-const ANNOUNCE_FOR: Duration = Duration::from_secs(600);
 /// Most primary addresses accepted by update-primary.
 const MAX_PRIMARY_ADDRS: usize = 16;
 
@@ -54,7 +47,7 @@ pub enum ControlError {
     Storage(#[from] StoreError),
 }
 
-fn invalid(message: impl Into<String>) -> ControlError {
+pub(super) fn invalid(message: impl Into<String>) -> ControlError {
     ControlError::Invalid(message.into())
 }
 
@@ -66,15 +59,6 @@ pub struct WrapInfo {
     pub ttl: u64,
     pub creation_time: u64,
     pub creation_path: String,
-}
-
-/// What a promotion did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Promotion {
-    pub epoch: u64,
-    pub stream_id: String,
-    /// The demoted primary's last WAL index this cluster applied before promoting, if drained.
-    pub drained_to: Option<u64>,
 }
 
 impl Replication {
@@ -376,149 +360,6 @@ impl Replication {
         Ok(())
     }
 
-    /// `performance/secondary/promote`. Without `force`, the old primary must be reachable and
-    /// demoted, and this cluster first applies its last WAL index; with `force`, promotion goes
-    /// ahead whatever the old primary's state (writes it never shipped stay there).
-    pub async fn promote(
-        self: &Arc<Self>,
-        force: bool,
-        primary_cluster_addr: Option<String>,
-    ) -> Result<Promotion, ControlError> {
-        let _guard = self.control.lock().await;
-        let definition = match self.definition() {
-            Some(d) if d.mode == Mode::Secondary => d,
-            _ => return Err(invalid("only a performance secondary can be promoted")),
-        };
-        if let Some(a) = primary_cluster_addr.as_deref().filter(|a| !a.is_empty()) {
-            validate_address(a)?;
-        }
-        let ca = load_ca(self).await.map_err(|e| {
-            invalid(format!(
-                "this cluster cannot act as primary: {e}; wait for the first sync to finish"
-            ))
-        })?;
-        let drained_to = if definition.follows_primary() {
-            self.drain_old_primary(&definition, force).await?
-        } else {
-            None
-        };
-        let applied_epoch =
-            match crate::etcd::get(&mut self.core.kv(), &self.core.keyspace.applied()).await? {
-                Some(kv) => Applied::decode(kv.value()).map_or(0, |a| a.epoch),
-                None => 0,
-            };
-        let known = self.follower_status().primary_epoch;
-        let stream = StreamState {
-            stream_id: StreamId::random(),
-            epoch: self.core.stream().epoch.max(known).max(applied_epoch) + 1,
-        };
-        // Stop following, and settle what the follower already launched, before this cluster
-        // starts a new stream; if that fails, go back to following.
-        self.adopt(Some(ClusterDefinition {
-            demoted: true,
-            ..definition.clone()
-        }));
-        let started = async {
-            drop(self.core.commits.pause().await?);
-            self.core
-                .fenced([etcd_client::TxnOp::put(
-                    self.core.keyspace.stream(),
-                    stream.encode(),
-                    None,
-                )])
-                .await
-        };
-        if let Err(e) = started.await {
-            self.adopt(Some(definition));
-            return Err(e.into());
-        }
-        self.core.set_stream(stream);
-        let old_primaries = super::resolver::candidates(self);
-        let promoted = ClusterDefinition {
-            mode: Mode::Primary,
-            cluster_id: definition.cluster_id.clone(),
-            primary_cluster_addr: primary_cluster_addr.unwrap_or_default(),
-            secondary_id: definition.secondary_id.clone(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            ca_cert_pem: ca.key.cert_pem.clone(),
-            identity: definition.identity.clone(),
-        };
-        self.persist(Some(promoted)).await?;
-        info!(epoch = stream.epoch, stream_id = %stream.stream_id.to_hex(), "promoted to performance primary");
-        tokio::spawn(announce(
-            TlsMaterial::of(&definition),
-            definition.secondary_id.clone(),
-            self.config.cluster_addr.clone(),
-            stream.epoch,
-            old_primaries,
-        ));
-        Ok(Promotion {
-            epoch: stream.epoch,
-            stream_id: stream.stream_id.to_hex(),
-            drained_to,
-        })
-    }
-
-    /// Before a planned promotion: the old primary must be demoted, and this cluster must have
-    /// applied its last index. `force` skips both checks.
-    async fn drain_old_primary(
-        &self,
-        definition: &ClusterDefinition,
-        force: bool,
-    ) -> Result<Option<u64>, ControlError> {
-        let tls = TlsMaterial::of(definition);
-        let address = {
-            let connected = self.follower_status().connected_to.clone();
-            if connected.is_empty() {
-                definition.primary_cluster_addr.clone()
-            } else {
-                connected
-            }
-        };
-        let reply = match probe(&address, &tls, &definition.secondary_id).await {
-            Ok(r) => r,
-            Err(e) if force => {
-                warn!(primary = %address, error = %e.message(), "forced promotion: the primary is unreachable; writes it did not ship stay there");
-                return Ok(None);
-            }
-            Err(e) => {
-                // A 503: the peer is the problem, and the operator may then force (only then).
-                return Err(ControlError::Unavailable(format!(
-                    "cannot reach the primary at {address} ({}); demote it first, or promote with force=true to accept losing writes it has not shipped",
-                    e.message()
-                )));
-            }
-        };
-        if reply.active {
-            if force {
-                warn!(primary = %address, "forced promotion while the primary is still active; it is fenced by the new epoch");
-                return Ok(None);
-            }
-            return Err(invalid(format!(
-                "the primary at {address} is still active; demote it first, or promote with force=true"
-            )));
-        }
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let applied = self.follower_status().last_remote_wal;
-            if applied >= reply.last_wal {
-                return Ok(Some(reply.last_wal));
-            }
-            if Instant::now() >= deadline {
-                if force {
-                    return Ok(None);
-                }
-                return Err(ControlError::Unavailable(format!(
-                    "this cluster applied index {applied} of the demoted primary's {}; try again, or promote with force=true",
-                    reply.last_wal
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     fn active_primary(&self) -> Result<ClusterDefinition, ControlError> {
         match self.definition() {
             Some(d) if d.mode == Mode::Primary && !d.demoted => Ok(d),
@@ -619,38 +460,6 @@ async fn activate(token: &str) -> Result<(ClusterDefinition, Vec<String>), Contr
     Ok((definition, addrs))
 }
 
-/// Tells the old primary, until it answers or [`ANNOUNCE_FOR`] passes, that a newer epoch
-/// exists. Best effort: a primary that never hears it is also fenced by any secondary that
-/// follows the new primary and contacts it.
-async fn announce(
-    tls: TlsMaterial,
-    member: String,
-    own_address: String,
-    epoch: u64,
-    old_primaries: Vec<String>,
-) {
-    let deadline = Instant::now() + ANNOUNCE_FOR;
-    let mut delay = Duration::from_millis(500);
-    while Instant::now() < deadline {
-        for address in old_primaries.iter().filter(|a| **a != own_address) {
-            let Ok(mut c) = client(address, &tls) else {
-                continue;
-            };
-            let call = c.announce_epoch(pb::AnnounceEpochRequest {
-                secondary_id: member.clone(),
-                epoch,
-                primary_cluster_addr: own_address.clone(),
-            });
-            if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
-                info!(old_primary = %address, fenced = reply.get_ref().fenced, epoch, "told the old primary about the new epoch");
-                return;
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 fn error_chain(status: &tonic::Status) -> String {
     let mut out = status.message().to_owned();
     let mut source = std::error::Error::source(status);
@@ -697,7 +506,7 @@ async fn require_active_primary(
 }
 
 /// Checks a `host:port` address.
-fn validate_address(address: &str) -> Result<(), ControlError> {
+pub(super) fn validate_address(address: &str) -> Result<(), ControlError> {
     let ok = address.len() <= 256
         && address.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)

@@ -7,10 +7,11 @@
 //! * [`definition`]: what a cluster stores about its role, and where; [`pki`] and [`token`]: the
 //!   replication CA and the activation tokens it signs.
 //! * [`control`]: the role changes behind Vault's `sys/replication/performance/...` API (enable,
-//!   secondary-token, revoke, demote, disable; secondary enable, promote, update-primary), each
-//!   serialised under one lock and persisted before it takes effect.
+//!   secondary-token, revoke, demote, disable; secondary enable, update-primary), each
+//!   serialised under one lock and persisted before it takes effect; [`promotion`]: promote.
 //! * [`service`]: what a primary serves on the cluster port: Activate, Heartbeat, RemoteResolve,
-//!   StreamWals, MerklePages/MerkleSubpages/MerkleSync, AnnounceEpoch.
+//!   StreamWals, MerklePages/MerkleSubpages/MerkleSync (its streaming in `sync_serve`),
+//!   AnnounceEpoch, Forward.
 //! * [`follower`]: the secondary's loop. It streams the WAL after its last applied index with
 //!   its merkle root as guard (`stream-wals`); when the primary refuses (guard mismatch, WAL
 //!   collected, another stream), it locates the differences in two round trips
@@ -33,11 +34,13 @@ pub mod definition;
 pub mod follower;
 pub mod forward;
 pub mod pki;
+pub mod promotion;
 pub mod reconcile;
 pub mod resolver;
 pub mod service;
 pub mod snapshot;
 pub mod status;
+mod sync_serve;
 pub mod token;
 pub mod transport;
 
