@@ -144,6 +144,17 @@ fn context(item: &Item) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Runs `op` on each item of a single or `batch_input` request and answers as Vault does.
+fn each_item(
+    req: Request,
+    key: &TransitKey,
+    op: impl Fn(&TransitKey, &Item) -> Result<Value, String>,
+) -> Result<Response, ApiError> {
+    let (items, batch) = req.items()?;
+    let results = items.iter().map(|item| op(key, item)).collect();
+    answer(results, batch)
+}
+
 /// Vault's answer: the single result, or `batch_results` (errors per item).
 fn answer(results: Vec<Result<Value, String>>, batch: bool) -> Result<Response, ApiError> {
     if !batch {
@@ -307,59 +318,44 @@ impl Transit<'_> {
                 }
             }
         };
-        let (items, batch) = req.items()?;
-        let results = items
-            .iter()
-            .map(|item| {
-                let plaintext = item
-                    .plaintext
-                    .as_deref()
-                    .ok_or("missing plaintext to encrypt")?;
-                let plain = B64
-                    .decode(plaintext)
-                    .map_err(|_| "plaintext is not base64".to_owned())?;
-                let ciphertext = key.encrypt(&plain, &context(item)?).map_err(|e| e.0)?;
-                Ok(json!({ "ciphertext": ciphertext, "key_version": key.latest_version }))
-            })
-            .collect();
-        answer(results, batch)
+        each_item(req, &key, |key, item| {
+            let plaintext = item
+                .plaintext
+                .as_deref()
+                .ok_or("missing plaintext to encrypt")?;
+            let plain = B64
+                .decode(plaintext)
+                .map_err(|_| "plaintext is not base64".to_owned())?;
+            let ciphertext = key.encrypt(&plain, &context(item)?).map_err(|e| e.0)?;
+            Ok(json!({ "ciphertext": ciphertext, "key_version": key.latest_version }))
+        })
     }
 
     async fn decrypt(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
         let req: Request = parse_body(body)?;
         let key = self.load_existing(name).await?;
-        let (items, batch) = req.items()?;
-        let results = items
-            .iter()
-            .map(|item| {
-                let ciphertext = item
-                    .ciphertext
-                    .as_deref()
-                    .ok_or("missing ciphertext to decrypt")?;
-                let plain = key.decrypt(ciphertext, &context(item)?).map_err(|e| e.0)?;
-                Ok(json!({ "plaintext": B64.encode(plain) }))
-            })
-            .collect();
-        answer(results, batch)
+        each_item(req, &key, |key, item| {
+            let ciphertext = item
+                .ciphertext
+                .as_deref()
+                .ok_or("missing ciphertext to decrypt")?;
+            let plain = key.decrypt(ciphertext, &context(item)?).map_err(|e| e.0)?;
+            Ok(json!({ "plaintext": B64.encode(plain) }))
+        })
     }
 
     async fn rewrap(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
         let req: Request = parse_body(body)?;
         let key = self.load_existing(name).await?;
-        let (items, batch) = req.items()?;
-        let results = items
-            .iter()
-            .map(|item| {
-                let ciphertext = item
-                    .ciphertext
-                    .as_deref()
-                    .ok_or("missing ciphertext to rewrap")?;
-                let ctx = context(item)?;
-                let plain = key.decrypt(ciphertext, &ctx).map_err(|e| e.0)?;
-                let again = key.encrypt(&plain, &ctx).map_err(|e| e.0)?;
-                Ok(json!({ "ciphertext": again, "key_version": key.latest_version }))
-            })
-            .collect();
-        answer(results, batch)
+        each_item(req, &key, |key, item| {
+            let ciphertext = item
+                .ciphertext
+                .as_deref()
+                .ok_or("missing ciphertext to rewrap")?;
+            let ctx = context(item)?;
+            let plain = key.decrypt(ciphertext, &ctx).map_err(|e| e.0)?;
+            let again = key.encrypt(&plain, &ctx).map_err(|e| e.0)?;
+            Ok(json!({ "ciphertext": again, "key_version": key.latest_version }))
+        })
     }
 }
