@@ -130,9 +130,19 @@ pub struct Config {
     #[arg(long, default_value_t = Geometry::default().subpages_per_page)]
     pub merkle_subpages: u32,
 
-    /// How often dirty merkle subpages are flushed to etcd, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    /// Longest between flushes of the dirty merkle subpages to etcd, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub merkle_flush_interval_ms: u64,
+
+    /// A flush starts early once this many WAL entries were written since the last one (keep it
+    /// well below --wal-retain-entries: the WAL since the last flush is never collected).
+    #[arg(long, default_value_t = 12_500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub merkle_flush_wal_entries: u64,
+
+    /// A flush starts early once this many WAL bytes were written since the last one (keep it
+    /// well below --wal-retain-bytes).
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub merkle_flush_wal_bytes: u64,
 
     /// Rebuild the merkle index from a full scan at start-up instead of recovering it.
     #[arg(long)]
@@ -180,8 +190,12 @@ impl Config {
         )
     }
 
-    pub fn flush_interval(&self) -> Duration {
-        Duration::from_millis(self.merkle_flush_interval_ms)
+    pub fn flush_policy(&self) -> crate::flusher::FlushPolicy {
+        crate::flusher::FlushPolicy {
+            interval: Duration::from_millis(self.merkle_flush_interval_ms),
+            wal_entries: self.merkle_flush_wal_entries,
+            wal_bytes: self.merkle_flush_wal_bytes,
+        }
     }
 
     pub fn gc_interval(&self) -> Duration {

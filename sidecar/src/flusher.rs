@@ -9,6 +9,23 @@
 //!
 //! Subpages dirtied while a round runs wait for the next round, so a round's work is bounded by
 //! what was dirty when it began and the checkpoint advances under any write load.
+//!
+//! When a round starts: once the WAL written since the last round reaches a number of entries
+//! or bytes (by default a quarter of the default WAL retention), or once the interval has
+//! passed, whichever comes first. The first bounds what recovery redoes and keeps the
+//! checkpoint well inside what the WAL retains; the second bounds how old the checkpoint gets
+//! under a trickle of writes. Every round rewrites
+//! each subpage it covers whole, so fewer, larger rounds cost etcd less in all: a subpage
+//! written twenty times between rounds is flushed once.
+//!
+//! Flush transactions share etcd (and this machine's CPUs) with the committer's: etcd applies
+//! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
+//! a round written in one burst delays every commit made during the burst. A round is therefore
+//! written in transactions sized to it, one at a time and spread over half the interval: a
+//! small round (light load, where a commit's latency is what users notice) in transactions of a
+//! few records that delay a commit by a fraction of a millisecond; a large one (heavy load,
+//! where keeping up matters) in transactions as large as etcd allows, without pauses. The last
+//! round at shutdown is never spread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,19 +42,57 @@ use crate::merkle::record::{Checkpoint, SubpageRecord};
 const CHUNK: usize = 1024;
 /// Most bytes of records in one transaction.
 const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// Fewest records per transaction, for the smallest rounds.
+const MIN_TXN_RECORDS: usize = 8;
+/// A round's records per transaction grow by one for every this many subpages it writes, up to
+/// etcd's transaction size: a round of 8,192 subpages or more uses full transactions.
+const SUBPAGES_PER_RECORD: usize = 64;
+/// Rounds of at least this many subpages are written without pauses.
+const UNPACED_SUBPAGES: usize = 8192;
 
-/// Runs flush rounds every `interval` until `shutdown`, then one last round.
+/// How often the WAL's growth is checked against [`FlushPolicy::wal_entries`] and
+/// [`FlushPolicy::wal_bytes`].
+const VOLUME_CHECK: Duration = Duration::from_millis(250);
+/// Longest a round's transactions are spread over.
+const MAX_SPREAD: Duration = Duration::from_secs(5);
+
+/// When the flusher starts a round.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    /// Longest between rounds.
+    pub interval: Duration,
+    /// A round starts once this many WAL entries were written since the last one...
+    pub wal_entries: u64,
+    /// ...or this many WAL bytes.
+    pub wal_bytes: u64,
+}
+
+/// Runs flush rounds as `policy` says until `shutdown`, then one last round.
 pub async fn run(
     core: Arc<Core>,
-    interval: Duration,
+    policy: FlushPolicy,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let check = policy.interval.min(VOLUME_CHECK);
+    let spread = (policy.interval / 2).min(MAX_SPREAD);
+    let mut last_round = (tokio::time::Instant::now(), core.wal());
     loop {
         let stopping = tokio::select! {
-            _ = tokio::time::sleep(interval) => false,
+            _ = tokio::time::sleep(check) => false,
             _ = shutdown.changed() => true,
         };
-        if let Err(e) = flush_round(&core).await {
+        let wal = core.wal();
+        let (at, before) = last_round;
+        let due = stopping
+            || at.elapsed() >= policy.interval
+            || wal.last.saturating_sub(before.last) >= policy.wal_entries
+            || wal.cumulative_last.saturating_sub(before.cumulative_last) >= policy.wal_bytes;
+        if !due {
+            continue;
+        }
+        last_round = (tokio::time::Instant::now(), wal);
+        let spread = if stopping { Duration::ZERO } else { spread };
+        if let Err(e) = flush_round(&core, spread).await {
             warn!(error = %e, "merkle flush failed; dirty subpages stay dirty");
         }
         if stopping {
@@ -46,8 +101,9 @@ pub async fn run(
     }
 }
 
-/// One round. Returns how many subpages it wrote.
-pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
+/// One round, its transactions spread over `spread` unless it is large. Returns how many
+/// subpages it wrote.
+pub async fn flush_round(core: &Core, spread: Duration) -> Result<usize, StoreError> {
     if !core.fence.is_held() {
         return Ok(0);
     }
@@ -60,6 +116,8 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let mut written = 0;
+    let per_txn = records_per_txn(ids.len(), core.limits.max_txn_ops);
+    let mut pace = Pace::new(ids.len(), per_txn, spread);
     for chunk in ids.chunks(CHUNK) {
         let (taken, lsn) = {
             let mut index = core.index();
@@ -81,7 +139,7 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
                 (len, TxnOp::put(key, record, None))
             })
             .collect();
-        if let Err(e) = write_records(core, puts).await {
+        if let Err(e) = write_records(core, puts, per_txn, &mut pace).await {
             let mut index = core.index();
             for subpage in &subpages {
                 index.mark_dirty(*subpage);
@@ -105,13 +163,59 @@ pub async fn flush_round(core: &Core) -> Result<usize, StoreError> {
     Ok(written)
 }
 
-/// Writes record puts (each with its size) in fenced transactions within etcd's limits.
-async fn write_records(core: &Core, puts: Vec<(usize, TxnOp)>) -> Result<(), StoreError> {
-    let max_ops = core.limits.max_txn_ops;
+/// How many records each transaction of a round of `subpages` carries.
+fn records_per_txn(subpages: usize, max_txn_ops: usize) -> usize {
+    (subpages / SUBPAGES_PER_RECORD)
+        .max(MIN_TXN_RECORDS)
+        .min(max_txn_ops)
+}
+
+/// When a round's transactions start: the `k`-th of `n` at `k / n` of the spread.
+struct Pace {
+    start: tokio::time::Instant,
+    spread: Duration,
+    txns: u32,
+    sent: u32,
+}
+
+impl Pace {
+    fn new(subpages: usize, per_txn: usize, spread: Duration) -> Self {
+        let spread = if subpages >= UNPACED_SUBPAGES {
+            Duration::ZERO
+        } else {
+            spread
+        };
+        Self {
+            start: tokio::time::Instant::now(),
+            spread,
+            txns: subpages.div_ceil(per_txn.max(1)).max(1) as u32,
+            sent: 0,
+        }
+    }
+
+    /// Waits until the next transaction's turn.
+    async fn next(&mut self) {
+        if !self.spread.is_zero() && self.sent > 0 {
+            let at = self.start + self.spread * self.sent.min(self.txns) / self.txns;
+            tokio::time::sleep_until(at).await;
+        }
+        self.sent += 1;
+    }
+}
+
+/// Writes record puts (each with its size) in fenced transactions of at most `max_ops` records,
+/// one after the other, each when `pace` says.
+async fn write_records(
+    core: &Core,
+    puts: Vec<(usize, TxnOp)>,
+    max_ops: usize,
+    pace: &mut Pace,
+) -> Result<(), StoreError> {
     let mut txn: Vec<TxnOp> = Vec::new();
     let mut bytes = 0;
     for (len, put) in puts {
         if !txn.is_empty() && (txn.len() == max_ops || bytes + len > MAX_TXN_BYTES) {
+            pace.next().await;
             core.fenced(std::mem::take(&mut txn)).await?;
             bytes = 0;
         }
@@ -119,7 +223,24 @@ async fn write_records(core: &Core, puts: Vec<(usize, TxnOp)>) -> Result<(), Sto
         txn.push(put);
     }
     if !txn.is_empty() {
+        pace.next().await;
         core.fenced(txn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_rounds_use_small_transactions_and_large_ones_full_transactions() {
+        assert_eq!(records_per_txn(1, 128), MIN_TXN_RECORDS);
+        assert_eq!(records_per_txn(500, 128), MIN_TXN_RECORDS);
+        assert_eq!(records_per_txn(2048, 128), 32);
+        assert_eq!(records_per_txn(8192, 128), 128);
+        assert_eq!(records_per_txn(1_000_000, 128), 128);
+        // Never more than etcd takes in one transaction.
+        assert_eq!(records_per_txn(10, 4), 4);
+    }
 }

@@ -116,18 +116,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "committer",
         Committer::new(core.clone(), queued).run(supervisor.shutdown_signal()),
     );
-    supervisor.spawn(
-        "merkle-flusher",
-        flusher::run(
-            core.clone(),
-            config.flush_interval(),
-            supervisor.shutdown_signal(),
-        ),
-    );
     let retention = Retention {
         max_entries: config.wal_retain_entries,
         max_bytes: config.wal_retain_bytes,
     };
+    supervisor.spawn(
+        "merkle-flusher",
+        flusher::run(
+            core.clone(),
+            config.flush_policy(),
+            supervisor.shutdown_signal(),
+        ),
+    );
     supervisor.spawn(
         "wal-gc",
         wal::gc::run(

@@ -138,3 +138,30 @@ async fn gc_keeps_what_recovery_needs() -> anyhow::Result<()> {
     assert_eq!(recovered.merkle_root, status.merkle_root);
     Ok(())
 }
+
+/// With the flush interval out of reach, a flush still starts once enough WAL was written
+/// since the last one: by entries, or by bytes.
+#[tokio::test]
+async fn wal_volume_starts_a_flush() -> anyhow::Result<()> {
+    for (trigger, value_len) in [
+        ("--merkle-flush-wal-entries=20", 16),
+        ("--merkle-flush-wal-bytes=8192", 1024),
+    ] {
+        let etcd = EtcdServer::start()?;
+        let sidecar = Sidecar::start(
+            &etcd.endpoint(),
+            SidecarOptions::new("east", "n1")
+                .arg("--merkle-flush-interval-ms=600000")
+                .arg(trigger),
+        )
+        .await?;
+        put_many(&sidecar, "v", 25, value_len).await?;
+        let status = sidecar
+            .wait_status(&format!("a flush started by {trigger}"), |s| {
+                s.merkle_checkpoint >= 8
+            })
+            .await?;
+        assert!(status.merkle_checkpoint <= 25, "{status:?}");
+    }
+    Ok(())
+}

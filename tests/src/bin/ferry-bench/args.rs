@@ -13,6 +13,8 @@ pub enum Bench {
     Recovery,
     Memory,
     Replication,
+    /// Only the replication lag cases (part of `replication`).
+    Lag,
     Vault,
     Operator,
 }
@@ -26,7 +28,8 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|vault|operator[,...]]\n\
+                     [--only write|recovery|memory|replication|lag|vault|operator[,...]]\n\
+                     lag: only the replication lag cases of replication\n\
                      --seconds: measured time per write and lag case, and the catch-up outage \
                      (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
@@ -75,6 +78,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "recovery" => Bench::Recovery,
                         "memory" => Bench::Memory,
                         "replication" => Bench::Replication,
+                        "lag" => Bench::Lag,
                         "vault" => Bench::Vault,
                         "operator" => Bench::Operator,
                         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
@@ -140,6 +144,8 @@ mod tests {
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());
+        let a = parse("--only=lag").unwrap();
+        assert_eq!(a.only, [Bench::Lag].into());
         let a = parse("--only=replication").unwrap();
         assert_eq!(a.only, [Bench::Replication].into());
         assert!(parse("--only disk").is_err());

@@ -40,7 +40,7 @@
 //!
 //! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
 //! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|vault|operator` (comma separated for several; all by default).
+//! write|recovery|memory|replication|lag|vault|operator` (comma separated for several; all by default).
 
 mod args;
 mod common;
@@ -80,6 +80,10 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         replication_bench(args, report)
             .await
             .context("replication benchmark failed")?;
+    } else if args.only.contains(&Bench::Lag) {
+        replication::lag_bench(args, report)
+            .await
+            .context("replication lag benchmark failed")?;
     }
     if args.only.contains(&Bench::Vault) {
         vault::vault_bench(args, report)

@@ -12,6 +12,8 @@
 
 mod lag;
 mod open_loop;
+
+pub use lag::lag_bench;
 mod reconcile;
 
 use std::sync::Arc;
