@@ -14,18 +14,18 @@
 //! or bytes (by default a quarter of the default WAL retention), or once the interval has
 //! passed, whichever comes first. The first bounds what recovery redoes and keeps the
 //! checkpoint well inside what the WAL retains; the second bounds how old the checkpoint gets
-//! under a trickle of writes. Every round rewrites
-//! each subpage it covers whole, so fewer, larger rounds cost etcd less in all: a subpage
-//! written twenty times between rounds is flushed once.
+//! under a trickle of writes. Every round rewrites each subpage it covers whole, so fewer,
+//! larger rounds cost etcd less in all: a subpage written twenty times between rounds is
+//! flushed once.
 //!
 //! Flush transactions share etcd (and this machine's CPUs) with the committer's: etcd applies
 //! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
 //! a round written in one burst delays every commit made during the burst. A round is therefore
-//! written in transactions sized to it, one at a time and spread over half the interval: a
-//! small round (light load, where a commit's latency is what users notice) in transactions of a
+//! written in transactions sized to it, one at a time and spread over half the interval (at
+//! most 5 s): a small round (light load, where a commit's latency is what users notice) in transactions of a
 //! few records that delay a commit by a fraction of a millisecond; a large one (heavy load,
-//! where keeping up matters) in transactions as large as etcd allows, without pauses. The last
-//! round at shutdown is never spread.
+//! where keeping up matters) in transactions as large as etcd allows, without pauses. A round
+//! under way when shutdown begins stops pausing, and the last round is never spread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,8 +91,11 @@ pub async fn run(
             continue;
         }
         last_round = (tokio::time::Instant::now(), wal);
-        let spread = if stopping { Duration::ZERO } else { spread };
-        if let Err(e) = flush_round(&core, spread).await {
+        let pace = Pace::new(
+            if stopping { Duration::ZERO } else { spread },
+            shutdown.clone(),
+        );
+        if let Err(e) = flush_round(&core, pace).await {
             warn!(error = %e, "merkle flush failed; dirty subpages stay dirty");
         }
         if stopping {
@@ -101,9 +104,8 @@ pub async fn run(
     }
 }
 
-/// One round, its transactions spread over `spread` unless it is large. Returns how many
-/// subpages it wrote.
-pub async fn flush_round(core: &Core, spread: Duration) -> Result<usize, StoreError> {
+/// One round, its transactions started when `pace` says. Returns how many subpages it wrote.
+async fn flush_round(core: &Core, mut pace: Pace) -> Result<usize, StoreError> {
     if !core.fence.is_held() {
         return Ok(0);
     }
@@ -117,7 +119,7 @@ pub async fn flush_round(core: &Core, spread: Duration) -> Result<usize, StoreEr
     }
     let mut written = 0;
     let per_txn = records_per_txn(ids.len(), core.limits.max_txn_ops);
-    let mut pace = Pace::new(ids.len(), per_txn, spread);
+    pace.plan(ids.len(), per_txn);
     for chunk in ids.chunks(CHUNK) {
         let (taken, lsn) = {
             let mut index = core.index();
@@ -170,34 +172,43 @@ fn records_per_txn(subpages: usize, max_txn_ops: usize) -> usize {
         .min(max_txn_ops)
 }
 
-/// When a round's transactions start: the `k`-th of `n` at `k / n` of the spread.
+/// When a round's transactions start: the `k`-th of `n` at `k / n` of the spread, or at once
+/// when the spread is zero or shutdown has begun.
 struct Pace {
     start: tokio::time::Instant,
     spread: Duration,
     txns: u32,
     sent: u32,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Pace {
-    fn new(subpages: usize, per_txn: usize, spread: Duration) -> Self {
-        let spread = if subpages >= UNPACED_SUBPAGES {
-            Duration::ZERO
-        } else {
-            spread
-        };
+    fn new(spread: Duration, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             start: tokio::time::Instant::now(),
             spread,
-            txns: subpages.div_ceil(per_txn.max(1)).max(1) as u32,
+            txns: 1,
             sent: 0,
+            shutdown,
         }
+    }
+
+    /// Plans a round of `subpages` written `per_txn` at a time; large rounds are not spread.
+    fn plan(&mut self, subpages: usize, per_txn: usize) {
+        if subpages >= UNPACED_SUBPAGES {
+            self.spread = Duration::ZERO;
+        }
+        self.txns = subpages.div_ceil(per_txn.max(1)).max(1) as u32;
     }
 
     /// Waits until the next transaction's turn.
     async fn next(&mut self) {
-        if !self.spread.is_zero() && self.sent > 0 {
+        if !self.spread.is_zero() && self.sent > 0 && !*self.shutdown.borrow() {
             let at = self.start + self.spread * self.sent.min(self.txns) / self.txns;
-            tokio::time::sleep_until(at).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = self.shutdown.changed() => self.spread = Duration::ZERO,
+            }
         }
         self.sent += 1;
     }
