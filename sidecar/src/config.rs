@@ -134,15 +134,16 @@ pub struct Config {
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub merkle_flush_interval_ms: u64,
 
-    /// A flush starts early once this many WAL entries were written since the last one (keep it
-    /// well below --wal-retain-entries: the WAL since the last flush is never collected).
-    #[arg(long, default_value_t = 12_500, value_parser = clap::value_parser!(u64).range(1..))]
-    pub merkle_flush_wal_entries: u64,
+    /// A flush starts early once this many WAL entries were written since the last one; a
+    /// quarter of --wal-retain-entries when unset (the WAL since the last flush is never
+    /// collected, so keep it well below the retention).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub merkle_flush_wal_entries: Option<u64>,
 
-    /// A flush starts early once this many WAL bytes were written since the last one (keep it
-    /// well below --wal-retain-bytes).
-    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub merkle_flush_wal_bytes: u64,
+    /// A flush starts early once this many WAL bytes were written since the last one; a quarter
+    /// of --wal-retain-bytes when unset.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub merkle_flush_wal_bytes: Option<u64>,
 
     /// Rebuild the merkle index from a full scan at start-up instead of recovering it.
     #[arg(long)]
@@ -193,8 +194,12 @@ impl Config {
     pub fn flush_policy(&self) -> crate::flusher::FlushPolicy {
         crate::flusher::FlushPolicy {
             interval: Duration::from_millis(self.merkle_flush_interval_ms),
-            wal_entries: self.merkle_flush_wal_entries,
-            wal_bytes: self.merkle_flush_wal_bytes,
+            wal_entries: self
+                .merkle_flush_wal_entries
+                .unwrap_or((self.wal_retain_entries / 4).max(1)),
+            wal_bytes: self
+                .merkle_flush_wal_bytes
+                .unwrap_or((self.wal_retain_bytes / 4).max(1)),
         }
     }
 

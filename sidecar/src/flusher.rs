@@ -11,7 +11,7 @@
 //! what was dirty when it began and the checkpoint advances under any write load.
 //!
 //! When a round starts: once the WAL written since the last round reaches a number of entries
-//! or bytes (by default a quarter of the default WAL retention), or once the interval has
+//! or bytes (by default a quarter of the WAL retention), or once the interval has
 //! passed, whichever comes first. The first bounds what recovery redoes and keeps the
 //! checkpoint well inside what the WAL retains; the second bounds how old the checkpoint gets
 //! under a trickle of writes. Every round rewrites each subpage it covers whole, so fewer,

@@ -59,7 +59,10 @@ async fn recovery_redoes_the_wal_after_the_checkpoint() -> anyhow::Result<()> {
 
     // No flushing from here on: everything written now exists only in the WAL and memory.
     sidecar
-        .restart_with(vec!["--merkle-flush-interval-ms=600000".into()])
+        .restart_with(vec![
+            "--merkle-flush-interval-ms=600000".into(),
+            "--merkle-flush-wal-entries=1000000".into(),
+        ])
         .await?;
     write_batches(&sidecar, "late", 15).await?;
     let mut s = sidecar.storage();

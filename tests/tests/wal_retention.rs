@@ -117,6 +117,7 @@ async fn gc_keeps_what_recovery_needs() -> anyhow::Result<()> {
     sidecar
         .restart_with(vec![
             "--merkle-flush-interval-ms=600000".into(),
+            "--merkle-flush-wal-entries=1000000".into(),
             "--wal-retain-entries=5".into(),
             "--wal-gc-interval-ms=20".into(),
         ])
