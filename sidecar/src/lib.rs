@@ -116,10 +116,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "committer",
         Committer::new(core.clone(), queued).run(supervisor.shutdown_signal()),
     );
-    let retention = Retention {
-        max_entries: config.wal_retain_entries,
-        max_bytes: config.wal_retain_bytes,
-    };
     supervisor.spawn(
         "merkle-flusher",
         flusher::run(
@@ -128,6 +124,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             supervisor.shutdown_signal(),
         ),
     );
+    let retention = Retention {
+        max_entries: config.wal_retain_entries,
+        max_bytes: config.wal_retain_bytes,
+    };
     supervisor.spawn(
         "wal-gc",
         wal::gc::run(

@@ -12,9 +12,9 @@
 
 mod lag;
 mod open_loop;
+mod reconcile;
 
 pub use lag::lag_bench;
-mod reconcile;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
