@@ -16,6 +16,17 @@
 //! holds committed state, because outcomes are settled strictly in the order groups left. A group
 //! never writes a key that a group in flight writes, so reordering can change nothing visible.
 //!
+//! A transaction with room left also carries a few dirty merkle subpage records (see
+//! `flusher`), taken from the index as it stands at launch, so each reflects the last WAL entry
+//! committed. Under light load that keeps the index flushed without any transactions of its
+//! own, which would otherwise queue in etcd ahead of commits; under heavy load, groups fill
+//! their transactions and the flusher's rounds do the rest. While such a transaction is in
+//! flight the committer holds the flush gate ([`Core::flush_gate`]), taken only if free, so
+//! records of one subpage reach etcd in the order they were taken and no flush round writes a
+//! checkpoint past a record that may yet fail. When it fails, its subpages are marked dirty
+//! again and the gate is held until the resynchronisation below has rotated the fence, so that
+//! a transaction whose outcome was unknown cannot land after a newer record of the same subpage.
+//!
 //! Outcomes, settled oldest first:
 //! * committed: the staged changes enter the index, and every write in the group is acknowledged;
 //! * refused while the fence is still ours: etcd evaluated the group before its predecessor's WAL
@@ -30,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnResponse};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -38,6 +49,7 @@ use crate::commit::{Group, Pending, Source};
 use crate::core::WriteMode;
 use crate::core::{Core, TXN_TIMEOUT};
 use crate::error::{StoreError, definitely_not_applied};
+use crate::flusher::record_put;
 use crate::merkle::{Change, Staged};
 use crate::path::PathClass;
 use crate::wal::record::{WalEntry, WalOp};
@@ -53,6 +65,9 @@ const LINGER: Duration = Duration::from_millis(1);
 const MAX_RESENDS: u32 = 8;
 /// Longest a pause may hold the committer before it resumes by itself.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// Most merkle leaves the subpage records carried by one transaction hold: 32 KiB of hashes,
+/// well inside the room etcd's request limit leaves above a full group.
+const MAX_CARRIED_LEAVES: usize = 1024;
 
 /// What the committer is asked to do.
 #[derive(Debug)]
@@ -76,6 +91,12 @@ struct EntryMeta {
 
 type TxnOutcome = Result<Result<TxnResponse, etcd_client::Error>, tokio::time::error::Elapsed>;
 
+/// Merkle subpage records a transaction carries, and the flush gate held until it settles.
+struct Records {
+    subpages: Vec<u32>,
+    gate: OwnedMutexGuard<()>,
+}
+
 /// One transaction under way.
 struct Flight {
     requests: Vec<Pending>,
@@ -84,6 +105,8 @@ struct Flight {
     entry: Option<EntryMeta>,
     /// The group's WAL entry as written, for the shippers' cache.
     encoded: Option<Arc<[u8]>>,
+    /// Merkle subpage records carried along, if any.
+    records: Option<Records>,
     /// Kept to send again only when groups can overtake one another (more than one in flight).
     txn: Option<Txn>,
     sends: u32,
@@ -104,10 +127,16 @@ pub struct Committer {
     /// How many requests the next group should wait for: those the last settled transaction
     /// answered (their writers tend to come straight back) plus those queued then.
     expected: usize,
+    /// Most merkle subpage records one transaction carries.
+    records_per_txn: usize,
+    /// The flush gate of a failed transaction that carried records, held until the resync.
+    failed_gate: Option<OwnedMutexGuard<()>>,
 }
 
 impl Committer {
-    pub fn new(core: Arc<Core>, queue: mpsc::Receiver<Command>) -> Self {
+    /// A committer taking writes from `queue`; each transaction with room carries up to
+    /// `records_per_txn` dirty merkle subpages.
+    pub fn new(core: Arc<Core>, queue: mpsc::Receiver<Command>, records_per_txn: usize) -> Self {
         Self {
             core,
             queue,
@@ -115,6 +144,8 @@ impl Committer {
             held: None,
             diverged: false,
             expected: 0,
+            records_per_txn,
+            failed_gate: None,
         }
     }
 
@@ -322,6 +353,7 @@ impl Committer {
             });
             staged = Some(s);
         }
+        let records = self.carry_records(&mut ops);
         let txn = Txn::new().when(compares).and_then(ops);
         // With one transaction in flight nothing can overtake it: keep no copy of its values.
         let (txn, handle) = if MAX_IN_FLIGHT > 1 {
@@ -335,11 +367,41 @@ impl Committer {
             staged,
             entry,
             encoded,
+            records,
             txn,
             sends: 1,
             handle,
             sent_at: std::time::Instant::now(),
         });
+    }
+
+    /// Adds dirty merkle subpage records to a transaction's `ops`, as many as its room and
+    /// [`Self::records_per_txn`] allow, unless someone else holds the flush gate.
+    fn carry_records(&self, ops: &mut Vec<TxnOp>) -> Option<Records> {
+        let core = &self.core;
+        let room = core
+            .limits
+            .max_txn_ops
+            .saturating_sub(ops.len())
+            .min(self.records_per_txn);
+        if room == 0 || core.index().dirty_count() == 0 || !core.fence.is_held() {
+            return None;
+        }
+        let gate = core.flush_gate.clone().try_lock_owned().ok()?;
+        let (taken, lsn) = {
+            let mut index = core.index();
+            (index.take_next_dirty(room, MAX_CARRIED_LEAVES), index.lsn())
+        };
+        if taken.is_empty() {
+            return None;
+        }
+        let subpages = taken.iter().map(|(subpage, _)| *subpage).collect();
+        ops.extend(
+            taken
+                .into_iter()
+                .map(|(subpage, leaves)| record_put(core, subpage, lsn, leaves).1),
+        );
+        Some(Records { subpages, gate })
     }
 
     /// Waits for the oldest transaction and settles it.
@@ -404,6 +466,13 @@ impl Committer {
                     }
                 });
                 self.diverged = true;
+                if let Some(records) = flight.records.take() {
+                    let mut index = self.core.index();
+                    for subpage in records.subpages {
+                        index.mark_dirty(subpage);
+                    }
+                    self.failed_gate = Some(records.gate);
+                }
                 reply_all(flight.requests, Err(error));
             }
         }
@@ -476,6 +545,7 @@ impl Committer {
             }
         }
         self.diverged = false;
+        self.failed_gate = None;
     }
 }
 

@@ -145,6 +145,12 @@ pub struct Config {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub merkle_flush_wal_bytes: Option<u64>,
 
+    /// Dirty merkle subpages each write transaction also writes when it has room, so that under
+    /// light load the index is flushed without transactions of its own (0: only the flusher's
+    /// rounds write them).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub merkle_records_per_commit: u64,
+
     /// Rebuild the merkle index from a full scan at start-up instead of recovering it.
     #[arg(long)]
     pub reindex_on_start: bool,

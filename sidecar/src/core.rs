@@ -61,8 +61,11 @@ pub struct Core {
     pub recent: Mutex<crate::wal::recent::RecentEntries>,
     /// The committer's queue: writes, and pauses that line etcd up with the index.
     pub commits: CommitQueue,
-    /// Held by a flush round, and by a reindex while it swaps the index.
-    pub flush_gate: tokio::sync::Mutex<()>,
+    /// Held by whoever writes merkle subpage records or the checkpoint: a flush round, the
+    /// committer while a transaction carrying records is in flight (see `committer`), and a
+    /// reindex while it swaps the index. Records of one subpage therefore reach etcd in the
+    /// order they were taken, and a checkpoint never passes a record still in flight.
+    pub flush_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Core {
@@ -97,7 +100,7 @@ impl Core {
             recent: Mutex::new(crate::wal::recent::RecentEntries::new(
                 crate::wal::recent::DEFAULT_RECENT_BYTES,
             )),
-            flush_gate: tokio::sync::Mutex::new(()),
+            flush_gate: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

@@ -18,6 +18,11 @@
 //! larger rounds cost etcd less in all: a subpage written twenty times between rounds is
 //! flushed once.
 //!
+//! Under light load a round finds little to write: the committer carries dirty subpages in its
+//! own transactions while they have room (see `committer`), and those records count as
+//! flushed. Records of one subpage are only ever written by whoever holds
+//! [`Core::flush_gate`], so they reach etcd in the order they were taken.
+//!
 //! Flush transactions share etcd (and this machine's CPUs) with the committer's: etcd applies
 //! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
 //! a round written in one burst delays every commit made during the burst. A round is therefore
@@ -36,6 +41,7 @@ use tracing::{debug, warn};
 
 use crate::core::Core;
 use crate::error::StoreError;
+use crate::merkle::Leaf;
 use crate::merkle::record::{Checkpoint, SubpageRecord};
 
 /// Subpages copied out of the index at a time.
@@ -129,17 +135,7 @@ async fn flush_round(core: &Core, mut pace: Pace) -> Result<usize, StoreError> {
         let subpages: Vec<u32> = taken.iter().map(|(subpage, _)| *subpage).collect();
         let puts: Vec<(usize, TxnOp)> = taken
             .into_iter()
-            .map(|(subpage, leaves)| {
-                let record = SubpageRecord {
-                    subpage,
-                    lsn,
-                    leaves,
-                }
-                .encode();
-                let len = record.len();
-                let key = core.keyspace.merkle_subpage(subpage);
-                (len, TxnOp::put(key, record, None))
-            })
+            .map(|(subpage, leaves)| record_put(core, subpage, lsn, leaves))
             .collect();
         if let Err(e) = write_records(core, puts, per_txn, &mut pace).await {
             let mut index = core.index();
@@ -163,6 +159,19 @@ async fn flush_round(core: &Core, mut pace: Pace) -> Result<usize, StoreError> {
     core.set_checkpoint(Some(round_lsn));
     debug!(written, checkpoint = round_lsn, "merkle flush round done");
     Ok(written)
+}
+
+/// The put that stores `subpage`'s `leaves` as they were at WAL index `lsn`, and its size.
+pub(crate) fn record_put(core: &Core, subpage: u32, lsn: u64, leaves: Vec<Leaf>) -> (usize, TxnOp) {
+    let record = SubpageRecord {
+        subpage,
+        lsn,
+        leaves,
+    }
+    .encode();
+    let len = record.len();
+    let key = core.keyspace.merkle_subpage(subpage);
+    (len, TxnOp::put(key, record, None))
 }
 
 /// How many records each transaction of a round of `subpages` carries.

@@ -114,7 +114,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(core.clone());
     supervisor.spawn(
         "committer",
-        Committer::new(core.clone(), queued).run(supervisor.shutdown_signal()),
+        Committer::new(
+            core.clone(),
+            queued,
+            config.merkle_records_per_commit as usize,
+        )
+        .run(supervisor.shutdown_signal()),
     );
     supervisor.spawn(
         "merkle-flusher",

@@ -62,6 +62,7 @@ async fn recovery_redoes_the_wal_after_the_checkpoint() -> anyhow::Result<()> {
         .restart_with(vec![
             "--merkle-flush-interval-ms=600000".into(),
             "--merkle-flush-wal-entries=1000000".into(),
+            "--merkle-records-per-commit=0".into(),
         ])
         .await?;
     write_batches(&sidecar, "late", 15).await?;
@@ -80,6 +81,77 @@ async fn recovery_redoes_the_wal_after_the_checkpoint() -> anyhow::Result<()> {
     assert_eq!(after.merkle_root, before.merkle_root);
     assert_eq!(after.merkle_keys, 3500);
     assert_equals_reindex(&sidecar).await
+}
+
+/// With flush rounds out of reach, single writes still flush the index: each transaction
+/// carries the subpages that the writes before it dirtied, and recovery from those records
+/// (each at its own LSN, past the checkpoint) is exact. With `--merkle-records-per-commit=0`
+/// nothing is carried.
+#[tokio::test]
+async fn commits_carry_dirty_subpages_and_recovery_uses_them() -> anyhow::Result<()> {
+    const WRITES: usize = 300;
+    for per_commit in [8, 0] {
+        let etcd = EtcdServer::start()?;
+        let mut sidecar = Sidecar::start(
+            &etcd.endpoint(),
+            SidecarOptions::new("east", "n1").arg("--merkle-flush-interval-ms=50"),
+        )
+        .await?;
+        write_batches(&sidecar, "early", 1).await?;
+        let flushed = sidecar.wait_flushed().await?;
+        sidecar
+            .restart_with(vec![
+                "--merkle-flush-interval-ms=600000".into(),
+                "--merkle-flush-wal-entries=1000000".into(),
+                format!("--merkle-records-per-commit={per_commit}"),
+            ])
+            .await?;
+        let mut s = sidecar.storage();
+        for i in 0..WRITES {
+            s.put(PutRequest {
+                key: format!("logical/carry/k{i}"),
+                value: format!("v{i}").into_bytes(),
+            })
+            .await?;
+        }
+        let before = sidecar.status().await?;
+        let records = etcd
+            .client()
+            .await?
+            .get(
+                "/ferry/east/merkle/",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await?
+            .count() as usize;
+        // The first batch's 100 keys were flushed by a round; each later write adds about one
+        // subpage of the 65,536.
+        if per_commit > 0 {
+            // Only what the last write dirtied waits for the next transaction.
+            assert!(before.merkle_dirty_subpages <= 1, "{before:?}");
+            assert!(records >= 100 + WRITES * 9 / 10, "{records} records");
+        } else {
+            assert!(
+                before.merkle_dirty_subpages as usize >= WRITES * 9 / 10,
+                "{before:?}"
+            );
+            assert!(records <= 100, "{records} records");
+        }
+        assert_eq!(before.merkle_checkpoint, flushed.last_wal);
+
+        sidecar.kill();
+        let after = sidecar.restart_with(Vec::new()).await?;
+        assert_eq!(after.startup_mode, "recovery");
+        assert_eq!(after.startup_redo_entries, WRITES as u64);
+        assert_eq!(after.merkle_root, before.merkle_root);
+        assert_eq!(after.merkle_keys, 100 + WRITES as u64);
+        assert_equals_reindex(&sidecar).await?;
+    }
+    Ok(())
 }
 
 #[tokio::test]

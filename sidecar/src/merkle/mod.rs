@@ -24,9 +24,12 @@
 //! their subpages dirty; the flusher writes dirty subpages to etcd with the WAL index they
 //! reflect (see `record`).
 
+pub mod dirty;
 pub mod record;
 
 use thiserror::Error;
+
+use self::dirty::DirtySet;
 
 /// A node hash.
 pub type Digest = [u8; 32];
@@ -228,8 +231,7 @@ pub struct MerkleIndex {
     page_hashes: Vec<Digest>,
     root: Digest,
     keys: u64,
-    dirty: Vec<bool>,
-    dirty_count: usize,
+    dirty: DirtySet,
     /// Subpages changed by [`MerkleIndex::load`] whose hashes are not yet recomputed.
     stale: Vec<u32>,
     /// Bumped on every commit; a [`Staged`] from another generation is refused.
@@ -255,8 +257,7 @@ impl MerkleIndex {
             page_hashes,
             root,
             keys: 0,
-            dirty: vec![false; n],
-            dirty_count: 0,
+            dirty: DirtySet::new(n),
             stale: Vec::new(),
             generation: 0,
             lsn: 0,
@@ -453,11 +454,7 @@ impl MerkleIndex {
     }
 
     pub fn mark_dirty(&mut self, subpage: u32) {
-        let d = &mut self.dirty[subpage as usize];
-        if !*d {
-            *d = true;
-            self.dirty_count += 1;
-        }
+        self.dirty.mark(subpage);
     }
 
     /// Marks every subpage that holds keys dirty (after a reindex, so that all of it is flushed).
@@ -470,32 +467,40 @@ impl MerkleIndex {
     }
 
     pub fn dirty_count(&self) -> usize {
-        self.dirty_count
+        self.dirty.count()
     }
 
     /// The subpages that are dirty now.
     pub fn dirty_ids(&self) -> Vec<u32> {
-        if self.dirty_count == 0 {
-            return Vec::new();
-        }
-        (0..self.dirty.len() as u32)
-            .filter(|id| self.dirty[*id as usize])
-            .collect()
+        self.dirty.ids()
     }
 
     /// Takes those of `ids` that are still dirty for flushing: their ids and a copy of their
     /// leaves. They are clean afterwards; [`Self::mark_dirty`] them again if the flush fails.
     pub fn take_dirty(&mut self, ids: &[u32]) -> Vec<(u32, Vec<Leaf>)> {
-        let mut out = Vec::new();
-        for &id in ids {
-            let dirty = &mut self.dirty[id as usize];
-            if *dirty {
-                *dirty = false;
-                out.push((id, self.subpages[id as usize].clone()));
+        ids.iter()
+            .filter(|&&id| self.dirty.clear(id))
+            .map(|&id| (id, self.subpages[id as usize].clone()))
+            .collect()
+    }
+
+    /// Takes up to `max` dirty subpages holding at most `max_leaves` leaves in all, going round
+    /// the index from where the last call stopped; larger subpages are left for the flusher.
+    /// Like [`Self::take_dirty`], they are clean afterwards.
+    pub fn take_next_dirty(&mut self, max: usize, max_leaves: usize) -> Vec<(u32, Vec<Leaf>)> {
+        let mut leaves = 0;
+        let subpages = &self.subpages;
+        let ids = self.dirty.take_next(max, |id| {
+            let len = subpages[id as usize].len();
+            let fits = leaves + len <= max_leaves;
+            if fits {
+                leaves += len;
             }
-        }
-        self.dirty_count -= out.len();
-        out
+            fits
+        });
+        ids.into_iter()
+            .map(|id| (id, self.subpages[id as usize].clone()))
+            .collect()
     }
 
     /// The WAL index this index reflects: every entry up to it is applied, none after.
@@ -513,7 +518,7 @@ impl MerkleIndex {
         leaves * std::mem::size_of::<Leaf>()
             + self.subpages.len() * std::mem::size_of::<Vec<Leaf>>()
             + (self.subpage_hashes.len() + self.page_hashes.len()) * 32
-            + self.dirty.len()
+            + self.dirty.memory_bytes()
     }
 
     /// Subpages whose hashes differ from `other`'s (same geometry), found top-down.
