@@ -11,7 +11,10 @@
 //! Streaming: consecutive entries are merged (the last write to a key wins) into transactions
 //! that stay within one transaction's limits, each committed with the applied record of its last
 //! entry; after each, the local merkle root must equal the root that entry carries, or the
-//! follower reconciles. Reconciling: two round trips against one primary snapshot locate the
+//! follower reconciles. Messages keep being read while a transaction is in flight (up to
+//! [`MAX_BUFFERED_BYTES`]), and whatever arrived meanwhile is merged into the next one: when
+//! the local etcd stalls, the entries that queued behind the stall are applied together instead
+//! of one transaction each, so the backlog clears in one round trip. Reconciling: two round trips against one primary snapshot locate the
 //! conflicting subpages; the primary's keys in them are fetched and written where they differ,
 //! local keys the primary lacks there are deleted, and once the local root equals the
 //! snapshot's, the snapshot's index is stored as applied and streaming resumes from it.
@@ -49,6 +52,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeats missed in a row before the session is dropped.
 const MAX_MISSED_HEARTBEATS: u32 = 3;
+/// Most bytes of WAL entries read ahead of the transaction in flight; reading waits beyond it.
+const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 
 pub(super) type Client = ReplicationClient<Channel>;
 
@@ -393,54 +398,117 @@ async fn stream(
         s.state = "stream-wals";
         s.last_remote_wal = position.index;
     }
+    let mut buffered = Buffered::default();
     loop {
-        let message = match messages.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
-            Err(s) if s.code() == Code::FailedPrecondition => return Err(refused(s.message())),
-            Err(s) => return Err(s.into()),
-        };
-        replication.follower_status().primary_last_wal = message.primary_last_wal;
-        let mut entries = Vec::with_capacity(message.entries.len());
-        for raw in &message.entries {
-            let entry = WalEntry::decode(raw)
-                .map_err(|e| End::Failed(format!("the primary sent a corrupt WAL entry: {e}")))?;
-            entries.push(entry);
+        if buffered.entries.is_empty() {
+            if let Some(end) = buffered.end.take() {
+                return end;
+            }
+            buffered.read(replication, &mut messages).await;
+            continue;
         }
-        for batch in merge(
-            &entries,
-            core.limits.max_batch_ops,
-            core.limits.max_txn_bytes,
-        ) {
-            let last = batch.last;
-            if last.stream_id != position.stream_id || batch.first_index != position.index + 1 {
-                return Err(refused(format!(
-                    "the primary sent index {} after {}",
-                    batch.first_index, position.index
-                )));
+        let entries = std::mem::take(&mut buffered.entries);
+        buffered.bytes = 0;
+        let apply = apply_entries(replication, &mut position, &entries);
+        tokio::pin!(apply);
+        loop {
+            tokio::select! {
+                biased;
+                applied = &mut apply => {
+                    applied?;
+                    break;
+                }
+                _ = buffered.read(replication, &mut messages),
+                    if buffered.end.is_none() && buffered.bytes < MAX_BUFFERED_BYTES => {}
             }
-            if !replication.config.apply_delay.is_zero() {
-                tokio::time::sleep(replication.config.apply_delay).await;
-            }
-            position = Applied {
-                stream_id: last.stream_id,
-                index: last.index,
-                epoch: last.epoch,
-            };
-            replication
-                .gateway
-                .apply(batch.ops, Some(position.encode()))
-                .await?;
-            let root = core.index().root();
-            if root != last.merkle_root {
-                return Err(refused(format!(
-                    "the merkle root after index {} differs from the primary's",
-                    last.index
-                )));
-            }
-            replication.note_applied(position);
         }
     }
+}
+
+/// WAL entries read from the stream and not yet applied, and how the stream ended, if it did.
+#[derive(Default)]
+struct Buffered {
+    entries: Vec<WalEntry>,
+    bytes: usize,
+    end: Option<Result<(), End>>,
+}
+
+impl Buffered {
+    /// Reads one message into the buffer, or notes how the stream ended. Cancel-safe: the
+    /// stream keeps a partly received message until the next call.
+    async fn read(
+        &mut self,
+        replication: &Replication,
+        messages: &mut tonic::Streaming<pb::StreamWalsResponse>,
+    ) {
+        let message = match messages.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return self.end = Some(Ok(())),
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                return self.end = Some(Err(refused(s.message())));
+            }
+            Err(s) => return self.end = Some(Err(s.into())),
+        };
+        replication.follower_status().primary_last_wal = message.primary_last_wal;
+        for raw in &message.entries {
+            match WalEntry::decode(raw) {
+                Ok(entry) => {
+                    self.bytes += raw.len();
+                    self.entries.push(entry);
+                }
+                Err(e) => {
+                    self.end = Some(Err(End::Failed(format!(
+                        "the primary sent a corrupt WAL entry: {e}"
+                    ))));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Applies `entries` in merged transactions, moving `position` along; each must follow on from
+/// it, and the local merkle root must match the primary's after each transaction.
+async fn apply_entries(
+    replication: &Replication,
+    position: &mut Applied,
+    entries: &[WalEntry],
+) -> Result<(), End> {
+    let core = &replication.core;
+    for batch in merge(
+        entries,
+        core.limits.max_batch_ops,
+        core.limits.max_txn_bytes,
+    ) {
+        let last = batch.last;
+        if last.stream_id != position.stream_id || batch.first_index != position.index + 1 {
+            return Err(refused(format!(
+                "the primary sent index {} after {}",
+                batch.first_index, position.index
+            )));
+        }
+        if !replication.config.apply_delay.is_zero() {
+            tokio::time::sleep(replication.config.apply_delay).await;
+        }
+        *position = Applied {
+            stream_id: last.stream_id,
+            index: last.index,
+            epoch: last.epoch,
+        };
+        replication
+            .gateway
+            .apply(batch.ops, Some(position.encode()))
+            .await?;
+        let root = core.index().root();
+        if root != last.merkle_root {
+            return Err(refused(format!(
+                "the merkle root after index {} differs from the primary's",
+                last.index
+            )));
+        }
+        replication.note_applied(*position);
+    }
+    Ok(())
 }
 
 /// Consecutive entries merged into one transaction.

@@ -500,20 +500,30 @@ async fn ship(
             .lock()
             .expect("recent entries lock poisoned")
             .after(after, SHIP_ENTRIES, MAX_SHIP_BYTES);
-        if let Some(entries) = cached
-            && !entries.is_empty()
-        {
-            after += entries.len() as u64;
-            let message = pb::StreamWalsResponse {
-                entries: entries.iter().map(|e| e.to_vec()).collect(),
-                primary_last_wal: core.wal().last,
-            };
-            if tx.send(Ok(message)).await.is_err() {
-                return;
+        let caught_up = match cached {
+            Some(entries) if !entries.is_empty() => {
+                after += entries.len() as u64;
+                let message = pb::StreamWalsResponse {
+                    entries: entries.iter().map(|e| e.to_vec()).collect(),
+                    primary_last_wal: core.wal().last,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
-        }
-        let message = match read_after(core, after, SHIP_ENTRIES).await {
+            // Nothing newer is cached or committed: wait without asking etcd. (Entries applied
+            // outside the committer, after a failed transaction, are not cached; they move the
+            // last committed index, so they are read from etcd below.)
+            Some(_) => core.wal().last <= after,
+            None => false,
+        };
+        let read = if caught_up {
+            Ok(WalRead::Entries(Vec::new()))
+        } else {
+            read_after(core, after, SHIP_ENTRIES).await
+        };
+        let message = match read {
             Ok(WalRead::Entries(entries)) if !entries.is_empty() => {
                 after = entries.last().expect("not empty").index;
                 pb::StreamWalsResponse {
