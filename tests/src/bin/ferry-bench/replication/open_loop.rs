@@ -104,7 +104,47 @@ impl Tracker {
     }
 }
 
-/// What one case measured over its measured window.
+/// The raw measurements of one measured window (or several, pooled).
+#[derive(Default)]
+pub struct Samples {
+    /// Arrival − acknowledgement per key, in milliseconds.
+    lags: Vec<f64>,
+    /// Send started − send due per key, in milliseconds.
+    late: Vec<f64>,
+    /// Seconds from the window's first due send to its last acknowledgement, summed.
+    span_s: f64,
+    pub errors: u64,
+}
+
+impl Samples {
+    /// Adds another window's measurements.
+    pub fn pool(&mut self, other: Samples) {
+        self.lags.extend(other.lags);
+        self.late.extend(other.late);
+        self.span_s += other.span_s;
+        self.errors += other.errors;
+    }
+
+    /// The percentiles and rates of what was pooled.
+    pub fn lag(&self) -> Lag {
+        let mut lags = self.lags.clone();
+        let mut late = self.late.clone();
+        lags.sort_by(f64::total_cmp);
+        late.sort_by(f64::total_cmp);
+        Lag {
+            p50_ms: percentile(&lags, 0.50),
+            p99_ms: percentile(&lags, 0.99),
+            max_ms: lags.last().copied().unwrap_or(f64::NAN),
+            samples: lags.len(),
+            achieved_rate: lags.len() as f64 / self.span_s,
+            late_p99_ms: percentile(&late, 0.99),
+            late_max_ms: late.last().copied().unwrap_or(f64::NAN),
+            errors: self.errors,
+        }
+    }
+}
+
+/// What a case measured.
 pub struct Lag {
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -211,33 +251,34 @@ pub async fn drive(
 
 /// Lag (arrival − acknowledgement, at least 0) and lateness of the sends `warm..total`, which
 /// were due from `started + schedule.offset(warm)` on.
-pub fn summarize(t: &Tracker, schedule: Schedule, started: Instant, warm: u64, total: u64) -> Lag {
-    let mut lags = Vec::new();
-    let mut late = Vec::new();
+pub fn summarize(
+    t: &Tracker,
+    schedule: Schedule,
+    started: Instant,
+    warm: u64,
+    total: u64,
+) -> Samples {
+    let mut samples = Samples {
+        errors: t.errors,
+        ..Samples::default()
+    };
     let mut last_ack = None::<Instant>;
     for n in warm as usize..total as usize {
         if let (Some(ack), Some(applied)) = (t.acked[n], t.applied[n]) {
-            lags.push(applied.saturating_duration_since(ack).as_secs_f64() * 1000.0);
+            samples
+                .lags
+                .push(applied.saturating_duration_since(ack).as_secs_f64() * 1000.0);
             last_ack = Some(last_ack.map_or(ack, |l| l.max(ack)));
         }
         if let (Some(due), Some(s)) = (t.due[n], t.started[n]) {
-            late.push(s.saturating_duration_since(due).as_secs_f64() * 1000.0);
+            samples
+                .late
+                .push(s.saturating_duration_since(due).as_secs_f64() * 1000.0);
         }
     }
-    lags.sort_by(f64::total_cmp);
-    late.sort_by(f64::total_cmp);
     let window_start = started + schedule.offset(warm);
-    let span = last_ack.map_or(f64::NAN, |l| (l - window_start).as_secs_f64());
-    Lag {
-        p50_ms: percentile(&lags, 0.50),
-        p99_ms: percentile(&lags, 0.99),
-        max_ms: lags.last().copied().unwrap_or(f64::NAN),
-        samples: lags.len(),
-        achieved_rate: lags.len() as f64 / span,
-        late_p99_ms: percentile(&late, 0.99),
-        late_max_ms: late.last().copied().unwrap_or(f64::NAN),
-        errors: t.errors,
-    }
+    samples.span_s = last_ack.map_or(f64::NAN, |l| (l - window_start).as_secs_f64());
+    samples
 }
 
 #[cfg(test)]
@@ -291,7 +332,7 @@ mod tests {
         t.applied[1] = Some(start + schedule.offset(1) + ms(5));
         t.applied[2] = Some(start + schedule.offset(2) + ms(1));
         t.applied[3] = Some(start + schedule.offset(3) + ms(12));
-        let lag = summarize(&t, schedule, start, 1, 4);
+        let lag = summarize(&t, schedule, start, 1, 4).lag();
         assert_eq!(lag.samples, 3);
         assert_eq!(lag.p50_ms, 3.0);
         assert_eq!(lag.max_ms, 10.0);
@@ -303,5 +344,13 @@ mod tests {
             "{}",
             lag.achieved_rate
         );
+
+        // Two windows pooled: their samples and spans add up.
+        let mut pooled = summarize(&t, schedule, start, 1, 4);
+        pooled.pool(summarize(&t, schedule, start, 1, 4));
+        let both = pooled.lag();
+        assert_eq!(both.samples, 6);
+        assert_eq!(both.max_ms, 10.0);
+        assert!((both.achieved_rate - 750.0).abs() < 1e-6);
     }
 }
