@@ -425,6 +425,7 @@ impl Committer {
         debug!(
             etcd_us = flight.sent_at.elapsed().as_micros() as u64,
             requests = flight.requests.len(),
+            wal = flight.entry.map_or(0, |e| e.index),
             "transaction settled"
         );
         let result = match outcome {

@@ -450,6 +450,11 @@ impl Buffered {
             Err(s) => return self.end = Some(Err(s.into())),
         };
         replication.follower_status().primary_last_wal = message.primary_last_wal;
+        debug!(
+            entries = message.entries.len(),
+            primary_last_wal = message.primary_last_wal,
+            "WAL message received"
+        );
         for raw in &message.entries {
             match WalEntry::decode(raw) {
                 Ok(entry) => {
