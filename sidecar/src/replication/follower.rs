@@ -14,10 +14,12 @@
 //! follower reconciles. Messages keep being read while a transaction is in flight (up to
 //! [`MAX_BUFFERED_BYTES`]), and whatever arrived meanwhile is merged into the next one: when
 //! the local etcd stalls, the entries that queued behind the stall are applied together instead
-//! of one transaction each, so the backlog clears in one round trip. Reconciling: two round trips against one primary snapshot locate the
-//! conflicting subpages; the primary's keys in them are fetched and written where they differ,
-//! local keys the primary lacks there are deleted, and once the local root equals the
-//! snapshot's, the snapshot's index is stored as applied and streaming resumes from it.
+//! of one transaction each, so the backlog clears in one round trip.
+//!
+//! Reconciling: two round trips against one primary snapshot locate the conflicting subpages;
+//! the primary's keys in them are fetched and written where they differ, local keys the
+//! primary lacks there are deleted, and once the local root equals the snapshot's, the
+//! snapshot's index is stored as applied and streaming resumes from it.
 //!
 //! Any other failure (the primary unreachable, a call timing out, the heartbeat failing three
 //! times in a row) ends the session; the follower waits with bounded exponential backoff and
