@@ -16,11 +16,12 @@
 //! holds committed state, because outcomes are settled strictly in the order groups left. A group
 //! never writes a key that a group in flight writes, so reordering can change nothing visible.
 //!
-//! A transaction with room left also carries a few dirty merkle subpage records (see
-//! `flusher`), taken from the index as it stands at launch, so each reflects the last WAL entry
-//! committed. Under light load that keeps the index flushed without any transactions of its
-//! own, which would otherwise queue in etcd ahead of commits; under heavy load, groups fill
-//! their transactions and the flusher's rounds do the rest. While such a transaction is in
+//! A small transaction also carries a few dirty merkle subpage records (see `flusher`), taken
+//! from the index as it stands at launch, so each reflects the last WAL entry committed: one
+//! of `n` writes carries up to `records_per_txn - n` records. Under light load that keeps the
+//! index flushed without any transactions of its own, which would otherwise queue in etcd
+//! ahead of commits. Under heavy load groups grow, carry nothing, and the flusher's rounds
+//! write each subpage once however often it changed, which costs etcd less. While such a transaction is in
 //! flight the committer holds the flush gate ([`Core::flush_gate`]), taken only if free, so
 //! records of one subpage reach etcd in the order they were taken and no flush round writes a
 //! checkpoint past a record that may yet fail. When it fails, its subpages are marked dirty
@@ -134,8 +135,8 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// A committer taking writes from `queue`; each transaction with room carries up to
-    /// `records_per_txn` dirty merkle subpages.
+    /// A committer taking writes from `queue`; a transaction of `n` writes carries up to
+    /// `records_per_txn - n` dirty merkle subpages.
     pub fn new(core: Arc<Core>, queue: mpsc::Receiver<Command>, records_per_txn: usize) -> Self {
         Self {
             core,
@@ -353,7 +354,8 @@ impl Committer {
             });
             staged = Some(s);
         }
-        let records = self.carry_records(&mut ops);
+        let writes = requests.iter().map(|r| r.ops.len()).sum();
+        let records = self.carry_records(&mut ops, writes);
         let txn = Txn::new().when(compares).and_then(ops);
         // With one transaction in flight nothing can overtake it: keep no copy of its values.
         let (txn, handle) = if MAX_IN_FLIGHT > 1 {
@@ -375,15 +377,16 @@ impl Committer {
         });
     }
 
-    /// Adds dirty merkle subpage records to a transaction's `ops`, as many as its room and
-    /// [`Self::records_per_txn`] allow, unless someone else holds the flush gate.
-    fn carry_records(&self, ops: &mut Vec<TxnOp>) -> Option<Records> {
+    /// Adds dirty merkle subpage records to the `ops` of a transaction of `writes` writes: up
+    /// to [`Self::records_per_txn`] less `writes`, within etcd's limit, unless someone else
+    /// holds the flush gate.
+    fn carry_records(&self, ops: &mut Vec<TxnOp>, writes: usize) -> Option<Records> {
         let core = &self.core;
         let room = core
             .limits
             .max_txn_ops
             .saturating_sub(ops.len())
-            .min(self.records_per_txn);
+            .min(self.records_per_txn.saturating_sub(writes));
         if room == 0 || core.index().dirty_count() == 0 || !core.fence.is_held() {
             return None;
         }

@@ -145,9 +145,9 @@ pub struct Config {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub merkle_flush_wal_bytes: Option<u64>,
 
-    /// Dirty merkle subpages each write transaction also writes when it has room, so that under
-    /// light load the index is flushed without transactions of its own (0: only the flusher's
-    /// rounds write them).
+    /// Dirty merkle subpages a transaction of one write also writes; one of n writes carries
+    /// this less n. Under light load the index is then flushed without transactions of its own;
+    /// under heavy load the flusher's rounds write it (0: only they do).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub merkle_records_per_commit: u64,
 

@@ -19,9 +19,9 @@
 //! flushed once.
 //!
 //! Under light load a round finds little to write: the committer carries dirty subpages in its
-//! own transactions while they have room (see `committer`), and those records count as
-//! flushed. Records of one subpage are only ever written by whoever holds
-//! [`Core::flush_gate`], so they reach etcd in the order they were taken.
+//! own small transactions (see `committer`), and those records count as flushed. Records of
+//! one subpage are only ever written by whoever holds [`Core::flush_gate`], so they reach etcd
+//! in the order they were taken.
 //!
 //! Flush transactions share etcd (and this machine's CPUs) with the committer's: etcd applies
 //! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
