@@ -21,8 +21,8 @@
 //! Writes go through [`MerkleIndex::stage`], which computes the root after a set of changes
 //! without modifying the index (the WAL entry must carry that root before its transaction
 //! commits), and [`MerkleIndex::commit`] once the transaction did commit. Committed changes mark
-//! their subpages dirty; the flusher writes dirty subpages to etcd with the WAL index they
-//! reflect (see `record`).
+//! their subpages dirty; the flusher, and under light load the committer, write dirty subpages
+//! to etcd with the WAL index they reflect (see `record`).
 
 pub mod dirty;
 pub mod record;
