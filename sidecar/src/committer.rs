@@ -379,7 +379,7 @@ impl Committer {
 
     /// Adds dirty merkle subpage records to the `ops` of a transaction of `writes` writes: up
     /// to [`Self::records_per_txn`] less `writes`, within etcd's limit, unless someone else
-    /// holds the flush gate.
+    /// holds the flush gate. (The caller already checked that the fence is ours.)
     fn carry_records(&self, ops: &mut Vec<TxnOp>, writes: usize) -> Option<Records> {
         let core = &self.core;
         let room = core
@@ -387,13 +387,17 @@ impl Committer {
             .max_txn_ops
             .saturating_sub(ops.len())
             .min(self.records_per_txn.saturating_sub(writes));
-        if room == 0 || core.index().dirty_count() == 0 || !core.fence.is_held() {
+        if room == 0 {
             return None;
         }
-        let gate = core.flush_gate.clone().try_lock_owned().ok()?;
-        let (taken, lsn) = {
+        let (gate, taken, lsn) = {
             let mut index = core.index();
-            (index.take_next_dirty(room, MAX_CARRIED_LEAVES), index.lsn())
+            if index.dirty_count() == 0 {
+                return None;
+            }
+            let gate = core.flush_gate.clone().try_lock_owned().ok()?;
+            let taken = index.take_next_dirty(room, MAX_CARRIED_LEAVES);
+            (gate, taken, index.lsn())
         };
         if taken.is_empty() {
             return None;

@@ -11,8 +11,8 @@
 //! what was dirty when it began and the checkpoint advances under any write load.
 //!
 //! When a round starts: once the WAL written since the last round reaches a number of entries
-//! or bytes (by default a quarter of the WAL retention), or once the interval has
-//! passed, whichever comes first. The first bounds what recovery redoes and keeps the
+//! or bytes (by default a quarter of the WAL retention), or once the interval has passed,
+//! whichever comes first. The first bounds what recovery redoes and keeps the
 //! checkpoint well inside what the WAL retains; the second bounds how old the checkpoint gets
 //! under a trickle of writes. Every round rewrites each subpage it covers whole, so fewer,
 //! larger rounds cost etcd less in all: a subpage written twenty times between rounds is
@@ -27,10 +27,11 @@
 //! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
 //! a round written in one burst delays every commit made during the burst. A round is therefore
 //! written in transactions sized to it, one at a time and spread over half the interval (at
-//! most 5 s): a small round (light load, where a commit's latency is what users notice) in transactions of a
-//! few records that delay a commit by a fraction of a millisecond; a large one (heavy load,
-//! where keeping up matters) in transactions as large as etcd allows, without pauses. A round
-//! under way when shutdown begins stops pausing, and the last round is never spread.
+//! most 5 s): a small round (light load, where a commit's latency is what users notice) in
+//! transactions of a few records that delay a commit by a fraction of a millisecond; a large
+//! one (heavy load, where keeping up matters) in transactions as large as etcd allows, without
+//! pauses. A round under way when shutdown begins stops pausing, and the last round is never
+//! spread.
 
 use std::sync::Arc;
 use std::time::Duration;

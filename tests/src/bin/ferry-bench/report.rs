@@ -253,6 +253,22 @@ impl Report {
     }
 }
 
+/// The machine's noise as seen in two measurements `a` and `b` of the same case: how far apart
+/// they are, in percent of their mean. Returns the row (with each measurement under its key)
+/// and the percentage.
+pub fn noise_row(
+    bench: &'static str,
+    case: String,
+    (a_key, a): (&str, f64),
+    (b_key, b): (&str, f64),
+) -> (Row, f64) {
+    let noise = (a - b).abs() / ((a + b) / 2.0) * 100.0;
+    let row = Row::new(bench, case, "relative_difference", noise, "%")
+        .extra(a_key, round(a))
+        .extra(b_key, round(b));
+    (row, noise)
+}
+
 pub fn round(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }

@@ -15,7 +15,7 @@ use crate::args::Args;
 use crate::common::{GIB, value_for};
 use crate::harness::wait_flushed;
 use crate::procfs::process_cpu_seconds;
-use crate::report::{Report, Row, Target, round};
+use crate::report::{Report, Row, Target, noise_row, round};
 
 const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
 const NOISE_WRITERS: usize = 16;
@@ -310,18 +310,13 @@ pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()>
     let noise_end = run_case(report, &procs, &raw, NOISE_WRITERS, &mut case_no, args).await?;
 
     let (a, b) = (noise_start.ops_per_second, noise_end.ops_per_second);
-    let noise = (a - b).abs() / ((a + b) / 2.0) * 100.0;
-    report.add(
-        Row::new(
-            "write",
-            format!("noise raw_put@{NOISE_WRITERS}"),
-            "relative_difference",
-            noise,
-            "%",
-        )
-        .extra("start_ops_per_second", round(a))
-        .extra("end_ops_per_second", round(b)),
-    )?;
+    let (row, noise) = noise_row(
+        "write",
+        format!("noise raw_put@{NOISE_WRITERS}"),
+        ("start_ops_per_second", a),
+        ("end_ops_per_second", b),
+    );
+    report.add(row)?;
     report.note(format!(
         "machine noise: raw_put@{NOISE_WRITERS} {a:.0} ops/s at the start, {b:.0} ops/s at the end \
          ({noise:.1}% apart)"

@@ -23,7 +23,7 @@ use ferry_tests::wait_for;
 use super::open_loop::{Lag, Samples, Schedule, Source, Tracker, drive, summarize, watch_arrivals};
 use super::{start_pair, with_logs};
 use crate::args::Args;
-use crate::report::{Report, Row, Target, round};
+use crate::report::{Report, Row, Target, noise_row, round};
 
 /// Slices per system at 500/s (an even number: half are compared with the other half).
 const SLICES: usize = 6;
@@ -103,18 +103,13 @@ async fn lag_cases(
     )?;
     for (name, pooled) in [("ferry", &f), ("make-mirror", &m)] {
         let [first, second] = pooled.half_p99_ms;
-        let noise = (first - second).abs() / ((first + second) / 2.0) * 100.0;
-        report.add(
-            Row::new(
-                "replication",
-                format!("noise {name}_p99@500/s"),
-                "relative_difference",
-                noise,
-                "%",
-            )
-            .extra("first_half_ms", round(first))
-            .extra("second_half_ms", round(second)),
-        )?;
+        let (row, noise) = noise_row(
+            "replication",
+            format!("noise {name}_p99@500/s"),
+            ("first_half_ms", first),
+            ("second_half_ms", second),
+        );
+        report.add(row)?;
         report.note(format!(
             "lag noise: {name} p99 at 500/s was {first:.2} ms over its first {} slices and \
              {second:.2} ms over the other {} ({noise:.0}% apart)",
