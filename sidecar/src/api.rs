@@ -72,6 +72,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) | StoreError::ShuttingDown | StoreError::FenceLost(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            StoreError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {

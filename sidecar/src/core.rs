@@ -9,7 +9,7 @@ use etcd_client::{Client, KvClient, Txn, TxnOp};
 
 use crate::commit::Limits;
 use crate::committer::CommitQueue;
-use crate::error::StoreError;
+use crate::error::{StoreError, definitely_not_applied};
 use crate::fence::Fence;
 use crate::keyspace::Keyspace;
 use crate::merkle::MerkleIndex;
@@ -154,9 +154,26 @@ impl Core {
 
     /// Commits `ops` in one transaction under the write fence. A failed compare means the fence
     /// is gone, or was rotated while the transaction was under way (then it can be retried).
+    /// `OutcomeUnknown` means the transaction may still land: only a fence rotation rules
+    /// that out.
     pub async fn fenced(&self, ops: impl Into<Vec<TxnOp>>) -> Result<(), StoreError> {
         let txn = Txn::new().when([self.fence.compare()?]).and_then(ops);
-        if self.kv().txn(txn).await?.succeeded() {
+        let resp = match tokio::time::timeout(TXN_TIMEOUT, self.kv().txn(txn)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) if definitely_not_applied(&e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd refused the transaction: {e}"
+                )));
+            }
+            Ok(Err(e)) => return Err(StoreError::OutcomeUnknown(e.to_string())),
+            Err(_) => {
+                return Err(StoreError::OutcomeUnknown(format!(
+                    "no answer from etcd within {}s",
+                    TXN_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        if resp.succeeded() {
             return Ok(());
         }
         if self.fence.verify(&self.client).await? {

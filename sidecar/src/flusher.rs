@@ -21,7 +21,9 @@
 //! Under light load a round finds little to write: the committer carries dirty subpages in its
 //! own small transactions (see `committer`), and those records count as flushed. Records of
 //! one subpage are only ever written by whoever holds [`Core::flush_gate`], so they reach etcd
-//! in the order they were taken.
+//! in the order they were taken. A round whose transaction has an unknown outcome keeps the
+//! gate until it has rotated the fence: that transaction can then no longer land after a newer
+//! record of the same subpage.
 //!
 //! Flush transactions share etcd (and this machine's CPUs) with the committer's: etcd applies
 //! transactions one at a time, so a commit that arrives behind a flush waits for all of it, and
@@ -62,6 +64,8 @@ const UNPACED_SUBPAGES: usize = 8192;
 const VOLUME_CHECK: Duration = Duration::from_millis(250);
 /// Longest a round's transactions are spread over.
 const MAX_SPREAD: Duration = Duration::from_secs(5);
+/// Longest pause between attempts to rotate the fence after a flush of unknown outcome.
+const MAX_ROTATE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// When the flusher starts a round.
 #[derive(Clone, Copy, Debug)]
@@ -112,11 +116,39 @@ pub async fn run(
 }
 
 /// One round, its transactions started when `pace` says. Returns how many subpages it wrote.
-async fn flush_round(core: &Core, mut pace: Pace) -> Result<usize, StoreError> {
+async fn flush_round(core: &Core, pace: Pace) -> Result<usize, StoreError> {
     if !core.fence.is_held() {
         return Ok(0);
     }
     let _round = core.flush_gate.lock().await;
+    let result = write_round(core, pace).await;
+    if let Err(StoreError::OutcomeUnknown(_)) = &result {
+        // The gate stays held until no transaction of this round can land any more.
+        fence_off(core).await;
+    }
+    result
+}
+
+/// After a flush transaction whose outcome is unknown: rotates the fence, so that it cannot
+/// land after a newer record of the same subpages (which would leave etcd holding the older
+/// one under a newer checkpoint, and recovery redoing too little). Retries with bounded
+/// backoff while the fence is ours; once it is lost, nothing sent under it can land.
+async fn fence_off(core: &Core) {
+    let mut delay = Duration::from_millis(100);
+    while core.fence.is_held() {
+        match core.fence.rotate(&core.client).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "rotating the fence after a merkle flush of unknown outcome failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_ROTATE_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The body of [`flush_round`], run under the flush gate.
+async fn write_round(core: &Core, mut pace: Pace) -> Result<usize, StoreError> {
     let (ids, round_lsn, geometry) = {
         let index = core.index();
         (index.dirty_ids(), index.lsn(), index.geometry())

@@ -147,6 +147,15 @@ impl EtcdServer {
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
     }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the server. `STOP` freezes it with its
+    /// connections open: requests sent meanwhile are answered only after `CONT`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("etcd is not running")?
+            .signal(signal)
+    }
 }
 
 /// etcd's `/health` answers `{"health":"true"}` once the member serves requests.

@@ -1,6 +1,9 @@
 //! After a SIGKILL, start-up recovers the merkle index from flushed subpages and WAL redo, and the
 //! recovered index equals a full reindex.
 
+use std::time::Duration;
+
+use anyhow::Context;
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::{
     BatchRequest, CheckMerkleRequest, Operation, PutRequest, ReindexRequest,
@@ -261,4 +264,77 @@ async fn corrupt_records_fall_back_to_a_full_reindex() -> anyhow::Result<()> {
     assert_eq!(after.merkle_root, before.merkle_root);
     assert!(sidecar.log().contains("falling back to a full reindex"));
     Ok(())
+}
+
+/// A flush transaction whose outcome is unknown (etcd frozen past the transaction timeout)
+/// could still land after a newer record of the same subpage, leaving etcd with the older one
+/// under a newer checkpoint. The flusher must rotate the fence before any later round, so that
+/// it cannot; recovery afterwards still equals a full reindex.
+#[tokio::test]
+async fn a_flush_of_unknown_outcome_rotates_the_fence_before_the_next_round() -> anyhow::Result<()>
+{
+    let etcd = EtcdServer::start()?;
+    let mut sidecar = Sidecar::start(
+        &etcd.endpoint(),
+        SidecarOptions::new("east", "n1")
+            // Rounds on a 6 s timer, written as small transactions spread over 3 s, none carried
+            // by commits: a round is under way long enough to freeze etcd in its middle.
+            .arg("--merkle-flush-interval-ms=6000")
+            .arg("--merkle-flush-wal-entries=1000000")
+            .arg("--merkle-records-per-commit=0")
+            // The fence outlives the outage.
+            .arg("--fence-ttl-seconds=60"),
+    )
+    .await?;
+    write_batches(&sidecar, "a", 3).await?;
+    let dirty = sidecar.status().await?.merkle_dirty_subpages;
+    assert!(dirty >= 250, "{dirty} dirty subpages");
+    let fence_revision = || async {
+        let resp = etcd
+            .client()
+            .await?
+            .get("/ferry/east/meta/fence", None)
+            .await?;
+        let kv = resp.kvs().first().context("no fence key")?;
+        anyhow::Ok(kv.create_revision())
+    };
+    let before = fence_revision().await?;
+    sidecar
+        // A round takes its subpages at its start and writes the checkpoint at its end.
+        .wait_status("a flush round under way", |s| {
+            s.merkle_dirty_subpages == 0 && s.merkle_checkpoint < s.last_wal
+        })
+        .await?;
+
+    etcd.signal("STOP")?;
+    // Longer than the sidecar's transaction timeout (10 s): the round's next transaction is
+    // left with an unknown outcome, and lands when etcd resumes.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    etcd.signal("CONT")?;
+
+    ferry_tests::wait_for(
+        "the failed flush round",
+        Duration::from_secs(30),
+        || async { sidecar.log().contains("merkle flush failed").then_some(()) },
+    )
+    .await?;
+    let log = sidecar.log();
+    let rotated = log
+        .find("rotated the write fence")
+        .context("the fence was not rotated")?;
+    assert!(
+        rotated < log.find("merkle flush failed").expect("found above"),
+        "the round gave up its gate before rotating the fence:\n{}",
+        sidecar.log_tail(20)
+    );
+    assert!(fence_revision().await? > before);
+
+    write_batches(&sidecar, "b", 1).await?;
+    sidecar.wait_flushed().await?;
+    let flushed = sidecar.status().await?;
+    sidecar.kill();
+    let after = sidecar.restart().await?;
+    assert_eq!(after.startup_mode, "recovery");
+    assert_eq!(after.merkle_root, flushed.merkle_root);
+    assert_equals_reindex(&sidecar).await
 }
