@@ -9,9 +9,9 @@
 //!   and the merkle root after them (none when the group touched only local paths).
 //!
 //! Up to [`MAX_IN_FLIGHT`] transactions are under way at once (one, as measured best on etcd
-//! 3.4). Under load, a group waits briefly for the writers the previous transaction answered, so
-//! that every active writer rides in each transaction instead of two half-size groups
-//! alternating. Each group's merkle root is staged on top of the groups still in flight
+//! 3.4). Under load, a group waits for the writers the previous transaction answered, no longer
+//! than that transaction took (and at most `MAX_LINGER`), so that every active writer rides in
+//! each transaction instead of two half-size groups alternating. Each group's merkle root is staged on top of the groups still in flight
 //! ([`MerkleIndex::stage_on`](crate::merkle::MerkleIndex::stage_on)); the index itself only ever
 //! holds committed state, because outcomes are settled strictly in the order groups left. A group
 //! never writes a key that a group in flight writes, so reordering can change nothing visible.
@@ -59,9 +59,10 @@ use crate::wal::record::{WalEntry, WalOp};
 /// etcd evaluates concurrent transactions in no fixed order, so a later group often overtakes
 /// its predecessor, fails the WAL-order compare and must be sent again.
 pub const MAX_IN_FLIGHT: usize = 1;
-/// Longest a group waits for the writers the previous transaction just answered. It waits for
-/// three quarters of them: the last few cost more waiting than they save.
-const LINGER: Duration = Duration::from_millis(1);
+/// Longest a group waits for the writers the previous transaction just answered. The wait is
+/// also bounded by how long that transaction took: a writer left behind would wait at least
+/// that long for the next one, so under light load, where commits are quick, groups hardly wait.
+const MAX_LINGER: Duration = Duration::from_millis(3);
 /// How often a group refused for ordering is sent again before it fails.
 const MAX_RESENDS: u32 = 8;
 /// Longest a pause may hold the committer before it resumes by itself.
@@ -128,6 +129,8 @@ pub struct Committer {
     /// How many requests the next group should wait for: those the last settled transaction
     /// answered (their writers tend to come straight back) plus those queued then.
     expected: usize,
+    /// How long the last committed transaction took, from sending to settling.
+    last_commit: Duration,
     /// Most merkle subpage records one transaction carries.
     records_per_txn: usize,
     /// The flush gate of a failed transaction that carried records, held until the resync.
@@ -145,6 +148,7 @@ impl Committer {
             held: None,
             diverged: false,
             expected: 0,
+            last_commit: Duration::ZERO,
             records_per_txn,
             failed_gate: None,
         }
@@ -220,20 +224,23 @@ impl Committer {
 
     /// `first` and every queued request that fits with it and conflicts with nothing in flight.
     ///
-    /// With nothing in flight, the group also waits (up to [`LINGER`]) for the writers the last
-    /// transaction answered: without that, a busy sidecar settles into two half-size groups that
-    /// alternate, each writer waiting for two transactions instead of riding in every one.
+    /// With nothing in flight, the group also waits (up to the last transaction's duration, at
+    /// most [`MAX_LINGER`]) for the writers the last transaction answered: without that, a busy
+    /// sidecar settles into two half-size groups that alternate, each writer waiting for two
+    /// transactions instead of riding in every one. It waits for all of them: etcd's cost is
+    /// mostly per transaction, so a full group is worth the wait (measured: groups of 63 instead
+    /// of 40 at 64 closed-loop writers, 0.1–0.15× more throughput).
     async fn gather(&mut self, first: Pending) -> Vec<Pending> {
         let mut group = Group::new(self.core.limits);
         group
             .offer(first)
             .expect("an empty group takes any request");
         let wanted = if self.window.is_empty() {
-            std::mem::take(&mut self.expected) * 3 / 4
+            std::mem::take(&mut self.expected)
         } else {
             0
         };
-        let deadline = tokio::time::Instant::now() + LINGER;
+        let deadline = tokio::time::Instant::now() + self.last_commit.min(MAX_LINGER);
         loop {
             let command = match self.queue.try_recv() {
                 Ok(c) => c,
@@ -501,6 +508,7 @@ impl Committer {
     fn committed(&mut self, flight: Flight) {
         let index = flight.entry.map_or(0, |e| e.index);
         self.expected = flight.requests.len() + self.queue.len() + usize::from(self.held.is_some());
+        self.last_commit = flight.sent_at.elapsed();
         if let (false, Some(entry)) = (self.diverged, flight.entry) {
             {
                 let mut merkle = self.core.index();
