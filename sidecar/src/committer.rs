@@ -22,10 +22,10 @@
 //! of `n` writes carries up to `records_per_txn - n` records. Under light load that keeps the
 //! index flushed without any transactions of its own, which would otherwise queue in etcd
 //! ahead of commits. Under heavy load groups grow, carry nothing, and the flusher's rounds
-//! write each subpage once however often it changed, which costs etcd less. While such a transaction is in
-//! flight the committer holds the flush gate ([`Core::flush_gate`]), taken only if free, so
-//! records of one subpage reach etcd in the order they were taken and no flush round writes a
-//! checkpoint past a record that may yet fail. When it fails, its subpages are marked dirty
+//! write each subpage once however often it changed, which costs etcd less. While such a
+//! transaction is in flight the committer holds the flush gate ([`Core::flush_gate`]), taken
+//! only if free, so records of one subpage reach etcd in the order they were taken and no flush
+//! round writes a checkpoint past a record that may yet fail. When it fails, its subpages are marked dirty
 //! again and the gate is held until the resynchronisation below has rotated the fence, so that
 //! a transaction whose outcome was unknown cannot land after a newer record of the same subpage.
 //!
@@ -42,15 +42,15 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::commit::{Group, Pending, Source};
 use crate::core::WriteMode;
-use crate::core::{Core, TXN_TIMEOUT};
-use crate::error::{StoreError, definitely_not_applied};
+use crate::core::{Core, TXN_TIMEOUT, TxnOutcome, txn_response};
+use crate::error::StoreError;
 use crate::flusher::record_put;
 use crate::merkle::{Change, Staged};
 use crate::path::PathClass;
@@ -91,8 +91,6 @@ struct EntryMeta {
     cumulative: u64,
     len: u64,
 }
-
-type TxnOutcome = Result<Result<TxnResponse, etcd_client::Error>, tokio::time::error::Elapsed>;
 
 /// Merkle subpage records a transaction carries, and the flush gate held until it settles.
 struct Records {
@@ -443,17 +441,10 @@ impl Committer {
             wal = flight.entry.map_or(0, |e| e.index),
             "transaction settled"
         );
-        let result = match outcome {
-            Ok(Ok(Ok(resp))) if resp.succeeded() => Ok(()),
-            Ok(Ok(Ok(_))) => Err(None),
-            Ok(Ok(Err(e))) if definitely_not_applied(&e) => Err(Some(StoreError::Unavailable(
-                format!("etcd refused the transaction: {e}"),
-            ))),
-            Ok(Ok(Err(e))) => Err(Some(StoreError::OutcomeUnknown(e.to_string()))),
-            Ok(Err(_)) => Err(Some(StoreError::OutcomeUnknown(format!(
-                "no answer within {}s",
-                TXN_TIMEOUT.as_secs()
-            )))),
+        let result = match outcome.map(txn_response) {
+            Ok(Ok(resp)) if resp.succeeded() => Ok(()),
+            Ok(Ok(_)) => Err(None),
+            Ok(Err(e)) => Err(Some(e)),
             Err(e) => Err(Some(StoreError::OutcomeUnknown(format!(
                 "the transaction task failed: {e}"
             )))),
@@ -540,26 +531,18 @@ impl Committer {
     /// it succeeds or the fence is lost.
     async fn resync(&mut self) {
         let core = &self.core;
-        let mut delay = Duration::from_millis(100);
-        while core.fence.is_held() {
-            let attempt = async {
-                core.fence.rotate(&core.client).await?;
-                crate::recovery::catch_up(core).await
-            };
-            match attempt.await {
-                Ok(applied) => {
-                    warn!(
-                        applied,
-                        "resynchronised with etcd after a failed transaction"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "resynchronising with etcd failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        let attempt = move || async move {
+            core.fence.rotate(&core.client).await?;
+            crate::recovery::catch_up(core).await
+        };
+        if let Some(applied) = core
+            .retry_while_fenced("resynchronising with etcd", attempt)
+            .await
+        {
+            warn!(
+                applied,
+                "resynchronised with etcd after a failed transaction"
+            );
         }
         self.diverged = false;
         self.failed_gate = None;

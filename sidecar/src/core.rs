@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, KvClient, Txn, TxnOp};
+use etcd_client::{Client, KvClient, Txn, TxnOp, TxnResponse};
+use tracing::warn;
 
 use crate::commit::Limits;
 use crate::committer::CommitQueue;
@@ -18,6 +19,27 @@ use crate::wal::{StreamState, WalPosition};
 
 /// How long one etcd transaction may take before its outcome is treated as unknown.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between attempts of [`Core::retry_while_fenced`].
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What an etcd transaction bounded by [`TXN_TIMEOUT`] came to.
+pub type TxnOutcome = Result<Result<TxnResponse, etcd_client::Error>, tokio::time::error::Elapsed>;
+
+/// An etcd transaction's response, or why there is none: `Unavailable` when etcd certainly did
+/// not apply it, `OutcomeUnknown` when it may still land (only a fence rotation rules that out).
+pub fn txn_response(outcome: TxnOutcome) -> Result<TxnResponse, StoreError> {
+    match outcome {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if definitely_not_applied(&e) => Err(StoreError::Unavailable(format!(
+            "etcd refused the transaction: {e}"
+        ))),
+        Ok(Err(e)) => Err(StoreError::OutcomeUnknown(e.to_string())),
+        Err(_) => Err(StoreError::OutcomeUnknown(format!(
+            "no answer from etcd within {}s",
+            TXN_TIMEOUT.as_secs()
+        ))),
+    }
+}
 
 /// What start-up did to rebuild the merkle index.
 #[derive(Clone, Debug, Default)]
@@ -158,21 +180,7 @@ impl Core {
     /// that out.
     pub async fn fenced(&self, ops: impl Into<Vec<TxnOp>>) -> Result<(), StoreError> {
         let txn = Txn::new().when([self.fence.compare()?]).and_then(ops);
-        let resp = match tokio::time::timeout(TXN_TIMEOUT, self.kv().txn(txn)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) if definitely_not_applied(&e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "etcd refused the transaction: {e}"
-                )));
-            }
-            Ok(Err(e)) => return Err(StoreError::OutcomeUnknown(e.to_string())),
-            Err(_) => {
-                return Err(StoreError::OutcomeUnknown(format!(
-                    "no answer from etcd within {}s",
-                    TXN_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        let resp = txn_response(tokio::time::timeout(TXN_TIMEOUT, self.kv().txn(txn)).await)?;
         if resp.succeeded() {
             return Ok(());
         }
@@ -182,6 +190,28 @@ impl Core {
             ));
         }
         Err(self.fence.lost_error())
+    }
+
+    /// Runs `attempt` until it succeeds, with bounded exponential backoff, while the fence is
+    /// ours (once it is lost, nothing sent under it can land, and nothing is left to do).
+    /// Returns the successful attempt's value, or `None` once the fence is lost.
+    pub async fn retry_while_fenced<T, F, Fut>(&self, what: &str, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        while self.fence.is_held() {
+            match attempt().await {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_BACKOFF);
+                }
+            }
+        }
+        None
     }
 
     pub fn checkpoint(&self) -> Option<u64> {

@@ -64,8 +64,6 @@ const UNPACED_SUBPAGES: usize = 8192;
 const VOLUME_CHECK: Duration = Duration::from_millis(250);
 /// Longest a round's transactions are spread over.
 const MAX_SPREAD: Duration = Duration::from_secs(5);
-/// Longest pause between attempts to rotate the fence after a flush of unknown outcome.
-const MAX_ROTATE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// When the flusher starts a round.
 #[derive(Clone, Copy, Debug)]
@@ -131,20 +129,13 @@ async fn flush_round(core: &Core, pace: Pace) -> Result<usize, StoreError> {
 
 /// After a flush transaction whose outcome is unknown: rotates the fence, so that it cannot
 /// land after a newer record of the same subpages (which would leave etcd holding the older
-/// one under a newer checkpoint, and recovery redoing too little). Retries with bounded
-/// backoff while the fence is ours; once it is lost, nothing sent under it can land.
+/// one under a newer checkpoint, and recovery redoing too little).
 async fn fence_off(core: &Core) {
-    let mut delay = Duration::from_millis(100);
-    while core.fence.is_held() {
-        match core.fence.rotate(&core.client).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "rotating the fence after a merkle flush of unknown outcome failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_ROTATE_BACKOFF);
-            }
-        }
-    }
+    core.retry_while_fenced(
+        "rotating the fence after a merkle flush of unknown outcome",
+        || core.fence.rotate(&core.client),
+    )
+    .await;
 }
 
 /// The body of [`flush_round`], run under the flush gate.

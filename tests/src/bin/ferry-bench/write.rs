@@ -67,6 +67,14 @@ struct Throughput {
     transactions: Option<(f64, f64)>,
 }
 
+impl Throughput {
+    /// CPU microseconds per write of etcd, the sidecar and this benchmark.
+    fn cpu_us_per_op(&self) -> [f64; 3] {
+        self.cpu_cores
+            .map(|cores| cores / self.ops_per_second * 1e6)
+    }
+}
+
 struct WriterOutcome {
     ops: u64,
     /// Puts completed, warm-up included.
@@ -180,7 +188,7 @@ fn throughput_row(case: String, t: &Throughput, writers: usize, seconds: f64) ->
         .extra("bench_cpu_cores", round(t.cpu_cores[2]))
         .extra(
             "cpu_us_per_op",
-            round(t.cpu_cores.iter().sum::<f64>() / t.ops_per_second * 1e6),
+            round(t.cpu_us_per_op().iter().sum::<f64>()),
         );
     if let Some((per_second, puts)) = t.transactions {
         row = row
@@ -193,8 +201,7 @@ fn throughput_row(case: String, t: &Throughput, writers: usize, seconds: f64) ->
 /// Where a sidecar case's CPU went per write, against what the target rate allows: on a
 /// machine this benchmark saturates, the target is out of reach once the sum exceeds it.
 fn cpu_budget(t: &Throughput, writers: usize, target_ops: f64) -> String {
-    let per_op = |cores: f64| cores / t.ops_per_second * 1e6;
-    let [etcd, sidecar, bench] = t.cpu_cores.map(per_op);
+    let [etcd, sidecar, bench] = t.cpu_us_per_op();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
         "sidecar_put@{writers}: CPU per write: etcd {etcd:.0} µs, sidecar {sidecar:.0} µs, \
