@@ -1,6 +1,12 @@
 //! The `write` benchmark: storage API `Put` throughput against raw single-key etcd puts at 1, 16
-//! and 64 concurrent writers, with raw puts at 16 writers at the start and the end as the
-//! machine's noise.
+//! and 64 concurrent writers, on the same etcd.
+//!
+//! Both systems write to one etcd that grows through the run, and this machine's noise comes in
+//! bursts lasting seconds: a system measured always second would always meet the bigger etcd
+//! (more keys to index and to scan in each garbage collection), and a burst that falls on one
+//! system's run decides the ratio by itself. So each writer count runs in two slices per system,
+//! ordered raw, sidecar, sidecar, raw, and each system's slices are pooled. The machine's noise
+//! is how far raw puts' two slices at 16 writers are apart.
 
 use std::time::{Duration, Instant};
 
@@ -59,8 +65,8 @@ struct Throughput {
     all_ops: u64,
     errors: u64,
     first_error: Option<String>,
-    p50_ms: f64,
-    p99_ms: f64,
+    /// Latency of each put completed in the measured window, sorted.
+    latencies_us: Vec<u32>,
     /// CPU cores busy on average during the case: etcd, the sidecar, this benchmark.
     cpu_cores: [f64; 3],
     /// The sidecar's transactions per second and puts per transaction.
@@ -68,6 +74,38 @@ struct Throughput {
 }
 
 impl Throughput {
+    /// Two slices of one system as one measurement: rates, CPU and transaction sizes are
+    /// averaged (the slices are equally long), latencies pooled.
+    fn pooled(a: Throughput, b: Throughput) -> Throughput {
+        let mean = |x: f64, y: f64| (x + y) / 2.0;
+        let mut latencies_us = a.latencies_us;
+        latencies_us.extend(b.latencies_us);
+        latencies_us.sort_unstable();
+        Throughput {
+            ops_per_second: mean(a.ops_per_second, b.ops_per_second),
+            ops: a.ops + b.ops,
+            all_ops: a.all_ops + b.all_ops,
+            errors: a.errors + b.errors,
+            first_error: a.first_error.or(b.first_error),
+            latencies_us,
+            cpu_cores: [0, 1, 2].map(|i| mean(a.cpu_cores[i], b.cpu_cores[i])),
+            transactions: a
+                .transactions
+                .zip(b.transactions)
+                .map(|((r1, p1), (r2, p2))| (mean(r1, r2), mean(p1, p2))),
+        }
+    }
+
+    /// The `p` quantile of the latencies, in milliseconds.
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let l = &self.latencies_us;
+        if l.is_empty() {
+            return f64::NAN;
+        }
+        let at = ((l.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(l[at]) / 1000.0
+    }
+
     /// CPU microseconds per write of etcd, the sidecar and this benchmark.
     fn cpu_us_per_op(&self) -> [f64; 3] {
         self.cpu_cores
@@ -154,22 +192,13 @@ async fn timed_puts(
         latencies.extend(out.latencies_us);
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        if latencies.is_empty() {
-            f64::NAN
-        } else {
-            let at = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-            f64::from(latencies[at]) / 1000.0
-        }
-    };
     Ok(Throughput {
         ops_per_second: ops as f64 / measure.as_secs_f64(),
         ops,
         all_ops,
         errors,
         first_error,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        latencies_us: latencies,
         cpu_cores: [f64::NAN; 3],
         transactions: None,
     })
@@ -181,8 +210,9 @@ fn throughput_row(case: String, t: &Throughput, writers: usize, seconds: f64) ->
         .extra("seconds", seconds)
         .extra("ops", t.ops)
         .extra("errors", t.errors)
-        .extra("p50_ms", round(t.p50_ms))
-        .extra("p99_ms", round(t.p99_ms))
+        .extra("slices", 2)
+        .extra("p50_ms", round(t.percentile_ms(0.50)))
+        .extra("p99_ms", round(t.percentile_ms(0.99)))
         .extra("etcd_cpu_cores", round(t.cpu_cores[0]))
         .extra("sidecar_cpu_cores", round(t.cpu_cores[1]))
         .extra("bench_cpu_cores", round(t.cpu_cores[2]))
@@ -198,15 +228,19 @@ fn throughput_row(case: String, t: &Throughput, writers: usize, seconds: f64) ->
     row
 }
 
-/// Where a sidecar case's CPU went per write, against what the target rate allows: on a
-/// machine this benchmark saturates, the target is out of reach once the sum exceeds it.
-fn cpu_budget(t: &Throughput, writers: usize, target_ops: f64) -> String {
-    let [etcd, sidecar, bench] = t.cpu_us_per_op();
+/// Where the CPU went per write, raw puts against the sidecar, and what the target ratio
+/// allows: on a machine this benchmark saturates, the target is out of reach once the sidecar's
+/// sum exceeds the raw sum divided by the ratio.
+fn cpu_budget(raw: &Throughput, side: &Throughput, writers: usize, ratio: f64) -> String {
+    let [etcd, sidecar, bench] = side.cpu_us_per_op();
+    let [raw_etcd, _, raw_bench] = raw.cpu_us_per_op();
+    let target_ops = ratio * raw.ops_per_second;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
-        "sidecar_put@{writers}: CPU per write: etcd {etcd:.0} µs, sidecar {sidecar:.0} µs, \
-         benchmark client {bench:.0} µs; sum {:.0} µs. The target rate ({target_ops:.0} ops/s) \
-         allows at most {:.0} µs per write on {cpus} CPUs",
+        "@{writers}: CPU per write: raw puts: etcd {raw_etcd:.0} µs, client {raw_bench:.0} µs; \
+         sidecar puts: etcd {etcd:.0} µs, sidecar {sidecar:.0} µs, client {bench:.0} µs; sum \
+         {:.0} µs. The target rate ({target_ops:.0} ops/s) allows at most {:.0} µs per write on \
+         {cpus} CPUs",
         etcd + sidecar + bench,
         cpus as f64 / target_ops * 1e6
     )
@@ -248,7 +282,7 @@ async fn run_case(
     *case_no += 1;
     let prefix = format!("logical/bench/c{case_no}");
     let warmup = Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 1.0));
-    let measure = Duration::from_secs_f64(args.seconds);
+    let measure = Duration::from_secs_f64(args.seconds / 2.0);
     eprintln!(
         "write: {} @{writers} for {:.1}s (+{:.1}s warm-up)",
         writer.name(),
@@ -279,7 +313,13 @@ async fn run_case(
     eprintln!(
         "  {} ops, {} errors, p50 {:.2} ms, p99 {:.2} ms, CPU cores busy: etcd {:.2}, sidecar \
          {:.2}, bench {:.2}",
-        t.ops, t.errors, t.p50_ms, t.p99_ms, t.cpu_cores[0], t.cpu_cores[1], t.cpu_cores[2]
+        t.ops,
+        t.errors,
+        t.percentile_ms(0.50),
+        t.percentile_ms(0.99),
+        t.cpu_cores[0],
+        t.cpu_cores[1],
+        t.cpu_cores[2]
     );
     if let Some(e) = &t.first_error {
         report.note(format!(
@@ -314,10 +354,16 @@ pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()>
     };
     let mut case_no = 0;
 
-    let noise_start = run_case(report, &procs, &raw, NOISE_WRITERS, &mut case_no, args).await?;
+    let mut noise = None;
     for writers in WRITER_COUNTS {
-        let r = run_case(report, &procs, &raw, writers, &mut case_no, args).await?;
-        let s = run_case(report, &procs, &side, writers, &mut case_no, args).await?;
+        let r1 = run_case(report, &procs, &raw, writers, &mut case_no, args).await?;
+        let s1 = run_case(report, &procs, &side, writers, &mut case_no, args).await?;
+        let s2 = run_case(report, &procs, &side, writers, &mut case_no, args).await?;
+        let r2 = run_case(report, &procs, &raw, writers, &mut case_no, args).await?;
+        if writers == NOISE_WRITERS {
+            noise = Some((r1.ops_per_second, r2.ops_per_second));
+        }
+        let (r, s) = (Throughput::pooled(r1, r2), Throughput::pooled(s1, s2));
         report.add(throughput_row(
             format!("raw_put@{writers}"),
             &r,
@@ -333,24 +379,24 @@ pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()>
         };
         if let Some(ratio) = target {
             row = row.target(Target::RatioAtLeast(ratio));
-            report.note(cpu_budget(&s, writers, ratio * r.ops_per_second));
+            report.note(cpu_budget(&r, &s, writers, ratio));
         }
         report.add(row)?;
     }
-    let noise_end = run_case(report, &procs, &raw, NOISE_WRITERS, &mut case_no, args).await?;
 
-    let (a, b) = (noise_start.ops_per_second, noise_end.ops_per_second);
-    let (row, noise) = noise_row(
-        "write",
-        format!("noise raw_put@{NOISE_WRITERS}"),
-        ("start_ops_per_second", a),
-        ("end_ops_per_second", b),
-    );
-    report.add(row)?;
-    report.note(format!(
-        "machine noise: raw_put@{NOISE_WRITERS} {a:.0} ops/s at the start, {b:.0} ops/s at the end \
-         ({noise:.1}% apart)"
-    ));
+    if let Some((a, b)) = noise {
+        let (row, noise) = noise_row(
+            "write",
+            format!("noise raw_put@{NOISE_WRITERS}"),
+            ("first_slice_ops_per_second", a),
+            ("second_slice_ops_per_second", b),
+        );
+        report.add(row)?;
+        report.note(format!(
+            "machine noise: raw_put@{NOISE_WRITERS} {a:.0} ops/s in its first slice, {b:.0} ops/s \
+             in its second ({noise:.1}% apart)"
+        ));
+    }
     if let Ok(status) = sidecar.status().await {
         eprintln!(
             "write: sidecar wrote {} WAL entries for {} keys",
