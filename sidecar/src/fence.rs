@@ -1,11 +1,18 @@
 //! The cluster's write fence: an etcd key under a lease that names the one node allowed to write.
 //!
-//! Every transaction the sidecar commits compares the fence key's create revision with the one
-//! this node got when it acquired the fence. A node whose lease expired (it stalled, or lost
-//! etcd) and whose fence another node then took can therefore never commit, even if it wakes up
-//! with writes in flight. When a transaction's outcome is unknown the holder *rotates* the fence
-//! (deletes and recreates its key), which gives it a new create revision and so guarantees that
-//! the lost transaction can no longer commit behind its back.
+//! Every transaction the sidecar commits compares the fence key's mod revision with the one
+//! this node last wrote. A node whose lease expired (it stalled, or lost etcd) and whose fence
+//! another node then took can therefore never commit, even if it wakes up with writes in flight.
+//! When a transaction's outcome is unknown the holder *rotates* the fence: it rewrites the key,
+//! under the same lease, which gives it a new mod revision and so guarantees that the lost
+//! transaction can no longer commit behind its back.
+//!
+//! A rotation is one transaction, so it cannot stop halfway (an earlier design deleted and
+//! recreated the key, and an etcd error between the two left the key gone and the fence lost
+//! until restart, just when etcd was flaky). A rotation whose own outcome is unknown is simply
+//! tried again: the retry either finds the old revision and rewrites it, or finds the key
+//! rewritten under this node's lease, which only this node's unanswered rotation can have
+//! done, and adopts its revision. Keep-alives do not change a key's mod revision.
 //!
 //! Leader election among several nodes of one cluster comes later; for now a node waits at
 //! start-up until the fence is free, and a node that loses it refuses writes until restarted.
@@ -14,7 +21,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -27,7 +36,7 @@ pub struct Fence {
     node_id: String,
     ttl_seconds: i64,
     lease: i64,
-    /// Create revision of the fence key as this node wrote it; 0 once lost.
+    /// Mod revision of the fence key as this node last wrote it; 0 once lost.
     revision: AtomicI64,
     held: AtomicBool,
     lost_reason: Mutex<Option<String>>,
@@ -80,7 +89,7 @@ impl Fence {
         if !self.held.load(Ordering::SeqCst) {
             return Err(self.lost_error());
         }
-        Ok(Compare::create_revision(
+        Ok(Compare::mod_revision(
             self.key.as_str(),
             CompareOp::Equal,
             self.revision.load(Ordering::SeqCst),
@@ -128,44 +137,50 @@ impl Fence {
         let mut kv = client.kv_client();
         let current = crate::etcd::get(&mut kv, &self.key).await?;
         let ours = current.as_ref().is_some_and(|kv| {
-            kv.create_revision() == self.revision.load(Ordering::SeqCst)
+            kv.mod_revision() == self.revision.load(Ordering::SeqCst)
                 && kv.value() == self.node_id.as_bytes()
         });
         if !ours {
-            let holder = current.map_or_else(
-                || "nobody holds it (the lease expired)".to_string(),
-                |kv| format!("held by {}", String::from_utf8_lossy(kv.value())),
-            );
-            self.mark_lost(holder);
+            self.mark_lost(holder(current.as_ref()));
         }
         Ok(ours)
     }
 
-    /// Deletes and recreates the fence key so that no transaction sent before can commit.
+    /// Rewrites the fence key so that no transaction sent before can commit. An error leaves
+    /// the fence as it was or rotated without this node knowing; either way a retry completes.
     pub async fn rotate(&self, client: &Client) -> Result<(), StoreError> {
-        let rotation = self.rotation.lock().await;
+        let _rotation = self.rotation.lock().await;
         let old = self.compare()?;
-        let mut kv = client.kv_client();
-        let resp = kv
-            .txn(
-                Txn::new()
-                    .when([old])
-                    .and_then([TxnOp::delete(self.key.as_str(), None)]),
-            )
-            .await?;
-        if !resp.succeeded() {
-            drop(rotation);
-            self.verify(client).await?;
-            return Err(self.lost_error());
+        let put = TxnOp::put(
+            self.key.as_str(),
+            self.node_id.as_str(),
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        let txn = Txn::new()
+            .when([old])
+            .and_then([put])
+            .or_else([TxnOp::get(self.key.as_str(), None)]);
+        let resp = client.kv_client().txn(txn).await?;
+        if resp.succeeded() {
+            let revision = resp.header().map_or(0, |h| h.revision());
+            self.revision.store(revision, Ordering::SeqCst);
+            info!(key = %self.key, revision, "rotated the write fence");
+            return Ok(());
         }
-        match take(client, &self.key, &self.node_id, self.lease).await? {
-            Taken::Yes(revision) => {
+        match first_got(resp) {
+            // Only this node writes under its lease: an earlier rotation landed unanswered.
+            Some(kv) if kv.lease() == self.lease && kv.value() == self.node_id.as_bytes() => {
+                let revision = kv.mod_revision();
                 self.revision.store(revision, Ordering::SeqCst);
-                info!(key = %self.key, revision, "rotated the write fence");
+                info!(
+                    key = %self.key,
+                    revision,
+                    "rotated the write fence (an earlier, unanswered rotation had landed)"
+                );
                 Ok(())
             }
-            Taken::HeldBy(holder) => {
-                self.mark_lost(format!("taken by {holder} during rotation"));
+            other => {
+                self.mark_lost(holder(other.as_ref()));
                 Err(self.lost_error())
             }
         }
@@ -227,6 +242,22 @@ impl Fence {
     }
 }
 
+/// The key the `get` of a failed transaction's else branch found, if any.
+fn first_got(resp: TxnResponse) -> Option<KeyValue> {
+    resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+        _ => None,
+    })
+}
+
+/// Who holds the fence, given its key as read, for a lost fence's reason.
+fn holder(current: Option<&KeyValue>) -> String {
+    current.map_or_else(
+        || "nobody holds it (the lease expired)".to_string(),
+        |kv| format!("held by {}", String::from_utf8_lossy(kv.value())),
+    )
+}
+
 enum Taken {
     Yes(i64),
     HeldBy(String),
@@ -245,11 +276,7 @@ async fn take(client: &Client, key: &str, node_id: &str, lease: i64) -> Result<T
     if resp.succeeded() {
         return Ok(Taken::Yes(resp.header().map_or(0, |h| h.revision())));
     }
-    let holder = resp.op_responses().into_iter().find_map(|r| match r {
-        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-        _ => None,
-    });
-    let Some(holder) = holder else {
+    let Some(holder) = first_got(resp) else {
         return Ok(Taken::HeldBy("(gone)".into()));
     };
     let holder_id = String::from_utf8_lossy(holder.value()).into_owned();

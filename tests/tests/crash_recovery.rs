@@ -296,7 +296,7 @@ async fn a_flush_of_unknown_outcome_rotates_the_fence_before_the_next_round() ->
             .get("/ferry/east/meta/fence", None)
             .await?;
         let kv = resp.kvs().first().context("no fence key")?;
-        anyhow::Ok(kv.create_revision())
+        anyhow::Ok(kv.mod_revision())
     };
     let before = fence_revision().await?;
     sidecar

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ferry_proto::storage::{GetRequest, PutRequest};
 use ferry_sidecar::fence::Fence;
 use ferry_tests::etcd::EtcdServer;
@@ -43,6 +43,74 @@ async fn a_stale_fence_cannot_commit() -> anyhow::Result<()> {
     assert!(a.compare().is_err());
     let resp = client.kv_client().txn(write(b.compare()?)).await?;
     assert!(resp.succeeded(), "the new holder cannot commit");
+    Ok(())
+}
+
+/// A rotation rewrites the fence key in one transaction (it is never absent, so an error
+/// midway cannot lose it), and a retry after a rotation that landed unanswered adopts it.
+#[tokio::test]
+async fn a_rotation_is_atomic_and_a_retry_adopts_an_unanswered_one() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let client = etcd.client().await?;
+    let key = "/ferry/east/meta/fence".to_string();
+    let a = Fence::acquire(&client, key.clone(), "node-a".into(), 30).await?;
+    let read = || async {
+        let resp = client.kv_client().get(key.as_str(), None).await?;
+        anyhow::Ok(resp.kvs().first().cloned().expect("the fence key is there"))
+    };
+    let commits = |compare: Compare| async {
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put("/probe", "x", None)]);
+        anyhow::Ok(client.kv_client().txn(txn).await?.succeeded())
+    };
+    let created = read().await?;
+
+    let before = a.compare()?;
+    a.rotate(&client).await?;
+    let rotated = read().await?;
+    assert_eq!(
+        rotated.create_revision(),
+        created.create_revision(),
+        "the fence key was deleted and recreated"
+    );
+    assert_eq!(rotated.lease(), created.lease());
+    assert!(
+        !commits(before).await?,
+        "a transaction sent before the rotation committed"
+    );
+    assert!(
+        commits(a.compare()?).await?,
+        "the holder cannot commit after rotating"
+    );
+
+    // What a rotation that landed without its answer reaching node a leaves behind.
+    let unanswered = a.compare()?;
+    client
+        .kv_client()
+        .put(
+            key.as_str(),
+            "node-a",
+            Some(PutOptions::new().with_lease(created.lease())),
+        )
+        .await?;
+    a.rotate(&client).await?;
+    assert!(a.is_held());
+    assert!(!commits(unanswered).await?);
+    assert!(
+        commits(a.compare()?).await?,
+        "the adopted rotation does not fence"
+    );
+
+    // Another node's fence is never adopted.
+    client.lease_client().revoke(created.lease()).await?;
+    let _b = Fence::acquire(&client, key.clone(), "node-b".into(), 30).await?;
+    let err = a
+        .rotate(&client)
+        .await
+        .expect_err("node a rotated node b's fence");
+    assert!(err.to_string().contains("held by node-b"), "{err}");
+    assert!(!a.is_held());
     Ok(())
 }
 
