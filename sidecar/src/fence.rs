@@ -40,8 +40,8 @@ pub struct Fence {
     revision: AtomicI64,
     held: AtomicBool,
     lost_reason: Mutex<Option<String>>,
-    /// Held while rotating, and while verifying, so that a check never sees the key between
-    /// its deletion and recreation.
+    /// Held while rotating, and while verifying, so that a check never sees the rotated key
+    /// before `revision` says so.
     rotation: tokio::sync::Mutex<()>,
 }
 
