@@ -5,9 +5,9 @@
 //! that the machine's speed cancels out of the ratios:
 //!
 //! * `write`: storage API `Put` throughput (one key per request, 256-byte values) against raw
-//!   single-key etcd puts, at 1, 16 and 64 concurrent writers, interleaved per writer count. Raw
-//!   puts at 16 writers run once more at the start and at the end: their difference is the
-//!   machine's noise.
+//!   single-key etcd puts, at 1, 16 and 64 concurrent writers: each writer count runs raw,
+//!   sidecar, sidecar, raw, and each system's two slices are pooled. How far raw puts' two
+//!   slices at 16 writers are apart is the machine's noise.
 //! * `recovery`: start-up after a SIGKILL (flushed merkle pages plus WAL redo) against a full
 //!   reindex (`--reindex-on-start`), at each `--keys` count, median of three alternating runs.
 //!   Both must arrive at the root the sidecar had before the crash.
@@ -16,8 +16,9 @@
 //! * `replication`: a primary and a secondary region, each on its own etcd.
 //!   - Lag from a put acknowledged on the primary to its put event on the secondary's etcd, p50
 //!     and p99 at 500 and 2,000 puts a second from an open-loop writer, against `etcdctl
-//!     make-mirror` between two etcd servers driven the same way; 500/s runs again at the end
-//!     for the noise.
+//!     make-mirror` between two etcd servers driven the same way. At 500/s each system runs in
+//!     six alternating slices, pooled; each system's p99 over its first three slices against
+//!     its other three is the machine's noise.
 //!   - Catch-up: the secondary is killed while 64 writers put on the primary for `--seconds`;
 //!     its apply rate when it streams the backlog against the primary's write rate (no merkle
 //!     pass allowed).
