@@ -405,3 +405,42 @@ pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ops_per_second: f64, latencies_us: Vec<u32>, cores: f64) -> Throughput {
+        Throughput {
+            ops_per_second,
+            ops: latencies_us.len() as u64,
+            all_ops: latencies_us.len() as u64,
+            errors: 0,
+            first_error: None,
+            latencies_us,
+            cpu_cores: [cores; 3],
+            transactions: Some((ops_per_second / 10.0, 10.0)),
+        }
+    }
+
+    #[test]
+    fn two_slices_pool_into_one_measurement() {
+        let a = slice(1000.0, vec![1000, 3000], 1.0);
+        let b = slice(3000.0, vec![2000, 4000, 9000], 0.5);
+        let p = Throughput::pooled(a, b);
+        assert_eq!(p.ops_per_second, 2000.0);
+        assert_eq!(p.ops, 5);
+        assert_eq!(p.latencies_us, vec![1000, 2000, 3000, 4000, 9000]);
+        assert_eq!(p.percentile_ms(0.5), 3.0);
+        assert_eq!(p.percentile_ms(1.0), 9.0);
+        assert_eq!(p.cpu_cores, [0.75; 3]);
+        assert_eq!(p.transactions, Some((200.0, 10.0)));
+        // 0.75 cores at 2,000 writes a second: 375 µs each.
+        assert_eq!(p.cpu_us_per_op(), [375.0; 3]);
+    }
+
+    #[test]
+    fn no_latencies_have_no_percentile() {
+        assert!(slice(0.0, vec![], 0.0).percentile_ms(0.99).is_nan());
+    }
+}
