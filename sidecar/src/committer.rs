@@ -3,8 +3,9 @@
 //! It takes the first waiting request and every other queued one that fits (see
 //! [`crate::commit::Group`]) and sends them as one transaction:
 //!
-//! * compares: the fence key's create revision is ours; the group's WAL slot `n` is empty; and
-//!   WAL entry `n - 1` exists, so that etcd applies WAL entries strictly in index order;
+//! * compares: the fence key's mod revision is the one this node last wrote; the group's WAL
+//!   slot `n` is empty; and WAL entry `n - 1` exists, so that etcd applies WAL entries strictly
+//!   in index order;
 //! * operations: every key update, plus exactly one WAL entry holding the replicated operations
 //!   and the merkle root after them (none when the group touched only local paths).
 //!
