@@ -8,10 +8,12 @@ use crate::error::StoreError;
 
 /// Largest etcd response the sidecar accepts (a page of big values).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-/// The size a scan aims its pages at.
-const TARGET_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The size a scan aims its pages at. Large, because etcd 3.4 walks its index over the whole
+/// rest of the range for every page: a keys-only scan of a million keys took 7.4 s in pages of
+/// 50,000 keys, 3.9 s in pages of 200,000 and 2.8 s in one page.
+const TARGET_PAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Most keys a scan asks for at once.
-const MAX_PAGE_KEYS: i64 = 50_000;
+const MAX_PAGE_KEYS: i64 = 200_000;
 
 /// A KV client that accepts large responses.
 pub fn kv(client: &Client) -> KvClient {
