@@ -273,7 +273,11 @@ async fn two_operator_replicas_elect_one_leader() -> anyhow::Result<()> {
         let port = west.operators[i].metrics_port;
         async move { reqwest_status(&port, "/readyz").await }
     };
-    assert_eq!(ready(leader).await?, 200);
+    // The lease is written before the replica that took it notes that it leads.
+    ferry_tests::wait_for("the leader to be ready", LONG, || async {
+        (ready(leader).await.ok()? == 200).then_some(())
+    })
+    .await?;
     assert_eq!(ready(follower).await?, 503, "only the leader is ready");
     // The leader goes away; the other takes over and reconciles.
     west.operators[leader].kill();
