@@ -26,9 +26,10 @@
 //! write each subpage once however often it changed, which costs etcd less. While such a
 //! transaction is in flight the committer holds the flush gate ([`Core::flush_gate`]), taken
 //! only if free, so records of one subpage reach etcd in the order they were taken and no flush
-//! round writes a checkpoint past a record that may yet fail. When it fails, its subpages are marked dirty
-//! again and the gate is held until the resynchronisation below has rotated the fence, so that
-//! a transaction whose outcome was unknown cannot land after a newer record of the same subpage.
+//! round writes a checkpoint past a record that may yet fail. When it fails, its subpages are
+//! marked dirty again and the gate is held until the resynchronisation below has rotated the
+//! fence, so that a transaction whose outcome was unknown cannot land after a newer record of
+//! the same subpage.
 //!
 //! Outcomes, settled oldest first:
 //! * committed: the staged changes enter the index, and every write in the group is acknowledged;
