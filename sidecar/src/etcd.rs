@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 
 use etcd_client::{Client, GetOptions, KeyValue, KvClient};
+use tracing::debug;
 
 use crate::error::StoreError;
 
@@ -14,6 +15,14 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 const TARGET_PAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Most keys a scan asks for at once.
 const MAX_PAGE_KEYS: i64 = 200_000;
+/// The largest key and value one etcd request can carry (etcd's default `--max-request-bytes`
+/// is 1.5 MiB, and the sidecar writes nothing larger): what one key of a values scan may cost
+/// before anything is known about the range.
+const MAX_ENTRY_BYTES: usize = 3 * 512 * 1024;
+/// The first page of a scan of values: within [`TARGET_PAGE_BYTES`] even if every value is as
+/// large as etcd allows. Later pages are sized from what the earlier ones held.
+pub const FIRST_VALUES_PAGE: i64 = (TARGET_PAGE_BYTES / MAX_ENTRY_BYTES) as i64;
+const _: () = assert!(FIRST_VALUES_PAGE >= 1);
 
 /// A KV client that accepts large responses.
 pub fn kv(client: &Client) -> KvClient {
@@ -28,7 +37,7 @@ pub struct Scan {
     /// Read at this revision; 0 reads the newest and pins later pages to it.
     pub revision: i64,
     pub keys_only: bool,
-    /// Keys per round trip.
+    /// Keys in the first page; later pages are sized from what the earlier ones held.
     pub page: i64,
 }
 
@@ -42,10 +51,13 @@ impl Default for Scan {
     }
 }
 
-/// Reads a key range page by page at one revision: the pages grow towards
-/// [`TARGET_PAGE_BYTES`] from `scan.page` keys, so that large ranges take few round trips (and
-/// etcd 3.4, whose ranges with a limit cost as much as the rest of the range, is not asked too
-/// often).
+/// Reads a key range page by page at one revision. The first page holds `scan.page` keys; each
+/// later one as many as would fill [`TARGET_PAGE_BYTES`] at the size of the keys read so far, so
+/// that large ranges take few round trips (etcd 3.4, whose ranges with a limit cost as much as
+/// the rest of the range, is not asked too often) and memory stays bounded. etcd cannot limit a
+/// page by bytes, so a page can still hold far larger values than the ones before it: when the
+/// response is larger than the client accepts ([`MAX_RESPONSE_BYTES`]), the same page is asked
+/// for again with half as many keys, down to one.
 pub struct Pages {
     from: Vec<u8>,
     end: Vec<u8>,
@@ -73,14 +85,26 @@ impl Pages {
         if self.done {
             return Ok(None);
         }
-        let mut opts = GetOptions::new()
-            .with_range(self.end.clone())
-            .with_limit(self.scan.page)
-            .with_revision(self.scan.revision);
-        if self.scan.keys_only {
-            opts = opts.with_keys_only();
-        }
-        let mut resp = kv.get(self.from.clone(), Some(opts)).await?;
+        let mut resp = loop {
+            let mut opts = GetOptions::new()
+                .with_range(self.end.clone())
+                .with_limit(self.scan.page)
+                .with_revision(self.scan.revision);
+            if self.scan.keys_only {
+                opts = opts.with_keys_only();
+            }
+            match kv.get(self.from.clone(), Some(opts)).await {
+                Ok(resp) => break resp,
+                Err(e) if self.scan.page > 1 && response_too_large(&e) => {
+                    debug!(
+                        keys = self.scan.page,
+                        "a scan page was too large; halving it"
+                    );
+                    self.scan.page /= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         if self.scan.revision == 0 {
             self.scan.revision = resp.header().map_or(0, |h| h.revision());
         }
@@ -94,14 +118,25 @@ impl Pages {
             .iter()
             .map(|kv| kv.key().len() + kv.value().len() + 32)
             .sum();
-        let per_key = (bytes / kvs.len()).max(1);
-        self.scan.page =
-            ((TARGET_PAGE_BYTES / per_key) as i64).clamp(self.scan.page, MAX_PAGE_KEYS);
+        self.scan.page = next_page(bytes, kvs.len());
         self.from = last.key().to_vec();
         self.from.push(0);
         self.done = !more;
         Ok(Some(kvs))
     }
+}
+
+/// Keys for the next page after one of `keys` keys and `bytes` bytes.
+fn next_page(bytes: usize, keys: usize) -> i64 {
+    let per_key = (bytes / keys.max(1)).max(1);
+    ((TARGET_PAGE_BYTES / per_key) as i64).clamp(1, MAX_PAGE_KEYS)
+}
+
+/// Whether `e` is the client refusing a response over its size limit (tonic says so with
+/// `OutOfRange`, which etcd also uses for compacted and future revisions: the message decides).
+fn response_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large"))
 }
 
 /// Calls `each` on every key in `[start, end)` in order, until it breaks; see [`Pages`].
@@ -146,4 +181,32 @@ pub async fn edge(
     }
     let mut resp = kv.get(start, Some(opts)).await?;
     Ok(resp.take_kvs().into_iter().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_sized_from_what_was_read() {
+        // Keys of 50 bytes grow to the most keys a page may hold.
+        assert_eq!(next_page(50 * 1000, 1000), MAX_PAGE_KEYS);
+        // Values of 512 KiB shrink the page to what fits the target.
+        let big = 512 * 1024;
+        assert_eq!(next_page(big * 10, 10), (TARGET_PAGE_BYTES / big) as i64);
+        // Never below one key, whatever was read.
+        assert_eq!(next_page(usize::MAX / 2, 1), 1);
+    }
+
+    #[test]
+    fn only_an_oversized_response_counts_as_too_large() {
+        let too_large = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        ));
+        assert!(response_too_large(&too_large));
+        let compacted = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted",
+        ));
+        assert!(!response_too_large(&compacted));
+    }
 }

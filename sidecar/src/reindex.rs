@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::core::Core;
 use crate::error::StoreError;
-use crate::etcd::{Scan, scan};
+use crate::etcd::{FIRST_VALUES_PAGE, Scan, scan};
 use crate::keyspace::{Keyspace, prefix_end};
 use crate::merkle::{Change, Geometry, Leaf, MerkleIndex};
 use crate::path::{PathClass, PathClassifier};
@@ -42,7 +42,7 @@ pub async fn scan_index(
         prefix_end(&prefix),
         Scan {
             revision,
-            page: 2000,
+            page: FIRST_VALUES_PAGE,
             ..Scan::default()
         },
         |kv| {

@@ -13,7 +13,7 @@ use tonic::Status;
 use super::Replication;
 use super::snapshot::MerkleSnapshot;
 use crate::error::StoreError;
-use crate::etcd::{Pages, Scan};
+use crate::etcd::{FIRST_VALUES_PAGE, Pages, Scan};
 use crate::keyspace::prefix_end;
 use crate::merkle::hash_path;
 use crate::path::PathClass;
@@ -61,7 +61,7 @@ async fn sync_chunks(
         Scan {
             revision: snapshot.revision,
             keys_only: !with_values,
-            page: 2000,
+            page: if with_values { FIRST_VALUES_PAGE } else { 2000 },
         },
     );
     let mut kv = core.kv();
