@@ -27,6 +27,7 @@ use etcd_client::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::core::TXN_TIMEOUT;
 use crate::error::StoreError;
 
 /// The write fence held by this node.
@@ -160,7 +161,15 @@ impl Fence {
             .when([old])
             .and_then([put])
             .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let resp = client.kv_client().txn(txn).await?;
+        // A hung call would stall whoever waits for the rotation (the committer's resync, the
+        // flusher); its retry adopts a rotation that landed unanswered, so giving up is safe.
+        let resp = tokio::time::timeout(TXN_TIMEOUT, client.kv_client().txn(txn))
+            .await
+            .map_err(|_| {
+                StoreError::OutcomeUnknown(format!(
+                    "rotating the write fence took longer than {TXN_TIMEOUT:?}"
+                ))
+            })??;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
             self.revision.store(revision, Ordering::SeqCst);

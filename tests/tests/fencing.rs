@@ -114,6 +114,46 @@ async fn a_rotation_is_atomic_and_a_retry_adopts_an_unanswered_one() -> anyhow::
     Ok(())
 }
 
+/// A rotation that etcd never answers gives up (after the transaction timeout, 10 s) with an
+/// unknown outcome instead of stalling whoever waits for it; once etcd answers again, a retry
+/// completes and the fence still fences.
+#[tokio::test]
+async fn a_hung_rotation_gives_up_and_a_retry_completes() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let client = etcd.client().await?;
+    // A lease long enough to outlive the freeze: this test is about the rotation, not expiry.
+    let a = Fence::acquire(
+        &client,
+        "/ferry/east/meta/fence".into(),
+        "node-a".into(),
+        120,
+    )
+    .await?;
+    let before = a.compare()?;
+    etcd.signal("STOP")?;
+    let started = std::time::Instant::now();
+    let hung = a.rotate(&client).await;
+    let waited = started.elapsed();
+    etcd.signal("CONT")?;
+    let err = hung.expect_err("a rotation finished against a frozen etcd");
+    assert!(err.to_string().contains("took longer than"), "{err}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "the rotation gave up only after {waited:?}"
+    );
+    assert!(a.is_held(), "an unknown outcome is not a lost fence");
+
+    a.rotate(&client).await?;
+    let txn = Txn::new()
+        .when([before])
+        .and_then([TxnOp::put("/probe", "x", None)]);
+    assert!(
+        !client.kv_client().txn(txn).await?.succeeded(),
+        "a transaction sent before the rotations committed"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_stalled_sidecar_loses_its_fence_to_another_node() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
