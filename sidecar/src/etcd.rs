@@ -62,6 +62,8 @@ pub struct Pages {
     from: Vec<u8>,
     end: Vec<u8>,
     scan: Scan,
+    /// Keys still wanted (see [`Pages::up_to`]).
+    left: i64,
     done: bool,
 }
 
@@ -71,8 +73,17 @@ impl Pages {
             from: start,
             end,
             scan,
+            left: i64::MAX,
             done: false,
         }
+    }
+
+    /// Reads at most `keys` keys in all: no page asks etcd for more keys than are still wanted.
+    /// (Without it, a page sized for 16 MiB of small values can hold tens of thousands of keys
+    /// that a caller wanting a few hundred would throw away.)
+    pub fn up_to(mut self, keys: usize) -> Self {
+        self.left = i64::try_from(keys).unwrap_or(i64::MAX);
+        self
     }
 
     /// The revision read (pinned by the first page when the scan asked for 0).
@@ -82,13 +93,13 @@ impl Pages {
 
     /// The next page, or `None` at the end of the range.
     pub async fn next(&mut self, kv: &mut KvClient) -> Result<Option<Vec<KeyValue>>, StoreError> {
-        if self.done {
+        if self.done || self.left == 0 {
             return Ok(None);
         }
         let mut resp = loop {
             let mut opts = GetOptions::new()
                 .with_range(self.end.clone())
-                .with_limit(self.scan.page)
+                .with_limit(self.scan.page.min(self.left))
                 .with_revision(self.scan.revision);
             if self.scan.keys_only {
                 opts = opts.with_keys_only();
@@ -119,6 +130,7 @@ impl Pages {
             .map(|kv| kv.key().len() + kv.value().len() + 32)
             .sum();
         self.scan.page = next_page(bytes, kvs.len());
+        self.left = self.left.saturating_sub(kvs.len() as i64);
         self.from = last.key().to_vec();
         self.from.push(0);
         self.done = !more;

@@ -88,3 +88,31 @@ async fn a_compacted_revision_still_fails_the_scan() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A scan that wants a few keys asks etcd for no more: after a first page of small values, the
+/// next would otherwise be sized for 16 MiB (tens of thousands of keys) and mostly thrown away,
+/// which is how a secondary catching up used to read its primary's WAL.
+#[tokio::test]
+async fn a_scan_up_to_n_keys_reads_no_more_than_n() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let client = etcd.client().await?;
+    let mut kv = client.kv_client();
+    for i in 0..500 {
+        kv.put(key(i), "v", None).await?;
+    }
+    let mut pages = Pages::new(
+        b"/scan/".to_vec(),
+        b"/scan0".to_vec(),
+        Scan {
+            page: 100,
+            ..Scan::default()
+        },
+    )
+    .up_to(250);
+    let mut sizes = Vec::new();
+    while let Some(page) = pages.next(&mut kv).await? {
+        sizes.push(page.len());
+    }
+    assert_eq!(sizes, [100, 150], "pages read for 250 keys");
+    Ok(())
+}

@@ -1,10 +1,8 @@
 //! Reading the WAL back: for shipping to secondaries, and for redo after a crash.
 
-use std::ops::ControlFlow;
-
 use crate::core::Core;
 use crate::error::StoreError;
-use crate::etcd::{Scan, scan};
+use crate::etcd::{Pages, Scan};
 use crate::keyspace::{Keyspace, prefix_end};
 use crate::wal::record::WalEntry;
 
@@ -60,25 +58,24 @@ pub async fn read_range(
 ) -> Result<Vec<WalEntry>, StoreError> {
     let mut entries: Vec<WalEntry> = Vec::new();
     let mut bytes = 0;
-    let page = Scan {
-        page: limit.clamp(1, 256) as i64,
-        ..Scan::default()
-    };
-    scan(
-        kv,
+    let mut pages = Pages::new(
         keyspace.wal(from).into_bytes(),
         prefix_end(&keyspace.wal_prefix()),
-        page,
-        |kv| {
-            if entries.len() >= limit || bytes >= max_bytes {
-                return Ok(ControlFlow::Break(()));
+        Scan {
+            page: limit.clamp(1, 256) as i64,
+            ..Scan::default()
+        },
+    )
+    .up_to(limit);
+    'pages: while let Some(page) = pages.next(kv).await? {
+        for kv in page {
+            if bytes >= max_bytes {
+                break 'pages;
             }
             bytes += kv.value().len();
             entries.push(decode_at(keyspace, kv.key(), kv.value())?);
-            Ok(ControlFlow::Continue(()))
-        },
-    )
-    .await?;
+        }
+    }
     for (i, e) in entries.iter().enumerate() {
         if e.index != from + i as u64 {
             return Err(StoreError::Corrupt(format!(
