@@ -97,21 +97,19 @@ impl Pages {
             return Ok(None);
         }
         let mut resp = loop {
+            let limit = self.scan.page.min(self.left);
             let mut opts = GetOptions::new()
                 .with_range(self.end.clone())
-                .with_limit(self.scan.page.min(self.left))
+                .with_limit(limit)
                 .with_revision(self.scan.revision);
             if self.scan.keys_only {
                 opts = opts.with_keys_only();
             }
             match kv.get(self.from.clone(), Some(opts)).await {
                 Ok(resp) => break resp,
-                Err(e) if self.scan.page > 1 && response_too_large(&e) => {
-                    debug!(
-                        keys = self.scan.page,
-                        "a scan page was too large; halving it"
-                    );
-                    self.scan.page /= 2;
+                Err(e) if limit > 1 && response_too_large(&e) => {
+                    debug!(keys = limit, "a scan page was too large; halving it");
+                    self.scan.page = limit / 2;
                 }
                 Err(e) => return Err(e.into()),
             }

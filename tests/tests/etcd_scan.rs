@@ -13,6 +13,11 @@ fn key(i: usize) -> String {
     format!("/scan/k{i:03}")
 }
 
+/// Pages over every key [`key`] names.
+fn over_keys(scan: Scan) -> Pages {
+    Pages::new(b"/scan/".to_vec(), b"/scan0".to_vec(), scan)
+}
+
 /// A page of large values over the client's response limit is asked for again with fewer keys:
 /// the scan returns every key once, in order, instead of failing for good (which would leave a
 /// keyspace of large values impossible to copy to a secondary or to reindex).
@@ -26,14 +31,10 @@ async fn a_page_over_the_response_limit_is_split_not_failed() -> anyhow::Result<
     }
     // A first page of 16 keys is 4 MiB; later pages are sized for 16 MiB: both over the limit.
     let mut small = client.kv_client().max_decoding_message_size(CLIENT_LIMIT);
-    let mut pages = Pages::new(
-        b"/scan/".to_vec(),
-        b"/scan0".to_vec(),
-        Scan {
-            page: 16,
-            ..Scan::default()
-        },
-    );
+    let mut pages = over_keys(Scan {
+        page: 16,
+        ..Scan::default()
+    });
     let mut seen = Vec::new();
     let mut page_count = 0;
     while let Some(page) = pages.next(&mut small).await? {
@@ -69,15 +70,11 @@ async fn a_compacted_revision_still_fails_the_scan() -> anyhow::Result<()> {
     let last = kv.put("/scan/a", "2", None).await?;
     kv.compact(last.header().expect("a header").revision(), None)
         .await?;
-    let mut pages = Pages::new(
-        b"/scan/".to_vec(),
-        b"/scan0".to_vec(),
-        Scan {
-            revision: old,
-            page: 16,
-            ..Scan::default()
-        },
-    );
+    let mut pages = over_keys(Scan {
+        revision: old,
+        page: 16,
+        ..Scan::default()
+    });
     let e = pages
         .next(&mut kv)
         .await
@@ -100,14 +97,10 @@ async fn a_scan_up_to_n_keys_reads_no_more_than_n() -> anyhow::Result<()> {
     for i in 0..500 {
         kv.put(key(i), "v", None).await?;
     }
-    let mut pages = Pages::new(
-        b"/scan/".to_vec(),
-        b"/scan0".to_vec(),
-        Scan {
-            page: 100,
-            ..Scan::default()
-        },
-    )
+    let mut pages = over_keys(Scan {
+        page: 100,
+        ..Scan::default()
+    })
     .up_to(250);
     let mut sizes = Vec::new();
     while let Some(page) = pages.next(&mut kv).await? {
