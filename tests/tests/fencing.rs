@@ -10,11 +10,14 @@ use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 use ferry_tests::wait_for;
 use tonic::Code;
 
+/// Where a sidecar of cluster `east` keeps its fence.
+const FENCE_KEY: &str = "/ferry/east/meta/fence";
+
 #[tokio::test]
 async fn a_stale_fence_cannot_commit() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
     let client = etcd.client().await?;
-    let key = "/ferry/east/meta/fence".to_string();
+    let key = FENCE_KEY.to_string();
     let a = Fence::acquire(&client, key.clone(), "node-a".into(), 5).await?;
     let stale = a.compare()?;
 
@@ -52,7 +55,7 @@ async fn a_stale_fence_cannot_commit() -> anyhow::Result<()> {
 async fn a_rotation_is_atomic_and_a_retry_adopts_an_unanswered_one() -> anyhow::Result<()> {
     let etcd = EtcdServer::start()?;
     let client = etcd.client().await?;
-    let key = "/ferry/east/meta/fence".to_string();
+    let key = FENCE_KEY.to_string();
     let a = Fence::acquire(&client, key.clone(), "node-a".into(), 30).await?;
     let read = || async {
         let resp = client.kv_client().get(key.as_str(), None).await?;
@@ -122,13 +125,7 @@ async fn a_hung_rotation_gives_up_and_a_retry_completes() -> anyhow::Result<()> 
     let etcd = EtcdServer::start()?;
     let client = etcd.client().await?;
     // A lease long enough to outlive the freeze: this test is about the rotation, not expiry.
-    let a = Fence::acquire(
-        &client,
-        "/ferry/east/meta/fence".into(),
-        "node-a".into(),
-        120,
-    )
-    .await?;
+    let a = Fence::acquire(&client, FENCE_KEY.into(), "node-a".into(), 120).await?;
     let before = a.compare()?;
     etcd.signal("STOP")?;
     let started = std::time::Instant::now();

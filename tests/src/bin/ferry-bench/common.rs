@@ -1,4 +1,5 @@
-//! Small helpers shared by the benchmarks: sizes, key-count labels, medians, values to write.
+//! Small helpers shared by the benchmarks: sizes, key-count labels, medians, percentiles,
+//! values to write.
 
 const VALUE_BYTES: usize = 256;
 pub const GIB: u64 = 1 << 30;
@@ -25,6 +26,12 @@ pub fn median(samples: &[f64]) -> f64 {
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     }
+}
+
+/// The `p`th percentile (0..=1) of `sorted` by nearest rank; `None` when empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 /// A 256-byte value that differs per `seed` (ciphertext-like: no structure to exploit).

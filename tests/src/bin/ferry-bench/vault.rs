@@ -19,6 +19,7 @@ use ferry_tests::vault::VaultPair;
 use serde_json::json;
 
 use crate::args::Args;
+use crate::common::nearest_rank;
 use crate::report::{Report, Row, round};
 
 /// Concurrent HTTP clients in the throughput cases.
@@ -44,11 +45,7 @@ impl Measured {
     fn percentile_ms(&self, p: f64) -> f64 {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[at] as f64 / 1000.0
+        nearest_rank(&sorted, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
     }
 }
 

@@ -18,7 +18,7 @@ use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 use tonic::transport::Channel;
 
 use crate::args::Args;
-use crate::common::{GIB, value_for};
+use crate::common::{GIB, nearest_rank, value_for};
 use crate::harness::wait_flushed;
 use crate::procfs::process_cpu_seconds;
 use crate::report::{Report, Row, Target, noise_row, round};
@@ -96,14 +96,9 @@ impl Throughput {
         }
     }
 
-    /// The `p` quantile of the latencies, in milliseconds.
+    /// The `p`th percentile of the latencies, in milliseconds.
     fn percentile_ms(&self, p: f64) -> f64 {
-        let l = &self.latencies_us;
-        if l.is_empty() {
-            return f64::NAN;
-        }
-        let at = ((l.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(l[at]) / 1000.0
+        nearest_rank(&self.latencies_us, p).map_or(f64::NAN, |us| f64::from(us) / 1000.0)
     }
 
     /// CPU microseconds per write of etcd, the sidecar and this benchmark.

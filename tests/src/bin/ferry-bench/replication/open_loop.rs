@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::common::value_for;
+use crate::common::{nearest_rank, value_for};
 
 /// Sends in flight at most; beyond this the driver falls behind its timeline (and says so).
 const MAX_IN_FLIGHT: usize = 512;
@@ -66,11 +66,7 @@ impl Schedule {
 
 /// The `p`th percentile (0..=1) of `sorted` by nearest rank; NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    nearest_rank(sorted, p).unwrap_or(f64::NAN)
 }
 
 /// Per key: when its send was due and started, when it was acknowledged, when it arrived.
