@@ -5,12 +5,13 @@ CARGO ?= cargo
 # nextest runs each test in its own process with a timeout; plain cargo test is the fallback.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all setup build demo lint test unit bench clean
+.PHONY: all setup build demo lint test unit bench fresh-check clean
 
 all: build
 
-## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, curl), the hvac venv
-## and the kube-apiserver the operator tests run (built once from Debian's source, then cached).
+## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, libprotobuf-dev,
+## curl, ...), the hvac venv and the kube-apiserver the operator tests run (built once from Debian's
+## source, then cached).
 setup:
 	@scripts/setup.sh
 
@@ -45,6 +46,11 @@ unit:
 bench: setup
 	$(CARGO) build --release --workspace --bins
 	target/release/ferry-bench $(BENCH_ARGS)
+
+## Rehearse `make demo` and `make test` from nothing: a fresh Debian bookworm root (debootstrap),
+## the committed HEAD cloned into it. Not part of `make test`; see scripts/fresh-check.sh.
+fresh-check:
+	@scripts/fresh-check.sh
 
 clean:
 	$(CARGO) clean

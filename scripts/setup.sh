@@ -3,26 +3,53 @@
 # changes nothing and takes a moment.
 set -euo pipefail
 
+# Each package is checked by what the build or the tests use from it (a command or a file), not by
+# whether a neighbouring command answers: `protoc` alone runs without the well-known protos.
 need=()
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-# etcdctl: the benchmarks compare with `etcdctl make-mirror`.
-command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+missing_cmd() { ! command -v "$1" >/dev/null 2>&1; }
+missing_cmd etcd && need+=(etcd-server)
+# etcdctl: the benchmarks compare with `etcdctl make-mirror`; tests inspect etcd with it.
+missing_cmd etcdctl && need+=(etcd-client)
+missing_cmd protoc && need+=(protobuf-compiler)
+# The well-known types (google/protobuf/*.proto) that etcd-client's and our own build scripts
+# import: Debian ships them in libprotobuf-dev, which protobuf-compiler only recommends.
+wkt=/usr/include/google/protobuf/descriptor.proto
+[ -f "$wkt" ] || need+=(libprotobuf-dev)
+# A C compiler and libc headers: ring (rustls' crypto) builds C and assembly.
+{ missing_cmd cc || [ ! -f /usr/include/stdio.h ]; } && need+=(gcc libc6-dev)
 # curl: `make demo` polls and calls the servers with it.
-command -v curl >/dev/null 2>&1 || need+=(curl)
+missing_cmd curl && need+=(curl)
+# kill(1): the tests stop and freeze the processes they started (SIGSTOP, SIGCONT, SIGTERM).
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
+# HTTPS to PyPI for the venv below.
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+# Python 3 with venv and ensurepip for the hvac venv (Debian splits venv into python3-venv).
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  missing_cmd python3 && need+=(python3)
+  need+=(python3-venv)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# Both must answer now: a broken install fails here, not in the middle of a test.
-etcd --version >/dev/null
-etcdctl version >/dev/null
-protoc --version >/dev/null
+# Everything must be there now: a broken install fails here, naming what is missing, before
+# cargo starts (not as a build script's "File not found" fifteen minutes later).
+fail() { echo "setup: FAILED: $*" >&2; exit 1; }
+etcd --version >/dev/null 2>&1 || fail "etcd does not run (Debian package etcd-server)"
+etcdctl version >/dev/null 2>&1 || fail "etcdctl does not run (Debian package etcd-client)"
+protoc --version >/dev/null 2>&1 || fail "protoc does not run (Debian package protobuf-compiler)"
+[ -f "$wkt" ] || fail "$wkt is missing: protoc cannot compile the well-known types (Debian package libprotobuf-dev)"
+command -v cc >/dev/null 2>&1 || fail "no C compiler: cc is not on PATH (Debian package gcc)"
+command -v curl >/dev/null 2>&1 || fail "curl is not on PATH (Debian package curl)"
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || fail "kill(1) is missing (Debian package procps)"
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 ||
+  fail "python3 cannot make a venv (Debian packages python3 and python3-venv)"
 
 # Python clients for the compatibility tests (hvac from PyPI), in a venv cached outside the repo.
 cache="${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}"
