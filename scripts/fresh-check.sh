@@ -92,7 +92,16 @@ if [ -d "$root" ]; then
 fi
 mkdir -p "$root"
 tar -C "$root" -xf "$base_tar"
+# The machine's network settings, which a new machine of this kind has too: name resolution, the
+# certificate authorities its egress presents (without them pip and cargo fail TLS), pip's and
+# apt's configuration.
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+if [ -d /usr/local/share/ca-certificates ]; then
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
+[ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$root/etc/pip.conf"
+cp -n /etc/apt/apt.conf.d/* "$root/etc/apt/apt.conf.d/" 2>/dev/null || true
 
 bind() { # bind SOURCE TARGET [ro]
   mkdir -p "$root$2"
@@ -120,10 +129,15 @@ if ! git -C "$repo" diff --quiet HEAD; then
 fi
 
 # --- 3. the README's commands ------------------------------------------------------------------
+# The machine's environment for its registries (CA bundle paths, pip settings, proxies), passed on.
+passed=()
+while IFS='=' read -r name _; do
+  passed+=("$name=${!name}")
+done < <(env | grep -E '^(PIP_[A-Z_]+|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|GIT_SSL_CAINFO|CARGO_HTTP_[A-Z_]+|CARGO_REGISTRIES_[A-Z_]+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)=' || true)
 path="/opt/rust/bin:$python_prefix/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 in_root() {
   chroot "$root" /usr/bin/env -i HOME=/root PATH="$path" TERM=dumb LANG=C.UTF-8 USER=root \
-    FERRY_DEMO_EXIT=1 bash -c "cd /root/ferry && $*"
+    "${passed[@]}" FERRY_DEMO_EXIT=1 bash -c "cd /root/ferry && $*"
 }
 
 log "rehearsing ${steps} at ${commit:0:12} in $root (logs in $logs)"
