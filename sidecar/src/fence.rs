@@ -14,8 +14,13 @@
 //! rewritten under this node's lease, which only this node's unanswered rotation can have
 //! done, and adopts its revision. Keep-alives do not change a key's mod revision.
 //!
-//! Leader election among several nodes of one cluster comes later; for now a node waits at
-//! start-up until the fence is free, and a node that loses it refuses writes until restarted.
+//! A node waits at start-up until the fence is free. A node that loses it (its lease expired
+//! while it stalled, or while etcd was unreachable) refuses writes until it takes the fence
+//! again: [`Fence::retake`] creates the key under a new lease once nobody holds it, which is a
+//! new generation (a new mod revision, so nothing sent under the old one can commit). Whoever
+//! drives the retake brings the node's state back in step with etcd before writes resume, as a
+//! restart would (see `reopen`). While another node holds the fence, this one keeps refusing.
+//! Leader election among several nodes of one cluster comes later.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -36,7 +41,8 @@ pub struct Fence {
     key: String,
     node_id: String,
     ttl_seconds: i64,
-    lease: i64,
+    /// The lease the fence key is under; a retake replaces it.
+    lease: AtomicI64,
     /// Mod revision of the fence key as this node last wrote it; 0 once lost.
     revision: AtomicI64,
     held: AtomicBool,
@@ -65,7 +71,7 @@ impl Fence {
                         key,
                         node_id,
                         ttl_seconds,
-                        lease,
+                        lease: AtomicI64::new(lease),
                         revision: AtomicI64::new(revision),
                         held: AtomicBool::new(true),
                         lost_reason: Mutex::new(None),
@@ -111,7 +117,7 @@ impl Fence {
         // says why (it used to say "not acquired").
         let mut lost_reason = self.lost_reason.lock().expect("fence lock");
         if self.held.load(Ordering::SeqCst) {
-            warn!(key = %self.key, %reason, "lost the write fence; refusing writes until restarted");
+            warn!(key = %self.key, %reason, "lost the write fence; refusing writes until it is retaken");
             *lost_reason = Some(reason);
             self.held.store(false, Ordering::SeqCst);
             self.revision.store(0, Ordering::SeqCst);
@@ -155,7 +161,7 @@ impl Fence {
         let put = TxnOp::put(
             self.key.as_str(),
             self.node_id.as_str(),
-            Some(PutOptions::new().with_lease(self.lease)),
+            Some(PutOptions::new().with_lease(self.lease())),
         );
         let txn = Txn::new()
             .when([old])
@@ -178,7 +184,7 @@ impl Fence {
         }
         match first_got(resp) {
             // Only this node writes under its lease: an earlier rotation landed unanswered.
-            Some(kv) if kv.lease() == self.lease && kv.value() == self.node_id.as_bytes() => {
+            Some(kv) if kv.lease() == self.lease() && kv.value() == self.node_id.as_bytes() => {
                 let revision = kv.mod_revision();
                 self.revision.store(revision, Ordering::SeqCst);
                 info!(
@@ -195,8 +201,13 @@ impl Fence {
         }
     }
 
-    /// Keeps the lease alive until `shutdown`; marks the fence lost when the lease is gone or
-    /// has not been renewed for a whole TTL.
+    fn lease(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the current lease alive until `shutdown`; marks the fence lost when the lease is
+    /// gone or has not been renewed for a whole TTL. While the fence is lost it idles, and it
+    /// takes up the new lease once the fence is retaken.
     pub async fn keep_alive(
         &self,
         client: Client,
@@ -206,46 +217,93 @@ impl Fence {
         let ttl = Duration::from_secs(self.ttl_seconds as u64);
         let mut last_renewed = Instant::now();
         let mut stream = None;
-        while self.is_held() {
-            if stream.is_none() {
-                stream = client.lease_client().keep_alive(self.lease).await.ok();
-            }
-            let renewed = match stream.as_mut() {
-                Some((keeper, responses)) => {
-                    let sent = keeper.keep_alive().await.is_ok();
-                    match tokio::time::timeout(period, responses.message()).await {
-                        Ok(Ok(Some(resp))) if sent && resp.ttl() > 0 => true,
-                        Ok(Ok(Some(_))) => {
-                            self.mark_lost("the fence lease expired".into());
-                            false
-                        }
-                        _ => {
-                            stream = None;
-                            false
+        let mut kept = 0; // the lease `stream` renews
+        loop {
+            let lease = self.lease();
+            if !self.is_held() {
+                stream = None;
+                kept = 0;
+            } else {
+                if lease != kept {
+                    // A new generation: its lease was just granted.
+                    stream = None;
+                    kept = lease;
+                    last_renewed = Instant::now();
+                }
+                if stream.is_none() {
+                    stream = client.lease_client().keep_alive(lease).await.ok();
+                }
+                let renewed = match stream.as_mut() {
+                    Some((keeper, responses)) => {
+                        let sent = keeper.keep_alive().await.is_ok();
+                        match tokio::time::timeout(period, responses.message()).await {
+                            Ok(Ok(Some(resp))) if sent && resp.ttl() > 0 => true,
+                            Ok(Ok(Some(_))) => {
+                                self.mark_lost("the fence lease expired".into());
+                                false
+                            }
+                            _ => {
+                                stream = None;
+                                false
+                            }
                         }
                     }
+                    None => false,
+                };
+                if renewed {
+                    last_renewed = Instant::now();
+                } else if last_renewed.elapsed() >= ttl {
+                    self.mark_lost(format!("lease not renewed for {}s", self.ttl_seconds));
                 }
-                None => false,
-            };
-            if renewed {
-                last_renewed = Instant::now();
-            } else if last_renewed.elapsed() >= ttl {
-                self.mark_lost(format!("lease not renewed for {}s", self.ttl_seconds));
             }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.changed() => return Ok(()),
             }
         }
-        // Lost: nothing to keep alive, but the process goes on serving reads.
-        let _ = shutdown.changed().await;
-        Ok(())
+    }
+
+    /// After the fence was lost: takes it again under a new lease when nobody holds it (or only
+    /// this node's own earlier generation does). Returns whether this node holds it now;
+    /// `false` while another node does.
+    ///
+    /// The caller must keep every write path quiet until its state is back in step with etcd:
+    /// from here on, this node's transactions commit again.
+    pub async fn retake(&self, client: &Client) -> Result<bool, StoreError> {
+        let _rotation = self.rotation.lock().await;
+        if self.is_held() {
+            return Ok(true);
+        }
+        let lease = client
+            .lease_client()
+            .grant(self.ttl_seconds, None)
+            .await?
+            .id();
+        match take(client, &self.key, &self.node_id, lease).await {
+            Ok(Taken::Yes(revision)) => {
+                let mut lost_reason = self.lost_reason.lock().expect("fence lock");
+                self.lease.store(lease, Ordering::SeqCst);
+                self.revision.store(revision, Ordering::SeqCst);
+                *lost_reason = None;
+                self.held.store(true, Ordering::SeqCst);
+                info!(key = %self.key, node = %self.node_id, revision, "retook the write fence under a new lease");
+                Ok(true)
+            }
+            Ok(Taken::HeldBy(_)) => {
+                let _ = client.lease_client().revoke(lease).await;
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = client.lease_client().revoke(lease).await;
+                Err(e)
+            }
+        }
     }
 
     /// Gives the fence up (clean shutdown), so that another node can take it at once.
     pub async fn release(&self, client: &Client) {
         self.held.store(false, Ordering::SeqCst);
-        if let Err(e) = client.lease_client().revoke(self.lease).await {
+        if let Err(e) = client.lease_client().revoke(self.lease()).await {
             warn!(error = %e, "failed to release the write fence; it expires with its lease");
         }
     }

@@ -12,7 +12,12 @@
 //! <root>meta/stream                 this cluster's WAL stream id and replication epoch
 //! <root>meta/merkle-checkpoint      geometry and the WAL index every subpage is flushed up to
 //! <root>meta/applied                secondary: the primary's stream and the last index applied
+//! <root>meta/superseded             a newer primary's epoch, once this cluster learned of one
 //! ```
+//!
+//! `meta/superseded` is the one key written outside the write fence: learning of a newer epoch
+//! must be durable even when this node has lost its fence, and the record only ever restricts
+//! (its epoch only grows), so any node may store it.
 //!
 //! WAL indexes are fixed-width hexadecimal so that etcd's byte order is index order. Data keys
 //! keep the storage path verbatim so that a list is a range read in path order.
@@ -91,6 +96,10 @@ impl Keyspace {
 
     pub fn applied(&self) -> String {
         format!("{}meta/applied", self.root)
+    }
+
+    pub fn superseded(&self) -> String {
+        format!("{}meta/superseded", self.root)
     }
 
     pub fn merkle_checkpoint(&self) -> String {

@@ -30,6 +30,7 @@ pub mod merkle;
 pub mod path;
 pub mod recovery;
 pub mod reindex;
+pub mod reopen;
 pub mod replication;
 pub mod tasks;
 pub mod wal;
@@ -146,6 +147,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         replication::Replication::start(core.clone(), gateway.clone(), config.replication())
             .await
             .context("failed to load the replication role")?;
+    supervisor.spawn(
+        "fence-retake",
+        reopen::run(
+            core.clone(),
+            replication.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
     supervisor.spawn(
         "cluster-port",
         replication::transport::serve(

@@ -3,13 +3,20 @@
 //! Each worker (committer, merkle flusher, WAL GC, fence keep-alive, gRPC server) runs as a named
 //! task. When one ends — by error, by panic, or by returning while the process is still meant to
 //! run — the supervisor logs it by name and signals every other task to stop: a worker never dies
-//! silently.
+//! silently. Shutdown is bounded: tasks get [`SHUTDOWN_GRACE`] to finish what they are doing
+//! (a gRPC server waits for its open streams, which a secondary keeps open for ever), then the
+//! rest are aborted, so that a SIGTERM ends the process within seconds and the write fence is
+//! released while its lease is still alive.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// How long tasks have to stop after the shutdown signal before they are aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Spawns named tasks and watches them.
 pub struct Supervisor {
@@ -54,7 +61,21 @@ impl Supervisor {
             }
         }
         self.shutdown();
-        while let Some(done) = self.tasks.join_next().await {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            let done = match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(done)) => done,
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        tasks = self.tasks.len(),
+                        "tasks still running {SHUTDOWN_GRACE:?} after shutdown began; aborting them"
+                    );
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    break;
+                }
+            };
             let outcome = describe(done);
             if outcome.is_err() && failure.is_none() {
                 failure = Some(outcome);

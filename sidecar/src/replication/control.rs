@@ -16,7 +16,7 @@ use tracing::info;
 
 use super::definition::{
     CA_PATH, ClusterDefinition, DEFINITION_PATH, Mode, PRIMARY_ADDRS_PATH, SECONDARIES_PREFIX,
-    SecondaryRecord, validate_secondary_id,
+    SecondaryRecord, UnshippedRange, validate_secondary_id,
 };
 use super::follower::probe;
 use super::pki::ReplicationCa;
@@ -77,6 +77,8 @@ impl Replication {
         if !primary_cluster_addr.is_empty() {
             validate_address(&primary_cluster_addr)?;
         }
+        // A new replication set: epochs heard of in an earlier one do not apply to it.
+        super::superseded::clear(&self.core).await?;
         let cluster_id = random_id();
         let ca = ReplicationCa::generate(&cluster_id).map_err(|e| invalid(e.to_string()))?;
         let member = format!("primary-{}", &cluster_id[..8]);
@@ -99,6 +101,7 @@ impl Replication {
             demoted: false,
             fenced_by_epoch: None,
             keep_aside_epoch: None,
+            unshipped: None,
             ca_cert_pem: ca.key.cert_pem.clone(),
             identity,
         };
@@ -333,13 +336,24 @@ impl Replication {
             _ => return Err(invalid("either token or update_primary_addrs is required")),
         };
         // A former primary may hold writes the new primary never received: the first
-        // reconciliation keeps what it replaces aside instead of dropping it.
-        let keep_aside = current
-            .demoted
-            .then(|| self.core.stream().epoch)
-            .or(current.keep_aside_epoch);
+        // reconciliation keeps what it replaces aside instead of dropping it. When the new
+        // primary said how far it had applied this cluster's stream, only the keys written
+        // after that are kept aside.
+        let (keep_aside, unshipped) = if current.demoted {
+            let shipped_to = super::superseded::load(&self.core)
+                .await?
+                .and_then(|s| s.shipped_to);
+            let unshipped = shipped_to.map(|after| UnshippedRange {
+                after,
+                through: self.core.wal().last,
+            });
+            (Some(self.core.stream().epoch), unshipped)
+        } else {
+            (current.keep_aside_epoch, current.unshipped)
+        };
         let definition = ClusterDefinition {
             keep_aside_epoch: keep_aside,
+            unshipped,
             ..definition
         };
         self.store_primary_addrs(addrs).await?;
@@ -454,6 +468,7 @@ async fn activate(token: &str) -> Result<(ClusterDefinition, Vec<String>), Contr
         demoted: false,
         fenced_by_epoch: None,
         keep_aside_epoch: None,
+        unshipped: None,
         ca_cert_pem: claims.ca_cert_pem,
         identity: claims.client,
     };

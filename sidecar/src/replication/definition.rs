@@ -63,10 +63,22 @@ pub struct ClusterDefinition {
     /// kept for an operator to see rather than dropped.
     #[serde(default)]
     pub keep_aside_epoch: Option<u64>,
+    /// With `keep_aside_epoch`: the entries of this cluster's own WAL that the new primary never
+    /// applied, when known (from its announcement). Only keys those entries wrote are kept
+    /// aside; without it, every replaced key is.
+    #[serde(default)]
+    pub unshipped: Option<UnshippedRange>,
     /// The replication CA certificate this cluster trusts.
     pub ca_cert_pem: String,
     /// This cluster's certificate and key for the cluster port.
     pub identity: CertifiedKey,
+}
+
+/// WAL entries `after + 1 ..= through` of a former primary's stream: acknowledged, never shipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnshippedRange {
+    pub after: u64,
+    pub through: u64,
 }
 
 impl ClusterDefinition {

@@ -20,17 +20,20 @@
 //!   primary addresses fresh from heartbeats and RemoteResolve.
 //!
 //! Writes and roles: the committer refuses replicated writes from clients unless this cluster
-//! is writable ([`WriteMode`]); the follower's writes carry the applied record (`meta/applied`,
+//! is writable ([`WriteMode`](crate::core::WriteMode)); the follower's writes carry the applied record (`meta/applied`,
 //! [`applied`]) in the same transaction. A secondary keeps its own WAL stream for what it
 //! applies, so its merkle index recovers after a crash exactly like a primary's.
 //!
 //! Epochs: each promotion raises the epoch, stored with the WAL stream. A primary that hears of
-//! a higher epoch (a secondary's request, or the new primary's announcement) demotes itself, so
-//! there are never two writable primaries that can talk to each other.
+//! a higher epoch (a secondary's request, the new primary's announcement, or its own check of
+//! its secondaries whenever it opens for writes) stores it durably and demotes itself
+//! ([`epoch`], [`superseded`]), so there are never two writable primaries that can talk to each
+//! other.
 
 pub mod applied;
 pub mod control;
 pub mod definition;
+pub mod epoch;
 pub mod follower;
 pub mod forward;
 pub mod pki;
@@ -40,6 +43,7 @@ pub mod resolver;
 pub mod service;
 pub mod snapshot;
 pub mod status;
+pub mod superseded;
 mod sync_serve;
 pub mod token;
 pub mod transport;
@@ -51,12 +55,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::core::{Core, WriteMode};
+use crate::core::Core;
 use crate::error::StoreError;
 use crate::gateway::Gateway;
-use definition::{ClusterDefinition, DEFINITION_PATH, Mode, PRIMARY_ADDRS_PATH};
+use definition::{ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
 use snapshot::SnapshotCache;
 use transport::TlsMaterial;
 
@@ -210,6 +214,8 @@ impl Replication {
             info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
         }
         replication.adopt(definition);
+        // Before the storage API opens: a primary superseded while it was down stays fenced.
+        replication.check_superseded().await?;
         Ok(replication)
     }
 
@@ -233,13 +239,8 @@ impl Replication {
 
     /// Makes `definition` the current role: write mode, cluster port, follower.
     pub(crate) fn adopt(self: &Arc<Self>, definition: Option<ClusterDefinition>) {
-        let mode = match &definition {
-            None => WriteMode::Open,
-            Some(d) if d.mode == Mode::Primary && !d.demoted => WriteMode::Open,
-            Some(d) if d.follows_primary() => WriteMode::Secondary,
-            Some(_) => WriteMode::Closed,
-        };
-        self.core.set_write_mode(mode);
+        self.core
+            .set_write_mode(epoch::write_mode_of(definition.as_ref()));
         let material = definition.as_ref().map(TlsMaterial::of);
         self.material.send_if_modified(|m| {
             let changed = *m != material;
@@ -307,33 +308,6 @@ impl Replication {
             .await?;
         *self.definition.lock().expect("definition lock poisoned") = Some(definition);
         Ok(())
-    }
-
-    /// A primary that hears of `epoch`, higher than its own, stops accepting replicated writes
-    /// and demotes itself. Returns whether it did.
-    pub async fn fence_by_epoch(self: &Arc<Self>, epoch: u64, from: &str) -> bool {
-        let _guard = self.control.lock().await;
-        let own = self.core.stream().epoch;
-        let Some(mut definition) = self.definition() else {
-            return false;
-        };
-        if epoch <= own || definition.mode != Mode::Primary || definition.demoted {
-            return false;
-        }
-        warn!(
-            own_epoch = own,
-            epoch, from, "a newer primary exists: refusing replicated writes from now on"
-        );
-        self.core.set_write_mode(WriteMode::Closed);
-        definition.demoted = true;
-        definition.mode = Mode::Secondary;
-        definition.fenced_by_epoch = Some(epoch);
-        definition.primary_cluster_addr.clear();
-        if let Err(e) = self.persist(Some(definition)).await {
-            // The write mode is already closed; the stored role catches up on the next change.
-            warn!(error = %e, "failed to store the fenced role");
-        }
-        true
     }
 
     /// Records that the primary's stream is applied up to `position` (already stored).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::replication as pb;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Replication;
 use super::applied::Applied;
@@ -63,15 +63,27 @@ impl Replication {
         } else {
             None
         };
-        let applied_epoch =
+        let applied =
             match crate::etcd::get(&mut self.core.kv(), &self.core.keyspace.applied()).await? {
-                Some(kv) => Applied::decode(kv.value()).map_or(0, |a| a.epoch),
-                None => 0,
+                Some(kv) => Applied::decode(kv.value()).ok(),
+                None => None,
             };
+        let applied_epoch = applied.map_or(0, |a| a.epoch);
         let known = self.follower_status().primary_epoch;
+        // An epoch this cluster once learned of counts too: the new one must be above all.
+        let superseded_epoch = super::superseded::load(&self.core)
+            .await?
+            .map_or(0, |s| s.epoch);
         let stream = StreamState {
             stream_id: StreamId::random(),
-            epoch: self.core.stream().epoch.max(known).max(applied_epoch) + 1,
+            epoch: self
+                .core
+                .stream()
+                .epoch
+                .max(known)
+                .max(applied_epoch)
+                .max(superseded_epoch)
+                + 1,
         };
         // Stop following, and settle what the follower already launched, before this cluster
         // starts a new stream; if that fails, go back to following.
@@ -103,6 +115,7 @@ impl Replication {
             demoted: false,
             fenced_by_epoch: None,
             keep_aside_epoch: None,
+            unshipped: None,
             ca_cert_pem: ca.key.cert_pem.clone(),
             identity: definition.identity.clone(),
         };
@@ -110,9 +123,13 @@ impl Replication {
         info!(epoch = stream.epoch, stream_id = %stream.stream_id.to_hex(), "promoted to performance primary");
         tokio::spawn(announce(
             TlsMaterial::of(&definition),
-            definition.secondary_id.clone(),
-            self.config.cluster_addr.clone(),
-            stream.epoch,
+            pb::AnnounceEpochRequest {
+                secondary_id: definition.secondary_id.clone(),
+                epoch: stream.epoch,
+                primary_cluster_addr: self.config.cluster_addr.clone(),
+                applied_index: applied.map_or(0, |a| a.index),
+                has_applied_index: applied.is_some(),
+            },
             old_primaries,
         ));
         Ok(Promotion {
@@ -181,34 +198,44 @@ impl Replication {
     }
 }
 
-/// Tells the old primary, until it answers or [`ANNOUNCE_FOR`] passes, that a newer epoch
-/// exists. Best effort: a primary that never hears it is also fenced by any secondary that
-/// follows the new primary and contacts it.
-async fn announce(
-    tls: TlsMaterial,
-    member: String,
-    own_address: String,
-    epoch: u64,
-    old_primaries: Vec<String>,
-) {
+/// Tells the old primary that a newer epoch exists, until it answers that it stored it (it
+/// may be stalled, or unable to store it yet) or [`ANNOUNCE_FOR`] passes. A primary that never
+/// hears it also learns the epoch from any secondary that follows the new primary, and asks its
+/// secondaries itself before it opens for writes again.
+async fn announce(tls: TlsMaterial, request: pb::AnnounceEpochRequest, old_primaries: Vec<String>) {
     let deadline = Instant::now() + ANNOUNCE_FOR;
     let mut delay = Duration::from_millis(500);
+    let epoch = request.epoch;
     while Instant::now() < deadline {
-        for address in old_primaries.iter().filter(|a| **a != own_address) {
+        for address in old_primaries
+            .iter()
+            .filter(|a| **a != request.primary_cluster_addr)
+        {
             let Ok(mut c) = client(address, &tls) else {
                 continue;
             };
-            let call = c.announce_epoch(pb::AnnounceEpochRequest {
-                secondary_id: member.clone(),
-                epoch,
-                primary_cluster_addr: own_address.clone(),
-            });
-            if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
-                info!(old_primary = %address, fenced = reply.get_ref().fenced, epoch, "told the old primary about the new epoch");
-                return;
+            let call = c.announce_epoch(request.clone());
+            match tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
+                Ok(Ok(reply)) if reply.get_ref().fenced => {
+                    info!(old_primary = %address, epoch, "the old primary stored the new epoch: it is fenced");
+                    return;
+                }
+                Ok(Ok(_)) => {
+                    debug!(old_primary = %address, epoch, "the old primary is not fenced by the new epoch (yet)")
+                }
+                Ok(Err(status)) => {
+                    debug!(old_primary = %address, epoch, error = %status.message(), "announcing the new epoch failed")
+                }
+                Err(_) => {
+                    debug!(old_primary = %address, epoch, "announcing the new epoch timed out")
+                }
             }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    warn!(
+        epoch,
+        "gave up announcing the new epoch to the old primary after {ANNOUNCE_FOR:?}"
+    );
 }

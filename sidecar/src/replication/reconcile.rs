@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use ferry_proto::replication as pb;
 use prost::Message as _;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::applied::Applied;
-use super::definition::UNSHIPPED_PREFIX;
+use super::definition::{UNSHIPPED_PREFIX, UnshippedRange};
 use super::follower::{Client, End, secondary_id, timeout};
 use super::snapshot::{conflicting_pages, conflicting_subpages};
 use super::{ReconcileReport, Replication};
@@ -84,7 +84,16 @@ pub(super) async fn reconcile(replication: &Replication, client: &mut Client) ->
     );
     report.conflicting_pages = conflicting.len() as u64;
     report.conflicting_subpages = subpages.len() as u64;
-    let keep_aside = replication.definition().and_then(|d| d.keep_aside_epoch);
+    let definition = replication.definition();
+    let keep_aside = match definition.as_ref().and_then(|d| d.keep_aside_epoch) {
+        Some(epoch) => Some(KeepAside {
+            epoch,
+            only: unshipped_keys(replication, definition.as_ref().and_then(|d| d.unshipped))
+                .await?,
+        }),
+        None => None,
+    };
+    let keeping_aside = keep_aside.is_some();
     if !subpages.is_empty() {
         let target = SyncTarget {
             id: &id,
@@ -109,9 +118,12 @@ pub(super) async fn reconcile(replication: &Replication, client: &mut Client) ->
         .gateway
         .apply(Vec::new(), Some(applied.encode()))
         .await?;
-    if keep_aside.is_some() {
+    if keeping_aside {
         replication
-            .store_definition(|d| d.keep_aside_epoch = None)
+            .store_definition(|d| {
+                d.keep_aside_epoch = None;
+                d.unshipped = None;
+            })
             .await?;
     }
     report.wal_index = pages.wal_index;
@@ -128,7 +140,53 @@ struct SyncTarget<'a> {
     generation: u64,
     subpages: &'a [u32],
     /// Set on a former primary: copy what is replaced aside first (see `definition`).
-    keep_aside: Option<u64>,
+    keep_aside: Option<KeepAside>,
+}
+
+/// What a former primary's first reconciliation keeps aside under
+/// `core/local/unshipped/e<epoch>/` before replacing it.
+struct KeepAside {
+    epoch: u64,
+    /// Only these paths (those its unshipped WAL entries wrote), or, when `None`, every path
+    /// the reconciliation replaces or deletes.
+    only: Option<HashSet<String>>,
+}
+
+impl KeepAside {
+    fn covers(&self, path: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(path))
+    }
+}
+
+/// The paths this cluster's unshipped WAL entries wrote, or `None` when they are not known
+/// (no range, or the WAL no longer holds all of it): then everything replaced is kept aside.
+async fn unshipped_keys(
+    replication: &Replication,
+    range: Option<UnshippedRange>,
+) -> Result<Option<HashSet<String>>, End> {
+    let Some(UnshippedRange { after, through }) = range else {
+        return Ok(None);
+    };
+    let mut keys = HashSet::new();
+    if through <= after {
+        return Ok(Some(keys));
+    }
+    let core = &replication.core;
+    let wal = core.wal();
+    if wal.first == 0 || wal.first > after + 1 || wal.last < through {
+        warn!(
+            after,
+            through,
+            wal_first = wal.first,
+            "the unshipped WAL entries are no longer all retained; keeping aside every replaced key"
+        );
+        return Ok(None);
+    }
+    crate::wal::reader::for_each_entry(&core.keyspace, &mut core.kv(), after + 1, through, |e| {
+        keys.extend(e.ops.into_iter().map(|op| op.key));
+    })
+    .await?;
+    Ok(Some(keys))
 }
 
 /// Copies the primary's keys in the target's subpages and deletes the local ones it lacks there.
@@ -193,7 +251,7 @@ async fn sync(
 /// Groups a merkle-sync's writes into transactions of bounded size.
 struct Batcher<'r> {
     replication: &'r Replication,
-    keep_aside: Option<u64>,
+    keep_aside: Option<KeepAside>,
     ops: Vec<WriteOp>,
     bytes: usize,
     /// Puts made (deletes are counted by the caller).
@@ -202,7 +260,7 @@ struct Batcher<'r> {
 }
 
 impl<'r> Batcher<'r> {
-    fn new(replication: &'r Replication, keep_aside: Option<u64>) -> Self {
+    fn new(replication: &'r Replication, keep_aside: Option<KeepAside>) -> Self {
         Self {
             replication,
             keep_aside,
@@ -219,11 +277,12 @@ impl<'r> Batcher<'r> {
         let limits = self.replication.core.limits;
         let put = value.is_some();
         let mut ops = Vec::with_capacity(2);
-        if let (Some(epoch), true) = (self.keep_aside, exists)
+        if let (Some(keep), true) = (&self.keep_aside, exists)
+            && keep.covers(&key)
             && let Some(old) = self.replication.gateway.get(&key).await?
         {
             ops.push(WriteOp {
-                key: format!("{UNSHIPPED_PREFIX}e{epoch}/{key}"),
+                key: format!("{UNSHIPPED_PREFIX}e{}/{key}", keep.epoch),
                 value: Some(old),
                 class: PathClass::Local,
             });

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::definition::{CA_PATH, Mode, SECONDARIES_PREFIX, SecondaryRecord};
 use super::pki::{ReplicationCa, fingerprint_der};
@@ -99,7 +99,9 @@ impl ReplicationService {
     async fn check_epoch(&self, epoch: u64, from: &str) -> Result<(), Status> {
         let own = self.core().stream().epoch;
         if epoch > own {
-            self.replication.fence_by_epoch(epoch, from).await;
+            if let Err(e) = self.replication.fence_by_epoch(epoch, from, None).await {
+                warn!(error = %e, epoch, from, "failed to store a newer epoch; replicated writes stay refused");
+            }
             return Err(Status::failed_precondition(format!(
                 "this cluster's epoch {own} is older than {epoch}: it no longer acts as primary"
             )));
@@ -204,7 +206,8 @@ impl ReplicationRpc for ReplicationService {
         self.check_epoch(req.epoch, &req.secondary_id).await?;
         self.serves_wal()?;
         let now = unix_now_ms();
-        self.replication
+        let previous = self
+            .replication
             .peers
             .lock()
             .expect("peers lock poisoned")
@@ -217,6 +220,12 @@ impl ReplicationRpc for ReplicationService {
                     last_remote_wal: req.last_remote_wal,
                 },
             );
+        if previous.is_none_or(|p| p.cluster_address != req.cluster_addr) {
+            // A restarted primary asks its secondaries whether a newer primary exists.
+            self.replication
+                .remember_secondary_addr(&req.secondary_id, &req.cluster_addr)
+                .await;
+        }
         let definition = self
             .replication
             .definition()
@@ -397,10 +406,14 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::AnnounceEpochResponse>, Status> {
         let req = request.get_ref();
         self.authenticate(&request, &req.secondary_id).await?;
+        let shipped_to = req.has_applied_index.then_some(req.applied_index);
         let fenced = self
             .replication
-            .fence_by_epoch(req.epoch, &req.primary_cluster_addr)
-            .await;
+            .fence_by_epoch(req.epoch, &req.primary_cluster_addr, shipped_to)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("failed to store epoch {}: {e}", req.epoch))
+            })?;
         Ok(Response::new(pb::AnnounceEpochResponse { fenced }))
     }
 

@@ -1,0 +1,252 @@
+//! Fencing by epoch: a primary that learns of a newer one stops for good.
+//!
+//! There is never more than one writable primary: each promotion raises the epoch, and a primary
+//! that learns of a higher epoch refuses replicated writes from then on. It learns it from the
+//! new primary's announcement (`AnnounceEpoch`), from a secondary that follows the new primary
+//! and contacts it, or by asking: whenever this node (re)opens for writes as a primary, at
+//! start-up and after retaking a write fence that had expired, it first asks the secondaries it
+//! knows which epoch they know ([`Replication::check_superseded`]). That last path closes the
+//! window in which a primary that stalled past its lease while a secondary was force-promoted
+//! would otherwise wake, retake its free fence and accept writes at its old epoch until the new
+//! primary's next announcement reached it.
+//!
+//! What it learns is stored first in `meta/superseded` ([`superseded`]), outside the write
+//! fence, so it holds whatever the state of the fence; the fenced role follows in the cluster
+//! definition once the fence is held.
+//!
+//! The secondaries' cluster addresses, which the check needs after a restart, are kept under
+//! [`SECONDARY_ADDRS_PATH`] (local), written when a heartbeat brings a new one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Replication;
+use super::definition::{ClusterDefinition, Mode};
+use super::follower::probe;
+use super::superseded::{self, Superseded, fenced_definition};
+use super::transport::TlsMaterial;
+use crate::core::WriteMode;
+use crate::error::StoreError;
+
+/// The secondaries' cluster addresses by member id, from their heartbeats (local).
+pub const SECONDARY_ADDRS_PATH: &str = "core/replication/secondary-addrs";
+/// Longest a (re)opening primary waits for its secondaries' answers; an unreachable secondary
+/// cannot hold writes up for longer.
+const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most secondary addresses kept and asked.
+const MAX_PEER_ADDRS: usize = 64;
+
+/// The write mode a cluster defined by `definition` runs in.
+pub fn write_mode_of(definition: Option<&ClusterDefinition>) -> WriteMode {
+    match definition {
+        None => WriteMode::Open,
+        Some(d) if d.mode == Mode::Primary && !d.demoted => WriteMode::Open,
+        Some(d) if d.follows_primary() => WriteMode::Secondary,
+        Some(_) => WriteMode::Closed,
+    }
+}
+
+impl Replication {
+    /// Learns that a primary at `epoch` exists (`from` says who told). An active primary of an
+    /// older epoch stops accepting replicated writes at once; the epoch is stored durably (and
+    /// the fenced role with it when the write fence allows). Returns whether this cluster is
+    /// now durably fenced at `epoch` or higher; an error when the record could not be stored,
+    /// so that the teller tries again.
+    pub async fn fence_by_epoch(
+        self: &Arc<Self>,
+        epoch: u64,
+        from: &str,
+        shipped_to: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.control.lock().await;
+        self.fence_locked(epoch, from, shipped_to).await
+    }
+
+    /// [`Self::fence_by_epoch`], under the control lock.
+    async fn fence_locked(
+        self: &Arc<Self>,
+        epoch: u64,
+        from: &str,
+        shipped_to: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let own = self.core.stream().epoch;
+        let Some(definition) = self.definition() else {
+            return Ok(false);
+        };
+        if epoch <= own {
+            return Ok(false);
+        }
+        let fenced = fenced_definition(&definition, own, epoch);
+        if fenced.is_some() {
+            warn!(
+                own_epoch = own,
+                epoch, from, "a newer primary exists: refusing replicated writes from now on"
+            );
+            self.core.set_write_mode(WriteMode::Closed);
+        }
+        let stored = superseded::raise(&self.core, Superseded { epoch, shipped_to }).await?;
+        if let Some(fenced) = fenced {
+            match self.persist(Some(fenced)).await {
+                Ok(()) => info!(epoch = stored.epoch, "stored the fenced role"),
+                // The epoch is stored: start-up and a fence retake store the role from it.
+                Err(e) => warn!(
+                    error = %e,
+                    epoch = stored.epoch,
+                    "stored the newer epoch; the fenced role is stored once this node holds its write fence"
+                ),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Refuses replicated writes until [`Self::check_superseded`] has run, when this cluster is
+    /// an active primary.
+    pub fn close_until_checked(&self) {
+        let definition = self.definition();
+        if definition.is_some() && write_mode_of(definition.as_ref()) == WriteMode::Open {
+            self.core.set_write_mode(WriteMode::Closed);
+        }
+    }
+
+    /// Before this node (re)opens for writes: adopts a newer epoch stored in `meta/superseded`,
+    /// and, as an active primary, asks the secondaries it knows whether a newer primary exists.
+    /// Replicated writes are refused until the check is done.
+    pub async fn check_superseded(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _guard = self.control.lock().await;
+        let Some(definition) = self.definition() else {
+            return Ok(());
+        };
+        let mode = write_mode_of(Some(&definition));
+        if mode != WriteMode::Open {
+            return Ok(());
+        }
+        self.core.set_write_mode(WriteMode::Closed);
+        let result = async {
+            if let Some(stored) = superseded::load(&self.core).await? {
+                self.fence_locked(stored.epoch, "meta/superseded", stored.shipped_to)
+                    .await?;
+            }
+            if write_mode_of(self.definition().as_ref()) != WriteMode::Open {
+                return Ok(());
+            }
+            if let Some((epoch, from)) = self.newest_peer_epoch(&definition).await {
+                self.fence_locked(epoch, &from, None).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.core
+            .set_write_mode(write_mode_of(self.definition().as_ref()));
+        result
+    }
+
+    /// Asks every known secondary (concurrently, for at most [`PEER_CHECK_TIMEOUT`]) for its
+    /// heartbeat answer; returns the highest epoch an active primary among them reports, if it
+    /// is higher than this cluster's, and where it was heard.
+    async fn newest_peer_epoch(&self, definition: &ClusterDefinition) -> Option<(u64, String)> {
+        let own = self.core.stream().epoch;
+        let mut addrs: Vec<String> = self
+            .peers
+            .lock()
+            .expect("peers lock poisoned")
+            .values()
+            .map(|p| p.cluster_address.clone())
+            .collect();
+        addrs.extend(self.stored_secondary_addrs().await.into_values());
+        addrs.retain(|a| !a.is_empty() && *a != self.config.cluster_addr);
+        addrs.sort();
+        addrs.dedup();
+        addrs.truncate(MAX_PEER_ADDRS);
+        if addrs.is_empty() {
+            return None;
+        }
+        let tls = TlsMaterial::of(definition);
+        let asks = addrs.iter().map(|address| {
+            let tls = &tls;
+            async move { (address, probe(address, tls, &definition.secondary_id).await) }
+        });
+        let answers = tokio::time::timeout(PEER_CHECK_TIMEOUT, futures::future::join_all(asks))
+            .await
+            .unwrap_or_else(|_| {
+                warn!(
+                    peers = addrs.len(),
+                    "not every secondary answered within {PEER_CHECK_TIMEOUT:?}; opening without them"
+                );
+                Vec::new()
+            });
+        answers
+            .into_iter()
+            .filter_map(|(address, answer)| {
+                let reply = answer.ok()?;
+                (reply.active && reply.epoch > own).then(|| (reply.epoch, address.clone()))
+            })
+            .max()
+    }
+
+    async fn stored_secondary_addrs(&self) -> BTreeMap<String, String> {
+        match self.gateway.get(SECONDARY_ADDRS_PATH).await {
+            Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_default(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Keeps `address` as secondary `id`'s cluster address, when it is new.
+    pub(crate) async fn remember_secondary_addr(&self, id: &str, address: &str) {
+        if address.is_empty() {
+            return;
+        }
+        let mut stored = self.stored_secondary_addrs().await;
+        if stored.get(id).map(String::as_str) == Some(address)
+            || (stored.len() >= MAX_PEER_ADDRS && !stored.contains_key(id))
+        {
+            return;
+        }
+        stored.insert(id.to_owned(), address.to_owned());
+        let value = serde_json::to_vec(&stored).expect("addresses serialise");
+        let g = &self.gateway;
+        if let Err(e) = g
+            .write(vec![g.op(SECONDARY_ADDRS_PATH.into(), Some(value))])
+            .await
+        {
+            warn!(error = %e, secondary_id = id, "failed to store a secondary's cluster address");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::pki::CertifiedKey;
+
+    #[test]
+    fn write_modes_follow_the_role() {
+        let primary = ClusterDefinition {
+            mode: Mode::Primary,
+            cluster_id: "c".into(),
+            primary_cluster_addr: String::new(),
+            secondary_id: "primary-c".into(),
+            demoted: false,
+            fenced_by_epoch: None,
+            keep_aside_epoch: None,
+            unshipped: None,
+            ca_cert_pem: String::new(),
+            identity: CertifiedKey {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+        };
+        assert_eq!(write_mode_of(None), WriteMode::Open);
+        assert_eq!(write_mode_of(Some(&primary)), WriteMode::Open);
+        let fenced = fenced_definition(&primary, 1, 2).unwrap();
+        assert_eq!(write_mode_of(Some(&fenced)), WriteMode::Closed);
+        let following = ClusterDefinition {
+            primary_cluster_addr: "127.0.0.1:1".into(),
+            demoted: false,
+            ..fenced
+        };
+        assert_eq!(write_mode_of(Some(&following)), WriteMode::Secondary);
+    }
+}
