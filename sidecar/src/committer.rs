@@ -273,10 +273,11 @@ impl Committer {
         let core = &self.core;
         let ks = &core.keyspace;
         let mode = core.write_mode();
+        let stalled = core.stall.suspected();
         let requests: Vec<Pending> = requests
             .into_iter()
             .filter(|r| !r.reply.is_closed())
-            .filter_map(|r| match refusal(&r, mode) {
+            .filter_map(|r| match refusal(&r, mode, stalled) {
                 Some(error) => {
                     let _ = r.reply.send(Err(error));
                     None
@@ -558,13 +559,20 @@ fn send(core: &Core, txn: Txn) -> JoinHandle<TxnOutcome> {
 
 /// Why `request` may not commit while the cluster is in write `mode`, if it may not: the
 /// check happens here, at launch, so that a role change followed by a pause (which drains what
-/// was launched) leaves nothing behind that could still commit.
-fn refusal(request: &Pending, mode: WriteMode) -> Option<StoreError> {
+/// was launched) leaves nothing behind that could still commit. `stalled`: this process was
+/// frozen and has not yet checked for a newer primary (see `stall`).
+fn refusal(request: &Pending, mode: WriteMode, stalled: bool) -> Option<StoreError> {
     let replicated = request
         .ops
         .iter()
         .any(|op| op.class == PathClass::Replicated);
     match (&request.source, mode) {
+        (Source::Client, WriteMode::Open) if replicated && stalled => {
+            Some(StoreError::Unavailable(
+                "this node was frozen and is checking for a newer primary before it accepts replicated writes again; retry"
+                    .into(),
+            ))
+        }
         (Source::Client, WriteMode::Open) => None,
         (Source::Client, WriteMode::Secondary) if replicated => Some(StoreError::ReadOnly(
             "this cluster is a performance secondary; replicated writes go to the primary".into(),

@@ -88,6 +88,8 @@ pub struct Core {
     /// reindex while it swaps the index. Records of one subpage therefore reach etcd in the
     /// order they were taken, and a checkpoint never passes a record still in flight.
     pub flush_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Notices freezes of this process (see `stall`).
+    pub stall: crate::stall::StallWatch,
 }
 
 impl Core {
@@ -123,6 +125,7 @@ impl Core {
                 crate::wal::recent::DEFAULT_RECENT_BYTES,
             )),
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
+            stall: crate::stall::StallWatch::default(),
         }
     }
 

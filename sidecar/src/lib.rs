@@ -32,6 +32,7 @@ pub mod recovery;
 pub mod reindex;
 pub mod reopen;
 pub mod replication;
+pub mod stall;
 pub mod tasks;
 pub mod wal;
 
@@ -113,6 +114,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         commits,
     ));
     let gateway = Gateway::new(core.clone());
+    {
+        let (core, shutdown) = (core.clone(), supervisor.shutdown_signal());
+        supervisor.spawn("stall-watch", async move { core.stall.run(shutdown).await });
+    }
     supervisor.spawn(
         "committer",
         Committer::new(

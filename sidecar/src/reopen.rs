@@ -15,6 +15,10 @@
 //! 4. resumes, and, as a replication primary, asks whether a newer primary exists before it
 //!    accepts replicated writes again ([`Replication::check_superseded`]): a primary that
 //!    stalled past its lease may have been replaced by a forced promotion meanwhile.
+//!
+//! The same check runs when the node was frozen for a while but its lease outlived the freeze
+//! (see [`stall`](crate::stall)): the fence is still valid, but a secondary may have been
+//! promoted meanwhile, so replicated writes wait for the check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +44,20 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RETAKE_INTERVAL) => {}
+            _ = core.stall.stalled() => {}
             _ = shutdown.changed() => return Ok(()),
+        }
+        if core.stall.is_marked() && core.fence.is_held() {
+            // Frozen, fence still valid: a secondary may have been promoted meanwhile.
+            match replication.check_superseded().await {
+                Ok(()) => {
+                    core.stall.clear();
+                    info!("checked for a newer primary after a freeze");
+                }
+                Err(e) => {
+                    warn!(error = %e, "failed to check for a newer primary after a freeze; trying again")
+                }
+            }
         }
         if core.fence.is_held() {
             waiting_reported = false;
@@ -83,5 +100,6 @@ async fn reopen(core: &Core, replication: &Arc<Replication>) -> Result<bool, Sto
     }
     // The committer runs again; replicated writes stay refused until the check is done.
     replication.check_superseded().await?;
+    core.stall.clear();
     Ok(true)
 }

@@ -58,10 +58,10 @@ impl Replication {
                 "this cluster cannot act as primary: {e}; wait for the first sync to finish"
             ))
         })?;
-        let drained_to = if definition.follows_primary() {
+        let drained = if definition.follows_primary() {
             self.drain_old_primary(&definition, force).await?
         } else {
-            None
+            Drained::No
         };
         let applied =
             match crate::etcd::get(&mut self.core.kv(), &self.core.keyspace.applied()).await? {
@@ -107,6 +107,19 @@ impl Replication {
         }
         self.core.set_stream(stream);
         let old_primaries = super::resolver::candidates(self);
+        let announcement = pb::AnnounceEpochRequest {
+            secondary_id: definition.secondary_id.clone(),
+            epoch: stream.epoch,
+            primary_cluster_addr: self.config.cluster_addr.clone(),
+            applied_index: applied.map_or(0, |a| a.index),
+            has_applied_index: applied.is_some(),
+        };
+        let tls = TlsMaterial::of(&definition);
+        if drained == Drained::StillActive {
+            // It answered a moment ago: fence it before this cluster takes its first write, so
+            // that nothing is acknowledged there at the old epoch after that.
+            announce_once(&tls, &announcement, &old_primaries).await;
+        }
         let promoted = ClusterDefinition {
             mode: Mode::Primary,
             cluster_id: definition.cluster_id.clone(),
@@ -121,21 +134,14 @@ impl Replication {
         };
         self.persist(Some(promoted)).await?;
         info!(epoch = stream.epoch, stream_id = %stream.stream_id.to_hex(), "promoted to performance primary");
-        tokio::spawn(announce(
-            TlsMaterial::of(&definition),
-            pb::AnnounceEpochRequest {
-                secondary_id: definition.secondary_id.clone(),
-                epoch: stream.epoch,
-                primary_cluster_addr: self.config.cluster_addr.clone(),
-                applied_index: applied.map_or(0, |a| a.index),
-                has_applied_index: applied.is_some(),
-            },
-            old_primaries,
-        ));
+        tokio::spawn(announce(tls, announcement, old_primaries));
         Ok(Promotion {
             epoch: stream.epoch,
             stream_id: stream.stream_id.to_hex(),
-            drained_to,
+            drained_to: match drained {
+                Drained::To(index) => Some(index),
+                _ => None,
+            },
         })
     }
 
@@ -145,7 +151,7 @@ impl Replication {
         &self,
         definition: &ClusterDefinition,
         force: bool,
-    ) -> Result<Option<u64>, ControlError> {
+    ) -> Result<Drained, ControlError> {
         let tls = TlsMaterial::of(definition);
         let address = {
             let connected = self.follower_status().connected_to.clone();
@@ -159,7 +165,7 @@ impl Replication {
             Ok(r) => r,
             Err(e) if force => {
                 warn!(primary = %address, error = %e.message(), "forced promotion: the primary is unreachable; writes it did not ship stay there");
-                return Ok(None);
+                return Ok(Drained::No);
             }
             Err(e) => {
                 // A 503: the peer is the problem, and the operator may then force (only then).
@@ -172,7 +178,7 @@ impl Replication {
         if reply.active {
             if force {
                 warn!(primary = %address, "forced promotion while the primary is still active; it is fenced by the new epoch");
-                return Ok(None);
+                return Ok(Drained::StillActive);
             }
             return Err(invalid(format!(
                 "the primary at {address} is still active; demote it first, or promote with force=true"
@@ -182,11 +188,11 @@ impl Replication {
         loop {
             let applied = self.follower_status().last_remote_wal;
             if applied >= reply.last_wal {
-                return Ok(Some(reply.last_wal));
+                return Ok(Drained::To(reply.last_wal));
             }
             if Instant::now() >= deadline {
                 if force {
-                    return Ok(None);
+                    return Ok(Drained::No);
                 }
                 return Err(ControlError::Unavailable(format!(
                     "this cluster applied index {applied} of the demoted primary's {}; try again, or promote with force=true",
@@ -198,6 +204,17 @@ impl Replication {
     }
 }
 
+/// What became of the old primary before a promotion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// Demoted, and this cluster applied its WAL up to this index.
+    To(u64),
+    /// Forced while it was reachable and still active.
+    StillActive,
+    /// Forced without draining (unreachable, or drain timed out), or nothing to drain.
+    No,
+}
+
 /// Tells the old primary that a newer epoch exists, until it answers that it stored it (it
 /// may be stalled, or unable to store it yet) or [`ANNOUNCE_FOR`] passes. A primary that never
 /// hears it also learns the epoch from any secondary that follows the new primary, and asks its
@@ -205,37 +222,48 @@ impl Replication {
 async fn announce(tls: TlsMaterial, request: pb::AnnounceEpochRequest, old_primaries: Vec<String>) {
     let deadline = Instant::now() + ANNOUNCE_FOR;
     let mut delay = Duration::from_millis(500);
-    let epoch = request.epoch;
     while Instant::now() < deadline {
-        for address in old_primaries
-            .iter()
-            .filter(|a| **a != request.primary_cluster_addr)
-        {
-            let Ok(mut c) = client(address, &tls) else {
-                continue;
-            };
-            let call = c.announce_epoch(request.clone());
-            match tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
-                Ok(Ok(reply)) if reply.get_ref().fenced => {
-                    info!(old_primary = %address, epoch, "the old primary stored the new epoch: it is fenced");
-                    return;
-                }
-                Ok(Ok(_)) => {
-                    debug!(old_primary = %address, epoch, "the old primary is not fenced by the new epoch (yet)")
-                }
-                Ok(Err(status)) => {
-                    debug!(old_primary = %address, epoch, error = %status.message(), "announcing the new epoch failed")
-                }
-                Err(_) => {
-                    debug!(old_primary = %address, epoch, "announcing the new epoch timed out")
-                }
-            }
+        if announce_once(&tls, &request, &old_primaries).await {
+            return;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     warn!(
-        epoch,
+        epoch = request.epoch,
         "gave up announcing the new epoch to the old primary after {ANNOUNCE_FOR:?}"
     );
+}
+
+/// One round of announcements to each old primary address; returns whether one of them
+/// answered that it stored the new epoch.
+async fn announce_once(
+    tls: &TlsMaterial,
+    request: &pb::AnnounceEpochRequest,
+    old_primaries: &[String],
+) -> bool {
+    let epoch = request.epoch;
+    for address in old_primaries
+        .iter()
+        .filter(|a| **a != request.primary_cluster_addr)
+    {
+        let Ok(mut c) = client(address, tls) else {
+            continue;
+        };
+        let call = c.announce_epoch(request.clone());
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
+            Ok(Ok(reply)) if reply.get_ref().fenced => {
+                info!(old_primary = %address, epoch, "the old primary stored the new epoch: it is fenced");
+                return true;
+            }
+            Ok(Ok(_)) => {
+                debug!(old_primary = %address, epoch, "the old primary is not fenced by the new epoch (yet)")
+            }
+            Ok(Err(status)) => {
+                debug!(old_primary = %address, epoch, error = %status.message(), "announcing the new epoch failed")
+            }
+            Err(_) => debug!(old_primary = %address, epoch, "announcing the new epoch timed out"),
+        }
+    }
+    false
 }
