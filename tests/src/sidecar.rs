@@ -1,7 +1,7 @@
 //! A real `ferry-sidecar` process against a test etcd.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -208,6 +208,17 @@ impl Sidecar {
         let ok = p.terminate()?;
         anyhow::ensure!(ok, "ferry-sidecar did not exit cleanly\n{}", p.log_tail(30));
         Ok(())
+    }
+
+    /// Waits until the process exits by itself (after `signal("TERM")`, say) and returns its exit
+    /// status; fails after `timeout`, leaving it running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let process = self.process.as_mut().context("sidecar is not running")?;
+        wait_for("ferry-sidecar to exit", timeout, || {
+            let exited = process.exited();
+            async move { exited }
+        })
+        .await
     }
 
     /// Starts the sidecar again with the same options (after kill or stop) and waits for it.
