@@ -7,6 +7,8 @@
 //! ```
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::core::Core;
+use crate::error::StoreError;
 use crate::wal::record::StreamId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +41,14 @@ impl Applied {
             epoch,
         })
     }
+}
+
+/// The record stored at `meta/applied`, if any; a corrupt one reads as none (the follower then
+/// reconciles from scratch).
+pub async fn load(core: &Core) -> Result<Option<Applied>, StoreError> {
+    Ok(crate::etcd::get(&mut core.kv(), &core.keyspace.applied())
+        .await?
+        .and_then(|kv| Applied::decode(kv.value()).ok()))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use super::superseded::{self, Superseded, fenced_definition};
 use super::transport::TlsMaterial;
 use crate::core::WriteMode;
 use crate::error::StoreError;
+use crate::wal::StreamState;
 
 /// The secondaries' cluster addresses by member id, from their heartbeats (local).
 pub const SECONDARY_ADDRS_PATH: &str = "core/replication/secondary-addrs";
@@ -38,6 +39,20 @@ pub const SECONDARY_ADDRS_PATH: &str = "core/replication/secondary-addrs";
 const PEER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most secondary addresses kept and asked.
 const MAX_PEER_ADDRS: usize = 64;
+
+/// A newer primary, as one of this cluster's peers answered.
+struct NewerPrimary {
+    epoch: u64,
+    from: String,
+    applied_stream_id: Vec<u8>,
+    applied_index: u64,
+}
+
+/// How far a newer primary applied this cluster's `own` stream before it was promoted, from
+/// what it says it followed: known only when that was this stream.
+pub fn shipped_to(own: &StreamState, applied_stream_id: &[u8], applied_index: u64) -> Option<u64> {
+    (applied_stream_id == own.stream_id.0.as_slice()).then_some(applied_index)
+}
 
 /// The write mode a cluster defined by `definition` runs in.
 pub fn write_mode_of(definition: Option<&ClusterDefinition>) -> WriteMode {
@@ -132,8 +147,14 @@ impl Replication {
             if write_mode_of(self.definition().as_ref()) != WriteMode::Open {
                 return Ok(());
             }
-            if let Some((epoch, from)) = self.newest_peer_epoch(&definition).await {
-                self.fence_locked(epoch, &from, None).await?;
+            if let Some(newer) = self.newest_peer_epoch(&definition).await {
+                let shipped_to = shipped_to(
+                    &self.core.stream(),
+                    &newer.applied_stream_id,
+                    newer.applied_index,
+                );
+                self.fence_locked(newer.epoch, &newer.from, shipped_to)
+                    .await?;
             }
             Ok(())
         }
@@ -144,9 +165,9 @@ impl Replication {
     }
 
     /// Asks every known secondary (concurrently, for at most [`PEER_CHECK_TIMEOUT`]) for its
-    /// heartbeat answer; returns the highest epoch an active primary among them reports, if it
-    /// is higher than this cluster's, and where it was heard.
-    async fn newest_peer_epoch(&self, definition: &ClusterDefinition) -> Option<(u64, String)> {
+    /// heartbeat answer; returns the answer of the active primary among them with the highest
+    /// epoch, if that is higher than this cluster's.
+    async fn newest_peer_epoch(&self, definition: &ClusterDefinition) -> Option<NewerPrimary> {
         let own = self.core.stream().epoch;
         let mut addrs: Vec<String> = self
             .peers
@@ -181,9 +202,14 @@ impl Replication {
             .into_iter()
             .filter_map(|(address, answer)| {
                 let reply = answer.ok()?;
-                (reply.active && reply.epoch > own).then(|| (reply.epoch, address.clone()))
+                (reply.active && reply.epoch > own).then(|| NewerPrimary {
+                    epoch: reply.epoch,
+                    from: address.clone(),
+                    applied_stream_id: reply.applied_stream_id,
+                    applied_index: reply.applied_index,
+                })
             })
-            .max()
+            .max_by_key(|n| n.epoch)
     }
 
     async fn stored_secondary_addrs(&self) -> BTreeMap<String, String> {

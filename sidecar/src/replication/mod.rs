@@ -182,11 +182,7 @@ impl Replication {
             None => Vec::new(),
         };
         // Until the follower streams again, status reports the index stored as applied.
-        let stored_applied =
-            match crate::etcd::get(&mut core.kv(), &core.keyspace.applied()).await? {
-                Some(kv) => applied::Applied::decode(kv.value()).ok(),
-                None => None,
-            };
+        let stored_applied = applied::load(&core).await?;
         let last_remote_wal = stored_applied.map_or(0, |a| a.index);
         let server = ferry_proto::connect_unix(&config.forward_socket);
         let replication = Arc::new(Self {
@@ -308,6 +304,12 @@ impl Replication {
             .await?;
         *self.definition.lock().expect("definition lock poisoned") = Some(definition);
         Ok(())
+    }
+
+    /// The applied record stored at `meta/applied`: on a promoted primary, how far it had
+    /// applied the stream it followed before.
+    pub(crate) async fn stored_applied(&self) -> Result<Option<applied::Applied>, StoreError> {
+        applied::load(&self.core).await
     }
 
     /// Records that the primary's stream is applied up to `position` (already stored).

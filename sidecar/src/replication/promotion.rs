@@ -13,7 +13,6 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::Replication;
-use super::applied::Applied;
 use super::control::{ControlError, invalid, validate_address};
 use super::definition::{ClusterDefinition, Mode};
 use super::follower::probe;
@@ -63,11 +62,7 @@ impl Replication {
         } else {
             Drained::No
         };
-        let applied =
-            match crate::etcd::get(&mut self.core.kv(), &self.core.keyspace.applied()).await? {
-                Some(kv) => Applied::decode(kv.value()).ok(),
-                None => None,
-            };
+        let applied = self.stored_applied().await?;
         let applied_epoch = applied.map_or(0, |a| a.epoch);
         let known = self.follower_status().primary_epoch;
         // An epoch this cluster once learned of counts too: the new one must be above all.
@@ -112,7 +107,7 @@ impl Replication {
             epoch: stream.epoch,
             primary_cluster_addr: self.config.cluster_addr.clone(),
             applied_index: applied.map_or(0, |a| a.index),
-            has_applied_index: applied.is_some(),
+            applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
         };
         let tls = TlsMaterial::of(&definition);
         if drained == Drained::StillActive {

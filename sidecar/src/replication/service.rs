@@ -230,12 +230,15 @@ impl ReplicationRpc for ReplicationService {
             .replication
             .definition()
             .unwrap_or_else(|| unreachable!("a primary has a definition"));
+        let applied = self.replication.stored_applied().await?;
         Ok(Response::new(pb::HeartbeatResponse {
             cluster_addrs: vec![self.own_address()],
             epoch: self.core().stream().epoch,
             last_wal: self.core().wal().last,
             active: definition.mode == Mode::Primary && !definition.demoted,
             cluster_id: definition.cluster_id,
+            applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
+            applied_index: applied.map_or(0, |a| a.index),
         }))
     }
 
@@ -406,7 +409,11 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::AnnounceEpochResponse>, Status> {
         let req = request.get_ref();
         self.authenticate(&request, &req.secondary_id).await?;
-        let shipped_to = req.has_applied_index.then_some(req.applied_index);
+        let shipped_to = super::epoch::shipped_to(
+            &self.core().stream(),
+            &req.applied_stream_id,
+            req.applied_index,
+        );
         let fenced = self
             .replication
             .fence_by_epoch(req.epoch, &req.primary_cluster_addr, shipped_to)
