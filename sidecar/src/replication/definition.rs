@@ -88,6 +88,28 @@ impl ClusterDefinition {
     }
 }
 
+#[cfg(test)]
+impl ClusterDefinition {
+    /// An active primary with placeholder identity, for unit tests of role logic.
+    pub fn active_primary_for_tests() -> Self {
+        Self {
+            mode: Mode::Primary,
+            cluster_id: "c".into(),
+            primary_cluster_addr: "127.0.0.1:1".into(),
+            secondary_id: "primary-c".into(),
+            demoted: false,
+            fenced_by_epoch: None,
+            keep_aside_epoch: None,
+            unshipped: None,
+            ca_cert_pem: String::new(),
+            identity: CertifiedKey {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+        }
+    }
+}
+
 /// One activation token's state on the primary, stored under [`SECONDARIES_PREFIX`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondaryRecord {

@@ -245,25 +245,10 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::pki::CertifiedKey;
 
     #[test]
     fn write_modes_follow_the_role() {
-        let primary = ClusterDefinition {
-            mode: Mode::Primary,
-            cluster_id: "c".into(),
-            primary_cluster_addr: String::new(),
-            secondary_id: "primary-c".into(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
-            ca_cert_pem: String::new(),
-            identity: CertifiedKey {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
-        };
+        let primary = ClusterDefinition::active_primary_for_tests();
         assert_eq!(write_mode_of(None), WriteMode::Open);
         assert_eq!(write_mode_of(Some(&primary)), WriteMode::Open);
         let fenced = fenced_definition(&primary, 1, 2).unwrap();
@@ -274,5 +259,17 @@ mod tests {
             ..fenced
         };
         assert_eq!(write_mode_of(Some(&following)), WriteMode::Secondary);
+    }
+
+    #[test]
+    fn only_this_streams_applied_index_says_what_was_shipped() {
+        use crate::wal::record::StreamId;
+        let own = StreamState {
+            stream_id: StreamId([7; 16]),
+            epoch: 1,
+        };
+        assert_eq!(shipped_to(&own, &[7; 16], 42), Some(42));
+        assert_eq!(shipped_to(&own, &[8; 16], 42), None);
+        assert_eq!(shipped_to(&own, &[], 0), None);
     }
 }

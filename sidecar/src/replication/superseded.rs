@@ -156,24 +156,9 @@ pub async fn clear(core: &Core) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::pki::CertifiedKey;
 
     fn primary() -> ClusterDefinition {
-        ClusterDefinition {
-            mode: Mode::Primary,
-            cluster_id: "c".into(),
-            primary_cluster_addr: "127.0.0.1:1".into(),
-            secondary_id: "primary-c".into(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
-            ca_cert_pem: String::new(),
-            identity: CertifiedKey {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
-        }
+        ClusterDefinition::active_primary_for_tests()
     }
 
     #[test]
