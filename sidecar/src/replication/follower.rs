@@ -460,6 +460,12 @@ impl Buffered {
         for raw in &message.entries {
             match WalEntry::decode(raw) {
                 Ok(entry) => {
+                    if let Some(key) =
+                        local_path(replication, entry.ops.iter().map(|op| op.key.as_str()))
+                    {
+                        self.end = Some(Err(shipped_local_path(key, Some(entry.index))));
+                        return;
+                    }
                     self.bytes += raw.len();
                     self.entries.push(entry);
                 }
@@ -570,6 +576,26 @@ fn merge(entries: &[WalEntry], max_ops: usize, max_bytes: usize) -> Vec<Batch<'_
         });
     }
     batches
+}
+
+/// The first of `paths` that is local to this cluster, if any: a primary never ships those (its
+/// merkle index and WAL cover replicated paths only), so one arriving means the two clusters
+/// disagree on what is local, or the peer is not a well-behaved primary.
+pub(super) fn local_path<'p>(
+    replication: &Replication,
+    paths: impl IntoIterator<Item = &'p str>,
+) -> Option<&'p str> {
+    paths
+        .into_iter()
+        .find(|path| replication.core.classes.classify(path) == PathClass::Local)
+}
+
+/// The session's end when the primary shipped `path`, local here (at WAL `index`, if streamed).
+pub(super) fn shipped_local_path(path: &str, index: Option<u64>) -> End {
+    let at = index.map_or_else(String::new, |i| format!(" at WAL index {i}"));
+    End::Failed(format!(
+        "the primary sent a write to {path:?}{at}, a path local to this cluster: nothing of it was applied and the stream is stopped (do both clusters run with the same --local-prefixes?)"
+    ))
 }
 
 /// Used by `control`: checks a primary answers, and returns its heartbeat reply.

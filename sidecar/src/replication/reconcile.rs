@@ -219,6 +219,11 @@ async fn sync(
         if chunk.total_keys > 0 {
             replication.follower_status().sync_total_keys = chunk.total_keys;
         }
+        if let Some(path) =
+            super::follower::local_path(replication, chunk.keys.iter().map(|kv| kv.key.as_str()))
+        {
+            return Err(super::follower::shipped_local_path(path, None));
+        }
         let received = chunk.keys.len() as u64;
         report.keys_received += received;
         for kv in chunk.keys {
