@@ -64,6 +64,11 @@ async fn bad_requests_get_vault_errors_and_write_nothing() -> anyhow::Result<()>
         .post("/v1/secret/data/a//b", json!({ "data": {} }))
         .await?;
     assert_eq!(r.status, 400);
+    assert!(r.error().contains("invalid request path"), "{}", r.error());
+    let r = api
+        .post("/v1/secret/data/a/", json!({ "data": {} }))
+        .await?;
+    assert_eq!(r.status, 400);
     assert!(r.error().contains("invalid secret path"), "{}", r.error());
     let r = api.post("/v1/secret/nowhere/x", json!({})).await?;
     assert_eq!(r.status, 404);

@@ -1,13 +1,10 @@
-//! The HTTP side of KV version 2 at a mount: dispatch by sub-path and method, authentication,
-//! sealing, and Vault's response shapes. The bookkeeping itself is in `kv`.
+//! The HTTP side of KV version 2 at a mount: the capabilities each call needs, dispatch by
+//! sub-path and operation, and Vault's response shapes. The bookkeeping itself is in `kv`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -18,87 +15,62 @@ use crate::kv::{
     version_path,
 };
 use crate::mounts::Mount;
-use crate::policy_api::{authorize, needed};
-use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::unseal::unix_now;
 
-/// `/v1/<mount>/<rest>`, every method.
+/// The capabilities that allow `operation` on `<mount>/<rest>`, any one of them: the
+/// operation's own, but `update` alone for the version changes (`delete/`, `undelete/` and
+/// `destroy/` change versions that exist; they never create).
+pub fn needed(operation: Operation, rest: &str) -> &'static [&'static str] {
+    let section = rest.split_once('/').map_or(rest, |(s, _)| s);
+    match (section, operation) {
+        ("delete" | "undelete" | "destroy", Operation::Write) => &["update"],
+        _ => operation.capabilities(),
+    }
+}
+
+/// `<mount>/<rest>` of `request`, once the caller has been authorized for [`needed`] on the
+/// request's path (`mounts_api::logical` does it).
 pub async fn serve(
-    state: Arc<ServerState>,
+    state: &ServerState,
     mount: &Mount,
-    method: Method,
+    request: &ApiRequest,
     rest: &str,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let entry = match authenticate(&state, &headers).await {
-        Ok((_, entry)) => entry,
-        Err(denied) => return denied.into_response(),
-    };
-    // An oversized or unreadable body gets Vault's error shape too.
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            return ApiError::from(rejection).into_response();
-        }
-    };
-    let keyring = match state.keyring() {
-        Ok(k) => k,
-        Err(sealed) => return sealed.into_response(),
-    };
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let kv = Kv {
-        state: &state,
-        keyring,
+        state,
+        keyring: state.keyring()?,
         root: mount.storage_root(),
     };
-    let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
+    let operation = request.operation;
     let (section, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let needed = match section {
-        "delete" | "undelete" | "destroy" if method == Method::POST || method == Method::PUT => {
-            &["update"][..]
-        }
-        _ => needed(&method, list),
-    };
-    let mount_path = &mount.path;
-    if let Err(denied) = authorize(&state, &entry, &format!("{mount_path}{rest}"), needed).await {
-        return denied.into_response();
-    }
     // Writes read the metadata, then write it back: one at a time per path.
-    let _writing = if method != Method::GET && !list {
-        Some(state.path_locks.lock(&format!("{}{path}", kv.root)).await)
-    } else {
-        None
+    let _writing = match operation {
+        Operation::Write | Operation::Delete => {
+            Some(state.path_locks.lock(&format!("{}{path}", kv.root)).await)
+        }
+        Operation::Read | Operation::List => None,
     };
-    let result = match (section, &method) {
-        ("config", &Method::GET) if path.is_empty() => kv.read_config().await,
-        ("config", &Method::POST | &Method::PUT) if path.is_empty() => kv.write_config(&body).await,
-        ("metadata", _) if list => kv.list(path).await,
-        ("data", &Method::GET) => kv.read(path, &query).await,
-        ("data", &Method::POST | &Method::PUT) => kv.write(path, &body).await,
-        ("data", &Method::DELETE) => kv.delete_current(path).await,
-        ("metadata", &Method::GET) => kv.read_metadata(path).await,
-        ("metadata", &Method::POST | &Method::PUT) => kv.write_metadata(path, &body).await,
-        ("metadata", &Method::DELETE) => kv.delete_all(path).await,
-        ("delete", &Method::POST | &Method::PUT) => kv.versions(path, &body, Change::Delete).await,
-        ("undelete", &Method::POST | &Method::PUT) => {
-            kv.versions(path, &body, Change::Undelete).await
-        }
-        ("destroy", &Method::POST | &Method::PUT) => {
-            kv.versions(path, &body, Change::Destroy).await
-        }
-        ("config" | "data" | "metadata" | "delete" | "undelete" | "destroy", _) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on {mount_path}{section}/"),
-            ))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no handler for route \"{mount_path}{rest}\""),
-        )),
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    use Operation::{Delete, List, Read, Write};
+    match (section, operation) {
+        ("config", Read) if path.is_empty() => kv.read_config().await,
+        ("config", Write) if path.is_empty() => kv.write_config(&body).await,
+        ("metadata", List) => kv.list(path).await,
+        ("data", Read) => kv.read(path, &request.query).await,
+        ("data", Write) => kv.write(path, &body).await,
+        ("data", Delete) => kv.delete_current(path).await,
+        ("metadata", Read) => kv.read_metadata(path).await,
+        ("metadata", Write) => kv.write_metadata(path, &body).await,
+        ("metadata", Delete) => kv.delete_all(path).await,
+        ("delete", Write) => kv.versions(path, &body, Change::Delete).await,
+        ("undelete", Write) => kv.versions(path, &body, Change::Undelete).await,
+        ("destroy", Write) => kv.versions(path, &body, Change::Destroy).await,
+        // Every operation on `metadata/` is served above.
+        ("config" | "data" | "delete" | "undelete" | "destroy", _) => Err(request.unsupported()),
+        _ => Err(request.no_handler()),
+    }
 }
 
 type KvResult = Result<Response, ApiError>;

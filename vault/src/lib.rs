@@ -8,7 +8,8 @@
 //! `sys/health`, `sys/seal-status`, `sys/init` and `auth/token/lookup-self` endpoints, and KV
 //! version 2 at `secret/` ([`kv`], [`kv_api`]), transit at `transit/` ([`transit`],
 //! [`transit_api`]), tokens ([`token`], [`token_api`]), ACL policies
-//! checked on every request ([`policy`], [`policy_api`]), and `sys/replication/...` proxied to
+//! checked on every request ([`policy`], [`policy_api`]) for the operation and canonical path
+//! the request is parsed into once ([`request`]), and `sys/replication/...` proxied to
 //! the sidecar ([`replication_proxy`]).
 
 pub mod barrier;
@@ -21,6 +22,7 @@ pub mod mounts_api;
 pub mod policy;
 pub mod policy_api;
 pub mod replication_proxy;
+pub mod request;
 pub mod server;
 pub mod storage;
 pub mod token;

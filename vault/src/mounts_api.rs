@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -15,9 +13,11 @@ use tracing::info;
 
 use crate::barrier::Keyring;
 use crate::mounts::{Engine, MOUNTS_PATH, Mount, MountError, MountTable, normalize_path};
-use crate::policy_api::{authorize, needed};
-use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::policy_api::{authorize, authorize_request};
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::storage::{Storage, StorageError};
+use crate::token::TokenEntry;
 use crate::token_api::parse_duration;
 use crate::unseal::unix_now;
 
@@ -99,41 +99,36 @@ impl ServerState {
     }
 }
 
-/// Every `/v1/` path that is not `sys/` or `auth/`: the engine mounted there serves it.
+/// Every path the server does not serve itself: the engine mounted there serves it. The ACL
+/// check comes before the mount is looked up, so a caller learns whether a mount exists only
+/// where its policies let it act.
 pub async fn logical(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    uri: Uri,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Some(path) = uri.path().strip_prefix("/v1/") else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unsupported path {}", uri.path()),
-        )
-        .into_response();
+    state: &ServerState,
+    request: &ApiRequest,
+    entry: &TokenEntry,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (table, _) = state.mount_table().await?;
+    let routed = table.route(&request.path);
+    let needed = match routed {
+        Some((mount, rest)) if mount.engine == Engine::Kv => {
+            crate::kv_api::needed(request.operation, rest)
+        }
+        _ => request.operation.capabilities(),
     };
-    let table = match state.mount_table().await {
-        Ok((t, _)) => t,
-        Err(e) => return e.into_response(),
-    };
-    let Some((mount, rest)) = table.route(path) else {
-        return ApiError::new(
+    authorize(state, entry, request.operation, &request.path, needed).await?;
+    let Some((mount, rest)) = routed else {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no handler for route \"{path}\": no mount at this path"),
-        )
-        .into_response();
+            format!(
+                "no handler for route \"{}\": no mount at this path",
+                request.path
+            ),
+        ));
     };
     match mount.engine {
-        Engine::Kv => {
-            crate::kv_api::serve(state.clone(), mount, method, rest, query, headers, body).await
-        }
-        Engine::Transit => {
-            crate::transit_api::serve(state.clone(), mount, method, rest, query, headers, body)
-                .await
-        }
+        Engine::Kv => crate::kv_api::serve(state, mount, request, rest, body).await,
+        Engine::Transit => crate::transit_api::serve(state, mount, request, rest, body).await,
     }
 }
 
@@ -171,74 +166,69 @@ fn tune_json(m: &Mount) -> Value {
     })
 }
 
-/// `/v1/sys/mounts` and `/v1/sys/mounts/{*path}`.
+/// `sys/mounts` (read the table) and `sys/mounts/<path>[/tune]`, for an authenticated caller.
+///
+/// A mount has one ACL path, `sys/mounts/<path>` without the trailing slash, however the
+/// request spelled it (`sys/mounts/kv/` and `sys/mounts/kv` change the same mount): that path
+/// is authorized and the mount it names is what the handler changes.
 pub async fn handle(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    path: Option<Path<String>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let path = path.map(|Path(p)| p).unwrap_or_default();
-    let result = async {
-        let body = body?;
-        let (_, entry) = authenticate(&state, &headers).await?;
-        // Through the table, so that a keyring replaced under the server is picked up first.
-        let (_, keyring) = state.mount_table().await?;
-        if path.trim_matches('/').is_empty() {
-            authorize(&state, &entry, "sys/mounts", &["read"]).await?;
-            if method != Method::GET {
-                return Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("unsupported operation {method} on sys/mounts"),
-                ));
-            }
-            let (table, _) = state.mount_table().await?;
-            let data: Map<String, Value> = table
-                .mounts
-                .iter()
-                .map(|m| (m.path.clone(), mount_json(m)))
-                .collect();
-            return Ok(list_response(data));
+    state: &ServerState,
+    request: &ApiRequest,
+    entry: &TokenEntry,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let operation = request.operation;
+    let sub = match request.path.strip_prefix("sys/mounts") {
+        Some(sub) if sub.is_empty() || sub.starts_with('/') => sub,
+        _ => return Err(request.no_handler()),
+    };
+    if sub.trim_matches('/').is_empty() {
+        authorize_request(state, entry, request).await?;
+        if operation != Operation::Read {
+            return Err(request.unsupported());
         }
-        let (mount_path, tune) = match path.trim_end_matches('/').strip_suffix("/tune") {
-            Some(p) => (p, true),
-            None => (path.as_str(), false),
-        };
-        let mount_path = normalize_path(mount_path).map_err(|MountError(m)| bad(m))?;
-        let acl_path = format!(
-            "sys/mounts/{}{}",
-            mount_path.trim_end_matches('/'),
-            if tune { "/tune" } else { "" }
-        );
-        authorize(&state, &entry, &acl_path, needed(&method, false)).await?;
-        let change = Change {
-            state: &state,
-            keyring,
-        };
-        match (&method, tune) {
-            (&Method::GET, _) => {
-                let (table, _) = state.mount_table().await?;
-                let mount = table
-                    .get(&mount_path)
-                    .ok_or_else(|| bad(format!("no mount at {mount_path}")))?;
-                Ok(envelope(if tune {
-                    tune_json(mount)
-                } else {
-                    mount_json(mount)
-                }))
-            }
-            (&Method::POST | &Method::PUT, false) => change.enable(&mount_path, &body).await,
-            (&Method::POST | &Method::PUT, true) => change.tune(&mount_path, &body).await,
-            (&Method::DELETE, false) => change.disable(&mount_path).await,
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on {acl_path}"),
-            )),
-        }
+        let (table, _) = state.mount_table().await?;
+        let data: Map<String, Value> = table
+            .mounts
+            .iter()
+            .map(|m| (m.path.clone(), mount_json(m)))
+            .collect();
+        return Ok(list_response(data));
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let sub = &sub[1..];
+    let (mount_path, tune) = match sub.trim_end_matches('/').strip_suffix("/tune") {
+        Some(p) => (p, true),
+        None => (sub, false),
+    };
+    let mount_path = normalize_path(mount_path).map_err(|MountError(m)| bad(m))?;
+    let acl_path = format!(
+        "sys/mounts/{}{}",
+        mount_path.trim_end_matches('/'),
+        if tune { "/tune" } else { "" }
+    );
+    authorize(state, entry, operation, &acl_path, operation.capabilities()).await?;
+    // Through the table, so that a keyring replaced under the server is picked up first.
+    let (table, keyring) = state.mount_table().await?;
+    let change = Change { state, keyring };
+    match (operation, tune) {
+        (Operation::Read, _) => {
+            let mount = table
+                .get(&mount_path)
+                .ok_or_else(|| bad(format!("no mount at {mount_path}")))?;
+            Ok(envelope(if tune {
+                tune_json(mount)
+            } else {
+                mount_json(mount)
+            }))
+        }
+        (Operation::Write, false) => change.enable(&mount_path, body).await,
+        (Operation::Write, true) => change.tune(&mount_path, body).await,
+        (Operation::Delete, false) => change.disable(&mount_path).await,
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("unsupported operation {operation} on {acl_path}"),
+        )),
+    }
 }
 
 /// Vault answers `sys/mounts` with the mounts both at the top level and under `data`.

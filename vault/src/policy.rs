@@ -243,6 +243,38 @@ pub fn capabilities<'p>(
     caps
 }
 
+/// The capabilities `policies` grant for a list of `path` (a directory, ending with `/`): as
+/// [`capabilities`], except that, as in Vault, an exact rule on the directory's name
+/// (`secret/metadata/app`) also grants the list of `secret/metadata/app/`, unless an exact
+/// rule names `secret/metadata/app/` itself.
+pub fn list_capabilities(policies: &[Policy], path: &str) -> BTreeSet<String> {
+    fn literal_rules<'p>(policies: &'p [Policy], on: &'p str) -> impl Iterator<Item = &'p Rule> {
+        policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .filter(move |r| is_literal(&r.pattern) && r.pattern == on)
+    }
+    if let Some(dir) = path.strip_suffix('/')
+        && literal_rules(policies, path).next().is_none()
+        && literal_rules(policies, dir).next().is_some()
+    {
+        let caps: BTreeSet<String> = literal_rules(policies, dir)
+            .flat_map(|r| r.capabilities.iter().cloned())
+            .collect();
+        return if caps.contains("deny") {
+            BTreeSet::new()
+        } else {
+            caps
+        };
+    }
+    capabilities(policies, path)
+}
+
+/// A pattern without `*` or `+`: it names one path.
+fn is_literal(pattern: &str) -> bool {
+    !pattern.ends_with('*') && !pattern.split('/').any(|s| s == "+")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +300,33 @@ mod tests {
             caps("secret/data/app").is_empty(),
             "the glob needs the slash"
         );
+    }
+
+    #[test]
+    fn a_list_of_a_directory_is_granted_by_an_exact_rule_on_its_name() {
+        let p = parse(
+            "lister",
+            r#"
+            path "secret/metadata/app" { capabilities = ["list"] }
+            path "secret/metadata/team/" { capabilities = ["read"] }
+            path "secret/metadata/team" { capabilities = ["list"] }
+            path "secret/metadata/ops" { capabilities = ["list", "deny"] }
+            path "secret/metadata/glob*" { capabilities = ["list"] }
+            "#,
+        )
+        .unwrap();
+        let policies = [p];
+        let list = |path| list_capabilities(&policies, path);
+        assert!(list("secret/metadata/app/").contains("list"));
+        assert!(
+            !list("secret/metadata/team/").contains("list"),
+            "an exact rule on the directory itself wins"
+        );
+        assert!(list("secret/metadata/ops/").is_empty(), "deny");
+        assert!(list("secret/metadata/globby/").contains("list"));
+        assert!(list("secret/metadata/other/").is_empty());
+        // Only lists: a read of `app/` is not granted by the rule on `app`.
+        assert!(capabilities(&policies, "secret/metadata/app/").is_empty());
     }
 
     #[test]

@@ -1,41 +1,30 @@
 //! `sys/policies/acl/...` (read, write, list, delete) and the authorisation every request goes
-//! through. Policies are replicated (`sys/policy/<name>`, sealed by the replicated keyring);
-//! they are loaded for each request, so a policy written on the primary applies on a secondary
-//! as soon as it is replicated.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! through, on the request's canonical path and operation (see `request`). Policies are
+//! replicated (`sys/policy/<name>`, sealed by the replicated keyring); they are loaded for each
+//! request, so a policy written on the primary applies on a secondary as soon as it is
+//! replicated.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::barrier::Keyring;
-use crate::policy::{Policy, capabilities, default_policy, parse};
-use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::policy::{Policy, capabilities, default_policy, list_capabilities, parse};
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::token::TokenEntry;
 
 const POLICY_PREFIX: &str = "sys/policy/";
 const MAX_NAME_BYTES: usize = 128;
 
-/// The capabilities that allow a request with `method` (a list when `list`), any one of them.
-pub fn needed(method: &Method, list: bool) -> &'static [&'static str] {
-    match *method {
-        _ if list => &["list"],
-        Method::GET => &["read"],
-        Method::DELETE => &["delete"],
-        _ => &["create", "update"],
-    }
-}
-
-/// Fails with 403 unless `entry`'s policies grant one of `needed` on `path`.
+/// Fails with 403 unless `entry`'s policies grant one of `needed` on `path` for `operation`
+/// (a list also looks for an exact rule on the directory's name, as Vault does).
 pub async fn authorize(
     state: &ServerState,
     entry: &TokenEntry,
+    operation: Operation,
     path: &str,
     needed: &[&str],
 ) -> Result<(), ApiError> {
@@ -49,12 +38,31 @@ pub async fn authorize(
             policies.push(p);
         }
     }
-    let granted = capabilities(&policies, path);
+    let granted = match operation {
+        Operation::List => list_capabilities(&policies, path),
+        _ => capabilities(&policies, path),
+    };
     if needed.iter().any(|c| granted.contains(*c)) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::FORBIDDEN, "permission denied"))
     }
+}
+
+/// Fails with 403 unless `entry` may do what `request` asks, on its canonical path.
+pub async fn authorize_request(
+    state: &ServerState,
+    entry: &TokenEntry,
+    request: &ApiRequest,
+) -> Result<(), ApiError> {
+    authorize(
+        state,
+        entry,
+        request.operation,
+        &request.path,
+        request.operation.capabilities(),
+    )
+    .await
 }
 
 async fn load(
@@ -94,99 +102,93 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `/v1/sys/policies/acl` and `/v1/sys/policies/acl/{name}`.
+/// `sys/policies/acl/` (list) and `sys/policies/acl/<name>` (read, write, delete), for an
+/// authenticated caller.
 pub async fn handle(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    name: Option<Path<String>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let name = name.map(|Path(n)| n).unwrap_or_default();
-    let result = async {
-        let body = body?;
-        let (_, entry) = authenticate(&state, &headers).await?;
-        let keyring = state.keyring()?;
-        let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
-        let path = format!("sys/policies/acl/{name}");
-        if name.is_empty() || list {
-            authorize(&state, &entry, "sys/policies/acl", &["list"]).await?;
-            let mut keys = state.storage.list(POLICY_PREFIX).await?;
-            keys.retain(|k| !k.ends_with('/'));
-            keys.push("default".into());
-            keys.push("root".into());
-            keys.sort();
-            keys.dedup();
-            return Ok(envelope(json!({ "keys": keys, "policies": keys })));
+    state: &ServerState,
+    request: &ApiRequest,
+    entry: &TokenEntry,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    authorize_request(state, entry, request).await?;
+    let keyring = state.keyring()?;
+    let name = request
+        .under("sys/policies/acl/")
+        .or_else(|| (request.path == "sys/policies/acl").then_some(""))
+        .ok_or_else(|| request.no_handler())?;
+    if name.is_empty() {
+        if request.operation != Operation::List {
+            return Err(request.unsupported());
         }
-        validate_name(&name)?;
-        match method {
-            Method::GET => {
-                authorize(&state, &entry, &path, &["read"]).await?;
-                let text = match name.as_str() {
-                    "default" => default_policy().text,
-                    "root" => String::new(),
-                    _ => {
-                        load(&state, &keyring, &name)
-                            .await?
-                            .ok_or_else(ApiError::not_found)?
-                            .text
-                    }
-                };
-                Ok(envelope(
-                    json!({ "name": name, "policy": text, "rules": text }),
-                ))
-            }
-            Method::POST | Method::PUT => {
-                authorize(&state, &entry, &path, &["create", "update"]).await?;
-                #[derive(Deserialize)]
-                struct Write {
-                    policy: Option<String>,
-                }
-                let req: Write = parse_body(&body)?;
-                let text = req.policy.ok_or_else(|| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "'policy' parameter not supplied")
-                })?;
-                if matches!(name.as_str(), "root" | "default") {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot update the {name:?} policy"),
-                    ));
-                }
-                parse(&name, &text).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("failed to parse policy: {}", e.0),
-                    )
-                })?;
-                let key = format!("{POLICY_PREFIX}{name}");
-                state
-                    .storage
-                    .put(&key, keyring.seal(&key, text.as_bytes()))
-                    .await?;
-                Ok(StatusCode::NO_CONTENT.into_response())
-            }
-            Method::DELETE => {
-                authorize(&state, &entry, &path, &["delete"]).await?;
-                if matches!(name.as_str(), "root" | "default") {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot delete the {name:?} policy"),
-                    ));
-                }
-                state
-                    .storage
-                    .delete(&format!("{POLICY_PREFIX}{name}"))
-                    .await?;
-                Ok(StatusCode::NO_CONTENT.into_response())
-            }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on {path}"),
-            )),
-        }
+        let mut keys = state.storage.list(POLICY_PREFIX).await?;
+        keys.retain(|k| !k.ends_with('/'));
+        keys.push("default".into());
+        keys.push("root".into());
+        keys.sort();
+        keys.dedup();
+        return Ok(envelope(json!({ "keys": keys, "policies": keys })));
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    if request.operation == Operation::List {
+        return Err(request.unsupported());
+    }
+    validate_name(name)?;
+    match request.operation {
+        Operation::Read => {
+            let text = match name {
+                "default" => default_policy().text,
+                "root" => String::new(),
+                _ => {
+                    load(state, &keyring, name)
+                        .await?
+                        .ok_or_else(ApiError::not_found)?
+                        .text
+                }
+            };
+            Ok(envelope(
+                json!({ "name": name, "policy": text, "rules": text }),
+            ))
+        }
+        Operation::Write => {
+            #[derive(Deserialize)]
+            struct Write {
+                policy: Option<String>,
+            }
+            let req: Write = parse_body(body)?;
+            let text = req.policy.ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "'policy' parameter not supplied")
+            })?;
+            if matches!(name, "root" | "default") {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot update the {name:?} policy"),
+                ));
+            }
+            parse(name, &text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("failed to parse policy: {}", e.0),
+                )
+            })?;
+            let key = format!("{POLICY_PREFIX}{name}");
+            state
+                .storage
+                .put(&key, keyring.seal(&key, text.as_bytes()))
+                .await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Operation::Delete => {
+            if matches!(name, "root" | "default") {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot delete the {name:?} policy"),
+                ));
+            }
+            state
+                .storage
+                .delete(&format!("{POLICY_PREFIX}{name}"))
+                .await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Operation::List => Err(request.unsupported()),
+    }
 }

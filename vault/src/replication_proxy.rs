@@ -4,13 +4,10 @@
 //! `sudo` on its path (a root token has it). The sidecar's status code
 //! and JSON body reach the client unchanged.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -18,7 +15,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::policy_api::authorize;
-use crate::server::{ApiError, ServerState, authenticate};
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState};
+use crate::token::TokenEntry;
 
 /// How long the sidecar may take to answer (promotion drains for up to 30 s).
 const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,39 +71,38 @@ impl SidecarApi {
     }
 }
 
-/// `/v1/sys/replication/*rest`.
+/// Whether `request` is one Vault answers without a token: a read of the replication status.
+pub fn unauthenticated(request: &ApiRequest) -> bool {
+    request.operation == Operation::Read
+        && matches!(
+            request.path.as_str(),
+            "sys/replication/status" | "sys/replication/performance/status"
+        )
+}
+
+/// `sys/replication/<rest>`: `caller` is the authenticated caller, `None` only when
+/// [`unauthenticated`] holds. Every other call needs `sudo` on its canonical path, and the
+/// sidecar is asked exactly that path, with the method of the operation authorized (it serves
+/// no lists).
 pub async fn handle(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    Path(rest): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let open = method == Method::GET && matches!(rest.as_str(), "status" | "performance/status");
-    if !open {
-        let allowed = match authenticate(&state, &headers).await {
-            Ok((_, entry)) => {
-                authorize(
-                    &state,
-                    &entry,
-                    &format!("sys/replication/{rest}"),
-                    &["sudo"],
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = allowed {
-            return e.into_response();
-        }
+    state: &ServerState,
+    request: &ApiRequest,
+    caller: Option<&TokenEntry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let rest = request
+        .under("sys/replication/")
+        .ok_or_else(|| request.no_handler())?;
+    if !unauthenticated(request) {
+        let entry =
+            caller.ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "permission denied"))?;
+        authorize(state, entry, request.operation, &request.path, &["sudo"]).await?;
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return ApiError::from(r).into_response(),
+    let method = match request.operation {
+        Operation::Read => Method::GET,
+        Operation::Write => Method::POST,
+        Operation::Delete => Method::DELETE,
+        Operation::List => return Err(request.unsupported()),
     };
-    state
-        .sidecar_api
-        .forward(method, &rest, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    state.sidecar_api.forward(method, rest, body).await
 }

@@ -1,17 +1,22 @@
 //! The HTTP API, Vault's conventions: `/v1/` paths, `X-Vault-Token`, JSON bodies, Vault's status
-//! codes and `{"errors": [...]}` bodies. This first slice serves `sys/health`, `sys/seal-status`,
-//! `sys/init` and `auth/token/lookup-self`; the engines come next.
+//! codes and `{"errors": [...]}` bodies. One handler ([`dispatch`]) takes every request: the
+//! status endpoints, then authentication, then the family of the request's canonical path
+//! (`auth/token/`, `sys/mounts`, `sys/policies/acl`, `sys/replication/`, else the engine mounted
+//! there), each of which authorizes the operation it serves on that path.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
+use crate::request::ApiRequest;
 use crate::storage::Storage;
 use crate::token::{TokenEntry, TokenStore};
 
@@ -222,40 +227,75 @@ pub fn router(state: Arc<ServerState>) -> Router {
     ))
 }
 
-/// Every endpoint, as the primary also runs them for forwarded requests.
+/// Every endpoint, as the primary also runs them for forwarded requests: one handler, which
+/// routes by the canonical path (see [`dispatch`]).
 pub fn routes(state: Arc<ServerState>) -> Router {
     Router::new()
-        .route("/v1/sys/health", get(health).head(health))
-        .route("/v1/sys/seal-status", get(seal_status))
-        .route("/v1/sys/init", get(init_status))
-        .route(
-            "/v1/auth/token/{*rest}",
-            axum::routing::any(crate::token_api::handle),
-        )
-        .route(
-            "/v1/sys/mounts",
-            axum::routing::any(crate::mounts_api::handle),
-        )
-        .route(
-            "/v1/sys/mounts/{*path}",
-            axum::routing::any(crate::mounts_api::handle),
-        )
-        .route(
-            "/v1/sys/policies/acl",
-            axum::routing::any(crate::policy_api::handle),
-        )
-        .route(
-            "/v1/sys/policies/acl/{name}",
-            axum::routing::any(crate::policy_api::handle),
-        )
-        .route(
-            "/v1/sys/replication/{*rest}",
-            axum::routing::any(crate::replication_proxy::handle),
-        )
-        // Everything else is a secrets engine's, by the mount table.
-        .fallback(crate::mounts_api::logical)
+        .fallback(dispatch)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Vault's status endpoints, answered without a token and before anything else, as Vault's own
+/// HTTP handlers do (they look at the method only: `?list=` means nothing there).
+const STATUS_PATHS: [&str; 3] = ["/v1/sys/health", "/v1/sys/seal-status", "/v1/sys/init"];
+
+/// Every request:
+///
+/// 1. Vault's status endpoints ([`STATUS_PATHS`]) are answered at once.
+/// 2. The request is parsed once into its operation and canonical path ([`ApiRequest`]).
+/// 3. The caller is authenticated (403 without a valid token), except for the replication
+///    status reads Vault leaves open: nothing below tells a stranger what exists.
+/// 4. The handler of the path's family authorizes the operation on that path and serves it.
+async fn dispatch(
+    State(state): Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if STATUS_PATHS.contains(&uri.path()) {
+        return status(&state, &method, &uri);
+    }
+    let served = async {
+        let request = ApiRequest::parse(&method, &uri)?;
+        let caller = if crate::replication_proxy::unauthenticated(&request) {
+            None
+        } else {
+            Some(authenticate(&state, &headers).await?)
+        };
+        let body = body?;
+        let path = request.path.as_str();
+        let Some((token, entry)) = caller else {
+            return crate::replication_proxy::handle(&state, &request, None, body).await;
+        };
+        if path.starts_with("auth/token/") {
+            crate::token_api::handle(&state, &request, token, entry, &body).await
+        } else if path == "sys/mounts" || path.starts_with("sys/mounts/") {
+            crate::mounts_api::handle(&state, &request, &entry, &body).await
+        } else if path == "sys/policies/acl" || path.starts_with("sys/policies/acl/") {
+            crate::policy_api::handle(&state, &request, &entry, &body).await
+        } else if path.starts_with("sys/replication/") {
+            crate::replication_proxy::handle(&state, &request, Some(&entry), body).await
+        } else {
+            // Everything else is a secrets engine's, by the mount table.
+            crate::mounts_api::logical(&state, &request, &entry, body).await
+        }
+    };
+    served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The unauthenticated status endpoints, by method.
+fn status(state: &ServerState, method: &Method, uri: &Uri) -> Response {
+    match (uri.path(), method) {
+        ("/v1/sys/health", &Method::GET | &Method::HEAD) => health(state, uri),
+        ("/v1/sys/seal-status", &Method::GET) => seal_status(state),
+        ("/v1/sys/init", &Method::GET) => init_status(),
+        (path, _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("unsupported method {method} on {}", &path[4..]),
+        ),
+    }
 }
 
 /// `sys/health`, with Vault's status codes and the query parameters that change them:
@@ -264,10 +304,16 @@ pub fn routes(state: Arc<ServerState>) -> Router {
 /// `perfstandbyok`, which answer a standby with the active code. Every node of a ferry-vault
 /// cluster is active for now (standbys come later), so only the active and sealed codes are
 /// ever sent; the others are still checked.
-async fn health(
-    State(s): Shared,
-    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Response {
+fn health(s: &ServerState, uri: &Uri) -> Response {
+    let query = match Query::<HashMap<String, String>>::try_from_uri(uri) {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid query string: {}", e.body_text()),
+            );
+        }
+    };
     let code = |name: &str, default: u16| -> Result<StatusCode, ApiError> {
         match query.get(name) {
             None => Ok(StatusCode::from_u16(default).expect("a valid default")),
@@ -326,7 +372,7 @@ async fn health(
     (status, axum::Json(body)).into_response()
 }
 
-async fn seal_status(State(s): Shared) -> Response {
+fn seal_status(s: &ServerState) -> Response {
     axum::Json(json!({
         "type": "ferry-root-key-file",
         "initialized": true,
@@ -343,7 +389,7 @@ async fn seal_status(State(s): Shared) -> Response {
     .into_response()
 }
 
-async fn init_status() -> Response {
+fn init_status() -> Response {
     axum::Json(json!({ "initialized": true })).into_response()
 }
 

@@ -4,76 +4,57 @@
 //! children with at most its own policies unless it is root.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::policy_api::authorize;
-use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::policy_api::authorize_request;
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::storage::StorageError;
 use crate::token::{MAX_TTL, TokenEntry, new_token};
 use crate::unseal::unix_now;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// `/v1/auth/token/*rest`.
+/// `auth/token/<call>`, for an authenticated caller (`token`, `entry`).
 pub async fn handle(
-    State(state): State<Arc<ServerState>>,
-    method: Method,
-    Path(rest): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let body = body?;
-        let (token, entry) = authenticate(&state, &headers).await?;
-        let needed: &[&str] = if method == Method::GET {
-            &["read"]
-        } else {
-            &["update", "create"]
-        };
-        authorize(&state, &entry, &format!("auth/token/{rest}"), needed).await?;
-        let caller = Caller {
-            state: &state,
-            token,
-            entry,
-        };
-        match (rest.as_str(), &method) {
-            ("lookup-self", &Method::GET | &Method::POST) => caller.lookup_self(),
-            ("renew-self", &Method::POST | &Method::PUT) => caller.renew_self(&body).await,
-            ("revoke-self", &Method::POST | &Method::PUT) => caller.revoke_self().await,
-            ("create", &Method::POST | &Method::PUT) => caller.create(&body).await,
-            ("lookup", &Method::POST | &Method::PUT | &Method::GET) => caller.lookup(&body).await,
-            ("lookup-accessor", &Method::POST | &Method::PUT) => {
-                caller.lookup_accessor(&body).await
-            }
-            ("renew", &Method::POST | &Method::PUT) => caller.renew(&body).await,
-            ("revoke", &Method::POST | &Method::PUT) => caller.revoke(&body).await,
-            ("revoke-accessor", &Method::POST | &Method::PUT) => {
-                caller.revoke_accessor(&body).await
-            }
-            (
-                "lookup-self" | "renew-self" | "revoke-self" | "create" | "lookup"
-                | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor",
-                _,
-            ) => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on auth/token/{rest}"),
-            )),
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no handler for route \"auth/token/{rest}\""),
-            )),
-        }
+    state: &ServerState,
+    request: &ApiRequest,
+    token: String,
+    entry: TokenEntry,
+    body: &Bytes,
+) -> ApiResult {
+    authorize_request(state, &entry, request).await?;
+    let call = request
+        .under("auth/token/")
+        .ok_or_else(|| request.no_handler())?;
+    let caller = Caller {
+        state,
+        token,
+        entry,
+    };
+    use Operation::{Read, Write};
+    match (call, request.operation) {
+        ("lookup-self", Read | Write) => caller.lookup_self(),
+        ("renew-self", Write) => caller.renew_self(body).await,
+        ("revoke-self", Write) => caller.revoke_self().await,
+        ("create", Write) => caller.create(body).await,
+        ("lookup", Read | Write) => caller.lookup(body).await,
+        ("lookup-accessor", Write) => caller.lookup_accessor(body).await,
+        ("renew", Write) => caller.renew(body).await,
+        ("revoke", Write) => caller.revoke(body).await,
+        ("revoke-accessor", Write) => caller.revoke_accessor(body).await,
+        (
+            "lookup-self" | "renew-self" | "revoke-self" | "create" | "lookup" | "lookup-accessor"
+            | "renew" | "revoke" | "revoke-accessor",
+            _,
+        ) => Err(request.unsupported()),
+        _ => Err(request.no_handler()),
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 struct Caller<'s> {

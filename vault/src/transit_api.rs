@@ -1,12 +1,8 @@
 //! The HTTP side of transit at a mount (`transit/` by default): keys (create, read, list, config, rotate, delete) and
 //! encrypt, decrypt and rewrap, single or `batch_input`, in Vault's shapes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
 use crate::mounts::Mount;
-use crate::policy_api::{authorize, needed};
-use crate::server::{ApiError, ServerState, authenticate, envelope, parse_body};
+use crate::request::{ApiRequest, Operation};
+use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::transit::TransitKey;
 use crate::unseal::unix_now;
 
@@ -24,57 +20,43 @@ use crate::unseal::unix_now;
 const MAX_BATCH: usize = 1000;
 const MAX_NAME_BYTES: usize = 128;
 
-/// `/v1/<mount>/<rest>`.
+/// `<mount>/<rest>` of `request`, once the caller has been authorized for the request's
+/// operation on its path (`mounts_api::logical` does it). `rest` is used as it came: a trailing
+/// slash names another path (`keys/k/` is not the key `k`), except on a list, whose path always
+/// ends with one.
 pub async fn serve(
-    state: Arc<ServerState>,
+    state: &ServerState,
     mount: &Mount,
-    method: Method,
+    request: &ApiRequest,
     rest: &str,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mount_path = &mount.path;
-    let result = async {
-        let body = body?;
-        let (_, entry) = authenticate(&state, &headers).await?;
-        let list = method.as_str() == "LIST" || query.get("list").is_some_and(|v| v == "true");
-        authorize(
-            &state,
-            &entry,
-            &format!("{mount_path}{rest}"),
-            needed(&method, list),
-        )
-        .await?;
-        let keyring = state.keyring()?;
-        let t = Transit {
-            state: &state,
-            keyring,
-            root: mount.storage_root(),
-        };
-        let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-        match (parts.as_slice(), &method) {
-            (["keys"], _) if list => t.list().await,
-            (["keys", name], &Method::POST | &Method::PUT) => t.create(name, &body).await,
-            (["keys", name], &Method::GET) => t.read(name).await,
-            (["keys", name], &Method::DELETE) => t.delete(name).await,
-            (["keys", name, "config"], &Method::POST | &Method::PUT) => t.config(name, &body).await,
-            (["keys", name, "rotate"], &Method::POST | &Method::PUT) => t.rotate(name).await,
-            (["encrypt", name], &Method::POST | &Method::PUT) => t.encrypt(name, &body).await,
-            (["decrypt", name], &Method::POST | &Method::PUT) => t.decrypt(name, &body).await,
-            (["rewrap", name], &Method::POST | &Method::PUT) => t.rewrap(name, &body).await,
-            (["keys" | "encrypt" | "decrypt" | "rewrap", ..], _) => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("unsupported operation {method} on {mount_path}{rest}"),
-            )),
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no handler for route \"{mount_path}{rest}\""),
-            )),
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = Transit {
+        state,
+        keyring: state.keyring()?,
+        root: mount.storage_root(),
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    // A name is one non-empty segment.
+    let named = |name: &str| !name.is_empty();
+    use Operation::{Delete, List, Read, Write};
+    match (parts.as_slice(), request.operation) {
+        (["keys", ""], List) => t.list().await,
+        (["keys", name], Write) if named(name) => t.create(name, &body).await,
+        (["keys", name], Read) if named(name) => t.read(name).await,
+        (["keys", name], Delete) if named(name) => t.delete(name).await,
+        (["keys", name, "config"], Write) if named(name) => t.config(name, &body).await,
+        (["keys", name, "rotate"], Write) if named(name) => t.rotate(name).await,
+        (["encrypt", name], Write) if named(name) => t.encrypt(name, &body).await,
+        (["decrypt", name], Write) if named(name) => t.decrypt(name, &body).await,
+        (["rewrap", name], Write) if named(name) => t.rewrap(name, &body).await,
+        (["keys"] | ["keys", ""], _) => Err(request.unsupported()),
+        (["keys" | "encrypt" | "decrypt" | "rewrap", name], _) if named(name) => {
+            Err(request.unsupported())
         }
+        (["keys", name, "config" | "rotate"], _) if named(name) => Err(request.unsupported()),
+        _ => Err(request.no_handler()),
     }
-    .await;
-    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 struct Transit<'s> {
