@@ -1,4 +1,5 @@
-//! Token expiry: a token is refused once its TTL has passed, and renewing moves the deadline.
+//! Tokens: a token is refused once its TTL has passed, and renewing moves the deadline; an
+//! accessor that could not name a token is a bad request, not a server error.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,5 +54,57 @@ async fn tokens_expire_on_their_ttl() -> anyhow::Result<()> {
     );
     // The root token never expires.
     root.get("/v1/auth/token/lookup-self").await?.ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_accessors_are_bad_requests() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    let vault = VaultServer::start(&sidecar, &"78".repeat(32), ROOT_TOKEN).await?;
+    let root = vault.api.with_token(ROOT_TOKEN);
+    let created = root
+        .post("/v1/auth/token/create", json!({ "ttl": "1h" }))
+        .await?
+        .ok()?;
+    let accessor = created.body["auth"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for call in ["lookup-accessor", "revoke-accessor"] {
+        let path = format!("/v1/auth/token/{call}");
+        let missing = root.post(&path, json!({ "accessor": "" })).await?;
+        assert_eq!(missing.status, 400, "{call}: {:?}", missing.body);
+        assert_eq!(missing.error(), "missing accessor");
+        let absent = root.post(&path, json!({})).await?;
+        assert_eq!(absent.status, 400, "{call}: {:?}", absent.body);
+        for malformed in ["../id/x", "a//b", "a/", ".", "with space", &"a".repeat(300)] {
+            let r = root.post(&path, json!({ "accessor": malformed })).await?;
+            assert_eq!(r.status, 400, "{call} {malformed:?}: {:?}", r.body);
+            assert!(r.error().contains("malformed accessor"), "{}", r.error());
+        }
+        // Well formed, but no token's.
+        let unknown = root
+            .post(&path, json!({ "accessor": "0123456789abcdef01234567" }))
+            .await?;
+        assert_eq!(unknown.status, 400, "{call}: {:?}", unknown.body);
+        assert_eq!(unknown.error(), "invalid accessor");
+    }
+    // A real accessor still names its token.
+    let found = root
+        .post(
+            "/v1/auth/token/lookup-accessor",
+            json!({ "accessor": accessor }),
+        )
+        .await?
+        .ok()?;
+    assert_eq!(found.body["data"]["accessor"], accessor.as_str());
+    root.post(
+        "/v1/auth/token/revoke-accessor",
+        json!({ "accessor": accessor }),
+    )
+    .await?
+    .ok()?;
     Ok(())
 }

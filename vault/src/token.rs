@@ -82,6 +82,24 @@ pub fn random_hex(bytes: usize) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Longest accessor accepted in a request.
+pub const MAX_ACCESSOR_BYTES: usize = 128;
+
+/// Checks that `accessor` could name a token: 1 to [`MAX_ACCESSOR_BYTES`] ASCII letters or
+/// digits (this store issues 24 hex digits). Anything else never reaches storage, where it
+/// would not be a valid key.
+pub fn validate_accessor(accessor: &str) -> Result<(), String> {
+    if accessor.is_empty() {
+        return Err("missing accessor".into());
+    }
+    if accessor.len() > MAX_ACCESSOR_BYTES || !accessor.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "malformed accessor: an accessor is 1 to {MAX_ACCESSOR_BYTES} ASCII letters or digits"
+        ));
+    }
+    Ok(())
+}
+
 /// Token operations over storage.
 pub struct TokenStore<'a> {
     pub storage: &'a Storage,
@@ -131,6 +149,9 @@ impl TokenStore<'_> {
         &self,
         accessor: &str,
     ) -> Result<Option<(String, TokenEntry)>, StorageError> {
+        if validate_accessor(accessor).is_err() {
+            return Ok(None);
+        }
         let path = format!("{ACCESSOR_PREFIX}{accessor}");
         let Some(sealed) = self.storage.get(&path).await? else {
             return Ok(None);
@@ -178,6 +199,27 @@ impl TokenStore<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_accessors_are_well_formed_and_path_like_ones_are_not() {
+        let (_, accessor) = new_token();
+        assert_eq!(validate_accessor(&accessor), Ok(()));
+        assert_eq!(validate_accessor("").unwrap_err(), "missing accessor");
+        for bad in [
+            "a/b",
+            "../id/x",
+            "a b",
+            "x.",
+            &"a".repeat(MAX_ACCESSOR_BYTES + 1),
+        ] {
+            assert!(
+                validate_accessor(bad)
+                    .unwrap_err()
+                    .contains("malformed accessor"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn expiry_and_ttl_left() {

@@ -15,7 +15,7 @@ use crate::policy_api::authorize_request;
 use crate::request::{ApiRequest, Operation};
 use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::storage::StorageError;
-use crate::token::{MAX_TTL, TokenEntry, new_token};
+use crate::token::{MAX_TTL, TokenEntry, new_token, validate_accessor};
 use crate::unseal::unix_now;
 
 type ApiResult = Result<Response, ApiError>;
@@ -232,6 +232,7 @@ impl<'s> Caller<'s> {
 
     async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
         let req: AccessorField = parse_body(body)?;
+        validate_accessor(&req.accessor).map_err(bad)?;
         let (_, entry) = self
             .state
             .tokens()
@@ -311,6 +312,7 @@ impl<'s> Caller<'s> {
 
     async fn revoke_accessor(&self, body: &Bytes) -> ApiResult {
         let req: AccessorField = parse_body(body)?;
+        validate_accessor(&req.accessor).map_err(bad)?;
         if !self
             .state
             .tokens()
