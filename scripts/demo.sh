@@ -233,6 +233,9 @@ vault_active() {
 random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 root_key="$(random_hex 32)"
 printf '%s\n' "$root_key" >"$state/root.key"
+# ferry-vault refuses a root key file its group or others may access. umask 077 above creates it
+# 0600; an existing file in a reused FERRY_DEMO_DIR would keep its old mode.
+chmod 600 "$state/root.key"
 declare -A token
 for r in "${regions[@]}"; do
   token[$r]="hvs.demo-$r-$(random_hex 12)"

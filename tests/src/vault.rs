@@ -32,7 +32,7 @@ impl VaultServer {
         root_token: &str,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
-        std::fs::write(dir.path().join("root.key"), root_key)?;
+        write_owner_only(&dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
         let port = free_port();
         let mut server = Self {
@@ -49,14 +49,12 @@ impl VaultServer {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
+        let root_key_file = self.root_key_path();
         let mut cmd = Command::new(bin_dir().join("ferry-vault"));
         cmd.arg(format!("--listen=127.0.0.1:{}", self.port))
             .arg(format!("--storage-socket={}", self.socket.display()))
             .arg(format!("--sidecar-api={}", self.sidecar_api))
-            .arg(format!(
-                "--root-key-file={}",
-                self.dir.path().join("root.key").display()
-            ))
+            .arg(format!("--root-key-file={}", root_key_file.display()))
             .arg(format!(
                 "--initial-root-token-file={}",
                 self.dir.path().join("root.token").display()
@@ -94,7 +92,12 @@ impl VaultServer {
 
     /// Replaces the root key file's contents (for the next restart).
     pub fn set_root_key(&self, root_key: &str) -> anyhow::Result<()> {
-        Ok(std::fs::write(self.dir.path().join("root.key"), root_key)?)
+        write_owner_only(&self.root_key_path(), root_key)
+    }
+
+    /// The root key file the server reads at start-up (mode 0600).
+    pub fn root_key_path(&self) -> PathBuf {
+        self.dir.path().join("root.key")
     }
 
     /// Kills and starts the server again; waits until it answers.
@@ -127,6 +130,24 @@ impl VaultServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("vault.log")).unwrap_or_default()
     }
+}
+
+/// Writes `contents` to `path`, readable and writable by its owner only, as ferry-vault requires
+/// of its root key file.
+fn write_owner_only(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    // `mode` applies only when the file is created: an existing one is set as well.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 /// The root key every region of a test replication set shares.

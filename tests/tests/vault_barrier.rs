@@ -1,6 +1,9 @@
 //! ferry-vault's barrier and unattended start: the first start initialises the cluster with
 //! the given root token, everything it stores is ciphertext, a wrong root key stops start-up,
-//! and the right one opens the store again.
+//! and the right one opens the store again; a root key file its group or others may access
+//! stops start-up too.
+
+use std::os::unix::fs::PermissionsExt;
 
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
@@ -92,5 +95,37 @@ async fn the_store_holds_only_ciphertext_and_opens_only_with_the_root_key() -> a
         .get("/v1/auth/token/lookup-self")
         .await?
         .ok()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_key_file_others_may_access_stops_start_up() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    let mut vault = VaultServer::start(&sidecar, &"12".repeat(32), ROOT_TOKEN).await?;
+    let key_file = vault.root_key_path();
+    let chmod = |mode| std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode));
+
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+        chmod(mode)?;
+        let log = vault.restart_expecting_failure().await?;
+        let says = format!(
+            "the root key file {} has mode {mode:04o}",
+            key_file.display()
+        );
+        assert!(log.contains(&says), "{says}:\n{log}");
+        assert!(log.contains("chmod 600"), "{log}");
+    }
+    // Readable by its owner only, it opens the store as before.
+    for mode in [0o600, 0o400] {
+        chmod(mode)?;
+        vault.restart().await?;
+        vault
+            .api
+            .with_token(ROOT_TOKEN)
+            .get("/v1/auth/token/lookup-self")
+            .await?
+            .ok()?;
+    }
     Ok(())
 }

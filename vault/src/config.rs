@@ -22,7 +22,8 @@ pub struct Config {
     pub storage_socket: PathBuf,
 
     /// A file holding the root key (32 bytes as 64 hex digits or base64): the same in every
-    /// region of a replication set. It seals the keyrings.
+    /// region of a replication set. It seals the keyrings. Only its owner may access it (mode
+    /// 0600 or 0400): ferry-vault refuses to start otherwise.
     #[arg(long, env = "FERRY_ROOT_KEY_FILE")]
     pub root_key_file: PathBuf,
 

@@ -43,12 +43,7 @@ use crate::storage::Storage;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&config.root_key_file).with_context(|| {
-        format!(
-            "failed to read the root key file {}",
-            config.root_key_file.display()
-        )
-    })?;
+    let text = read_root_key_file(&config.root_key_file)?;
     let root =
         Key::parse_root(&text).with_context(|| format!("in {}", config.root_key_file.display()))?;
     let initial_token = match &config.initial_root_token_file {
@@ -93,6 +88,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     forward.abort();
     let _ = std::fs::remove_file(&forward_socket);
     served
+}
+
+/// Reads the root key file, refusing one that the owner's group or others may access (as ssh
+/// refuses a private key): the root key opens every keyring, so a copy anyone else on the host
+/// can read is a leaked key.
+fn read_root_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("failed to read the root key file {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the root key file {} has mode {mode:04o}, which lets its group or others access \
+             it: make it readable by its owner only (chmod 600 {})",
+            path.display(),
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the root key file {}", path.display()))
 }
 
 /// Serves requests forwarded by secondaries (through the sidecar) on `socket`, which only this
