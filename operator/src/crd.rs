@@ -152,7 +152,8 @@ pub struct SecondaryGrant {
         length(min = 1, max = 253)
     )]
     pub token_secret_name: String,
-    /// How long an activation token stays valid, as a duration such as `30m` or `24h`.
+    /// How long an activation token stays valid, as a duration such as `30m` or `24h`. At most
+    /// 720h (30 days), the longest the sidecar issues.
     #[serde(default = "default_token_ttl")]
     #[schemars(regex(pattern = r"^[0-9]+[smhd]?$"))]
     pub ttl: String,

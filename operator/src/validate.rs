@@ -6,8 +6,10 @@ use std::collections::BTreeSet;
 
 use crate::crd::{ReplicationClusterSpec, ReplicationMode, Role};
 
-/// The longest activation token lifetime the cluster accepts (Vault's 768h).
-const MAX_TOKEN_TTL_SECONDS: u64 = 768 * 3600;
+/// The longest activation token lifetime, in hours: the sidecar refuses to issue a token for
+/// longer (720h, 30 days), so a longer `ttl` could never be reconciled.
+const MAX_TOKEN_TTL_HOURS: u64 = 720;
+const MAX_TOKEN_TTL_SECONDS: u64 = MAX_TOKEN_TTL_HOURS * 3600;
 
 /// Every problem found, each a sentence naming the field; empty when the spec is usable.
 pub fn problems(spec: &ReplicationClusterSpec) -> Vec<String> {
@@ -52,7 +54,7 @@ pub fn problems(spec: &ReplicationClusterSpec) -> Vec<String> {
             match ferry_proto::time::parse_duration(&grant.ttl) {
                 Some(s) if s > 0 && s <= MAX_TOKEN_TTL_SECONDS => {}
                 _ => out.push(format!(
-                    "{at}.ttl {:?} must be a duration between 1s and 768h, such as 30m",
+                    "{at}.ttl {:?} must be a duration between 1s and {MAX_TOKEN_TTL_HOURS}h, such as 30m",
                     grant.ttl
                 )),
             }
@@ -109,6 +111,35 @@ mod tests {
     }
 
     #[test]
+    fn activation_token_ttls_stop_where_the_sidecar_stops() {
+        let with_ttl = |ttl: &str| {
+            let mut s = base();
+            s.primary = Some(PrimarySpec {
+                primary_cluster_addr: None,
+                secondaries: vec![SecondaryGrant {
+                    id: "east".into(),
+                    token_secret_name: "east-token".into(),
+                    ttl: ttl.into(),
+                }],
+            });
+            problems(&s)
+        };
+        for ok in ["1s", "30m", "720h", "30d", "2592000"] {
+            assert!(with_ttl(ok).is_empty(), "{ok}: {:?}", with_ttl(ok));
+        }
+        for refused in ["721h", "768h", "31d", "2592001", "0s"] {
+            let p = with_ttl(refused).join("\n");
+            assert!(p.contains("between 1s and 720h"), "{refused}: {p}");
+        }
+    }
+
+    #[test]
+    fn the_crd_documents_the_same_ttl_limit() {
+        let says = format!("At most {MAX_TOKEN_TTL_HOURS}h");
+        assert!(crate::crd_yaml().contains(&says), "{says}");
+    }
+
+    #[test]
     fn contradictions_are_named() {
         let mut s = base();
         s.mode = ReplicationMode::Dr;
@@ -133,7 +164,7 @@ mod tests {
             "listed twice",
             "used by another",
             "admin token",
-            "768h",
+            "720h",
         ] {
             assert!(p.contains(says), "{says}: {p}");
         }

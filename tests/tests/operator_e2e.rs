@@ -171,9 +171,9 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
     );
 
     // The controller marks what the schema cannot: a secondary with no way to join, a token
-    // lifetime beyond the cluster's limit.
+    // lifetime beyond the sidecar's limit (720h).
     let mut spec = primary_spec(&west, &["east"]);
-    spec.primary.as_mut().expect("primary").secondaries[0].ttl = "1000h".into();
+    spec.primary.as_mut().expect("primary").secondaries[0].ttl = "721h".into();
     create(&west, "west", spec).await?;
     let rc = west
         .wait_resource("west", "InvalidSpec", LONG, |rc| is_true(rc, "InvalidSpec"))
@@ -181,7 +181,7 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
     let (_, reason) = condition(&rc, "Ready").expect("Ready");
     assert_eq!(reason, "InvalidSpec");
     let message = condition_message(&rc, "InvalidSpec");
-    assert!(message.contains("768h"), "{message}");
+    assert!(message.contains("between 1s and 720h"), "{message}");
     // Nothing changed in the cluster, and no token Secret was written.
     let status = west
         .vault
@@ -200,7 +200,7 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
         })
     })
     .await?;
-    assert!(warned.note.unwrap_or_default().contains("768h"));
+    assert!(warned.note.unwrap_or_default().contains("between 1s and 720h"));
 
     // Fixing the spec clears the condition and the operator goes ahead.
     set_spec(&west, "west", &primary_spec(&west, &["east"])).await?;
