@@ -68,6 +68,19 @@ pub struct Config {
     )]
     pub etcd_endpoints: Vec<String>,
 
+    /// CA certificate (PEM) that signed etcd's server certificates: TLS to etcd, whose
+    /// endpoints must then all be `https://`.
+    #[arg(long, env = "FERRY_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) this sidecar presents to etcd (etcd's `--client-cert-auth`).
+    #[arg(long, env = "FERRY_ETCD_CERT_FILE", requires_all = ["etcd_key_file", "etcd_ca_file"])]
+    pub etcd_cert_file: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM); refused when group- or world-readable.
+    #[arg(long, env = "FERRY_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<std::path::PathBuf>,
+
     /// Name of this cluster (region); its state lives under `/ferry/<cluster>/` in etcd.
     #[arg(long, env = "FERRY_CLUSTER", default_value = "default", value_parser = parse_cluster_name)]
     pub cluster: String,
@@ -207,6 +220,22 @@ impl Config {
                 .merkle_flush_wal_bytes
                 .unwrap_or((self.wal_retain_bytes / 4).max(1)),
         }
+    }
+
+    /// How to reach etcd: TLS settings from the certificate files, checked against the
+    /// endpoints.
+    pub fn etcd_tls(&self) -> anyhow::Result<Option<crate::etcd_connect::EtcdTls>> {
+        let tls = match &self.etcd_ca_file {
+            Some(ca) => Some(crate::etcd_connect::EtcdTls::load(
+                ca,
+                self.etcd_cert_file
+                    .as_deref()
+                    .zip(self.etcd_key_file.as_deref()),
+            )?),
+            None => None,
+        };
+        crate::etcd_connect::check_endpoints(&self.etcd_endpoints, tls.is_some())?;
+        Ok(tls)
     }
 
     pub fn gc_interval(&self) -> Duration {

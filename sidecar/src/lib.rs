@@ -20,6 +20,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod etcd;
+pub mod etcd_connect;
 pub mod fence;
 pub mod flusher;
 pub mod gateway;
@@ -37,10 +38,8 @@ pub mod tasks;
 pub mod wal;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use etcd_client::{Client, ConnectOptions};
 use ferry_proto::forward::consistency_server::ConsistencyServer;
 use ferry_proto::forward::forwarding_server::ForwardingServer;
 use ferry_proto::storage::admin_server::AdminServer;
@@ -69,7 +68,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keyspace = Keyspace::for_cluster(&config.cluster);
     let classes = PathClassifier::new(&config.local_prefixes);
 
-    let client = connect(&config.etcd_endpoints).await?;
+    let etcd_tls = config.etcd_tls()?;
+    let client = etcd_connect::connect(&config.etcd_endpoints, etcd_tls.as_ref()).await?;
     let fence = Arc::new(
         Fence::acquire(
             &client,
@@ -193,25 +193,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         core.fence.release(&core.client).await;
     }
     result
-}
-
-async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=10 {
-        match Client::connect(endpoints, Some(options.clone())).await {
-            Ok(client) => return Ok(client),
-            Err(e) if attempt < 10 => {
-                info!(error = %e, attempt, "etcd not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context(format!("failed to connect to etcd at {endpoints:?}")),
-        }
-    }
-    unreachable!("the last attempt returns")
 }
 
 async fn serve(

@@ -19,6 +19,18 @@ pub struct EtcdOptions {
     pub quota_bytes: u64,
     /// Periodic auto-compaction retention, e.g. "5m"; none when empty.
     pub auto_compaction: String,
+    /// Serve clients over TLS with this server certificate, requiring client certificates
+    /// signed by `ca` (etcd's `--client-cert-auth`).
+    pub tls: Option<EtcdTls>,
+}
+
+/// An etcd's TLS files for its client port.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: crate::pki::CertFiles,
+    /// What [`EtcdServer::client`] presents.
+    pub client: crate::pki::CertFiles,
 }
 
 impl Default for EtcdOptions {
@@ -26,6 +38,7 @@ impl Default for EtcdOptions {
         Self {
             quota_bytes: 2 * 1024 * 1024 * 1024,
             auto_compaction: String::new(),
+            tls: None,
         }
     }
 }
@@ -35,6 +48,8 @@ pub struct EtcdServer {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and metrics), apart from the client port, which may be TLS.
+    metrics_port: u16,
     options: EtcdOptions,
     process: Option<Process>,
 }
@@ -52,6 +67,7 @@ impl EtcdServer {
             dir,
             client_port: 0,
             peer_port: 0,
+            metrics_port: 0,
             options,
             process: None,
         };
@@ -59,6 +75,7 @@ impl EtcdServer {
         for _ in 0..5 {
             server.client_port = free_port();
             server.peer_port = free_port();
+            server.metrics_port = free_port();
             match server.launch() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
@@ -83,6 +100,10 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=ferry-test={peer}"))
             .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
+            .arg(format!(
                 "--quota-backend-bytes={}",
                 self.options.quota_bytes
             ))
@@ -90,6 +111,12 @@ impl EtcdServer {
             .arg("--log-level=warn")
             // etcd 3.4 refuses to start on architectures it does not list unless told to.
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        if let Some(tls) = &self.options.tls {
+            cmd.arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         if !self.options.auto_compaction.is_empty() {
             cmd.arg("--auto-compaction-mode=periodic").arg(format!(
                 "--auto-compaction-retention={}",
@@ -99,7 +126,7 @@ impl EtcdServer {
         let mut process = Process::spawn("etcd", cmd, &self.dir.path().join("etcd.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 self.process = Some(process);
                 return Ok(());
             }
@@ -121,12 +148,34 @@ impl EtcdServer {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    /// A connected etcd client.
+    /// A connected etcd client (with the client certificate when the server requires one).
     pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
-        etcd_client::Client::connect([self.endpoint()], None)
+        let options = match &self.options.tls {
+            Some(tls) => {
+                let pem =
+                    |p: &PathBuf| std::fs::read(p).with_context(|| format!("{}", p.display()));
+                Some(
+                    etcd_client::ConnectOptions::new().with_tls(
+                        etcd_client::TlsOptions::new()
+                            .ca_certificate(etcd_client::Certificate::from_pem(pem(&tls.ca)?))
+                            .identity(etcd_client::Identity::from_pem(
+                                pem(&tls.client.cert)?,
+                                pem(&tls.client.key)?,
+                            )),
+                    ),
+                )
+            }
+            None => None,
+        };
+        etcd_client::Client::connect([self.endpoint()], options)
             .await
             .context("failed to connect to the test etcd")
     }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod inspect;
 pub mod kube;
 pub mod operator;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod region;

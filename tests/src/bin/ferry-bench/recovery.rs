@@ -214,6 +214,7 @@ pub async fn recovery_bench(args: &Args, report: &mut Report) -> anyhow::Result<
         let etcd = EtcdServer::start_with(EtcdOptions {
             quota_bytes: 8 * GIB,
             auto_compaction: "1m".into(),
+            ..EtcdOptions::default()
         })?;
         let mut options = SidecarOptions::new("bench-recovery", "n1");
         options.args = base_args();

@@ -60,6 +60,7 @@ async fn start_region(name: &str, extra: &[&str]) -> anyhow::Result<Region> {
     let etcd = EtcdServer::start_with(EtcdOptions {
         quota_bytes: 8 * GIB,
         auto_compaction: "1m".into(),
+        ..EtcdOptions::default()
     })?;
     Region::start_on(name, etcd, extra)
         .await

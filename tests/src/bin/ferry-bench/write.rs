@@ -336,6 +336,7 @@ pub async fn write_bench(args: &Args, report: &mut Report) -> anyhow::Result<()>
     let etcd = EtcdServer::start_with(EtcdOptions {
         quota_bytes: 8 * GIB,
         auto_compaction: String::new(),
+        ..EtcdOptions::default()
     })?;
     let client = etcd.client().await?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("bench-write", "n1"))

@@ -1,0 +1,153 @@
+//! How the sidecar reaches its cluster's etcd: the endpoints, TLS with a client certificate
+//! (etcd's `--client-cert-auth`), and the connection itself with bounded retries.
+//!
+//! TLS is on when a CA file is given; every endpoint must then be `https://`, and a plain
+//! `http://` endpoint beside a CA file, or an `https://` one without it, is refused at start-up
+//! rather than silently sending the keyspace in clear or failing later. A client key that its
+//! group or others can read is refused, as ssh refuses such keys.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tracing::info;
+
+/// Connection attempts at start-up before giving up.
+const CONNECT_ATTEMPTS: u32 = 10;
+
+/// TLS settings for etcd, read from their files.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    ca_pem: Vec<u8>,
+    /// Client certificate and key, PEM.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTls {
+    /// Reads the CA certificate and, when given, the client certificate and key.
+    pub fn load(ca: &Path, client: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
+        let ca_pem = read_pem(ca, "etcd CA certificate")?;
+        let identity = match client {
+            Some((cert, key)) => {
+                check_private(key)?;
+                Some((
+                    read_pem(cert, "etcd client certificate")?,
+                    read_pem(key, "etcd client key")?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self { ca_pem, identity })
+    }
+
+    fn options(&self) -> TlsOptions {
+        let tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => tls.identity(Identity::from_pem(cert, key)),
+            None => tls,
+        }
+    }
+}
+
+fn read_pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("failed to read the {what} {}", path.display()))?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&bytes).contains("-----BEGIN "),
+        "the {what} {} is not PEM",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// Refuses a key file its group or others may read.
+pub fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("failed to read {}", path.display()))?
+        .permissions()
+        .mode();
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "the key file {} is readable by its group or others (mode {:03o}); allow its owner only (chmod 600)",
+        path.display(),
+        mode & 0o777
+    );
+    Ok(())
+}
+
+/// Checks that every endpoint's scheme matches whether TLS is on.
+pub fn check_endpoints(endpoints: &[String], tls: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(!endpoints.is_empty(), "no etcd endpoint given");
+    for endpoint in endpoints {
+        let https = endpoint.starts_with("https://");
+        if tls && !https {
+            anyhow::bail!(
+                "etcd endpoint {endpoint} is not https:// but --etcd-ca-file is set: every endpoint must use TLS"
+            );
+        }
+        if !tls && https {
+            anyhow::bail!("etcd endpoint {endpoint} is https:// and needs --etcd-ca-file");
+        }
+        if !tls && !endpoint.starts_with("http://") {
+            anyhow::bail!("etcd endpoint {endpoint} must start with http:// or https://");
+        }
+    }
+    Ok(())
+}
+
+/// Connects to etcd, retrying with backoff while it is not reachable yet.
+pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(tls) = tls {
+        options = options.with_tls(tls.options());
+    }
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        match Client::connect(endpoints, Some(options.clone())).await {
+            Ok(client) => return Ok(client),
+            Err(e) if attempt < CONNECT_ATTEMPTS => {
+                info!(error = %e, attempt, "etcd not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context(format!("failed to connect to etcd at {endpoints:?}")),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_schemes_must_match_tls() {
+        let http = vec!["http://127.0.0.1:2379".to_string()];
+        let https = vec!["https://127.0.0.1:2379".to_string()];
+        assert!(check_endpoints(&http, false).is_ok());
+        assert!(check_endpoints(&https, true).is_ok());
+        let e = check_endpoints(&http, true).unwrap_err().to_string();
+        assert!(e.contains("not https://"), "{e}");
+        let e = check_endpoints(&https, false).unwrap_err().to_string();
+        assert!(e.contains("--etcd-ca-file"), "{e}");
+        assert!(check_endpoints(&["127.0.0.1:2379".to_string()], false).is_err());
+        assert!(check_endpoints(&[], false).is_err());
+    }
+
+    #[test]
+    fn readable_keys_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_private(&key).is_ok());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = check_private(&key).unwrap_err().to_string();
+        assert!(e.contains("mode 640"), "{e}");
+    }
+}
