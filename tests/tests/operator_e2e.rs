@@ -200,7 +200,12 @@ async fn invalid_resources_are_refused_or_marked_and_change_nothing() -> anyhow:
         })
     })
     .await?;
-    assert!(warned.note.unwrap_or_default().contains("between 1s and 720h"));
+    assert!(
+        warned
+            .note
+            .unwrap_or_default()
+            .contains("between 1s and 720h")
+    );
 
     // Fixing the spec clears the condition and the operator goes ahead.
     set_spec(&west, "west", &primary_spec(&west, &["east"])).await?;
