@@ -9,10 +9,12 @@
 #                      west    east
 #   ferry-vault (HTTP) 8200    9200
 #   sidecar cluster    8201    9201    replication between regions, mutual TLS
-#   sidecar API        8202    9202    sys/replication/..., unauthenticated, fronted by ferry-vault
 #   etcd client        2379    3379
 #   etcd peer          2380    3380
-# With FERRY_DEMO_BASE_PORT=B: west uses B (vault), B+1, B+2, B+3 (etcd), B+4; east B+10..B+14.
+# With FERRY_DEMO_BASE_PORT=B: west uses B (vault), B+1 (cluster), B+3 (etcd), B+4 (peer); east
+# B+10, B+11, B+13, B+14.
+# Each sidecar's replication API (sys/replication/..., fronted by ferry-vault) is on a Unix socket
+# only its user can reach: <state>/<region>/admin/replication-api.sock.
 #
 # Environment:
 #   FERRY_DEMO_BASE_PORT=B   the port layout above, from B
@@ -51,13 +53,13 @@ if [ -n "${FERRY_DEMO_BASE_PORT:-}" ]; then
   base="$FERRY_DEMO_BASE_PORT"
   [[ "$base" =~ ^[0-9]+$ ]] && [ "$base" -ge 1024 ] && [ "$base" -le 65521 ] ||
     die "FERRY_DEMO_BASE_PORT must be a port number from 1024 to 65521, not '$base'"
-  west_vault=$base west_cluster=$((base + 1)) west_api=$((base + 2))
+  west_vault=$base west_cluster=$((base + 1))
   west_etcd=$((base + 3)) west_peer=$((base + 4))
-  east_vault=$((base + 10)) east_cluster=$((base + 11)) east_api=$((base + 12))
+  east_vault=$((base + 10)) east_cluster=$((base + 11))
   east_etcd=$((base + 13)) east_peer=$((base + 14))
 else
-  west_vault=8200 west_cluster=8201 west_api=8202 west_etcd=2379 west_peer=2380
-  east_vault=9200 east_cluster=9201 east_api=9202 east_etcd=3379 east_peer=3380
+  west_vault=8200 west_cluster=8201 west_etcd=2379 west_peer=2380
+  east_vault=9200 east_cluster=9201 east_etcd=3379 east_peer=3380
 fi
 regions=(west east)
 # port REGION ROLE: e.g. `port west vault`.
@@ -70,7 +72,7 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 check_ports() {
   local r role p
   for r in "${regions[@]}"; do
-    for role in vault cluster api etcd peer; do
+    for role in vault cluster etcd peer; do
       p="$(port "$r" "$role")"
       if port_busy "$p"; then
         die "port $p (${r}'s $role) on 127.0.0.1 is already in use; stop what listens there" \
@@ -222,7 +224,8 @@ wait_ready() {
 
 etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$1/health" | grep -q '"health":"true"'; }
 sidecar_ready() {
-  [ -S "$1" ] && curl -fsS --max-time 2 "http://127.0.0.1:$2/v1/sys/replication/performance/status"
+  [ -S "$1" ] && curl -fsS --max-time 2 --unix-socket "$2" \
+    "http://sidecar/v1/sys/replication/performance/status"
 }
 vault_active() {
   # 200: initialised, unsealed and active.
@@ -263,17 +266,17 @@ for r in "${regions[@]}"; do
     "$bin_dir/ferry-sidecar" --cluster="$r" --node-id="$r-1" \
     --etcd-endpoints="http://127.0.0.1:$(port "$r" etcd)" \
     --storage-socket="$state/$r/storage.sock" \
-    --cluster-listen="127.0.0.1:$(port "$r" cluster)" --api-addr="127.0.0.1:$(port "$r" api)"
+    --cluster-listen="127.0.0.1:$(port "$r" cluster)"
 done
 for r in "${regions[@]}"; do
   wait_ready "ferry-sidecar ($r)" "$state/$r/sidecar.log" 60 "ferry-sidecar ($r) to serve" \
-    sidecar_ready "$state/$r/storage.sock" "$(port "$r" api)"
+    sidecar_ready "$state/$r/storage.sock" "$state/$r/admin/replication-api.sock"
 done
 
 for r in "${regions[@]}"; do
   start "ferry-vault ($r)" "$state/$r/vault.log" env FERRY_LOG="${FERRY_LOG:-info}" \
     "$bin_dir/ferry-vault" --listen="127.0.0.1:$(port "$r" vault)" \
-    --storage-socket="$state/$r/storage.sock" --sidecar-api="http://127.0.0.1:$(port "$r" api)" \
+    --storage-socket="$state/$r/storage.sock" \
     --root-key-file="$state/root.key" --initial-root-token-file="$state/$r/root.token"
 done
 for r in "${regions[@]}"; do
@@ -342,7 +345,8 @@ Ferry is running: two regions on 127.0.0.1.
 
   west (primary)    VAULT_ADDR=$(addr west)   root token ${token[west]}
   east (secondary)  VAULT_ADDR=$(addr east)   root token ${token[east]}
-  sidecar replication API: west http://127.0.0.1:$west_api, east http://127.0.0.1:$east_api
+  sidecar replication API (Unix sockets, this user only):
+    curl --unix-socket $state/west/admin/replication-api.sock http://sidecar/v1/sys/replication/status
   etcd: west http://127.0.0.1:$west_etcd, east http://127.0.0.1:$east_etcd
   state and logs: $state  (etcd.log, sidecar.log, vault.log per region)
 

@@ -4,8 +4,15 @@
 //!
 //! The storage API is how `ferry-vault` reaches its cluster's storage: every operation goes
 //! through the sidecar on a Unix socket. [`connect_unix`] opens a client channel to that socket.
+//! The sidecar's replication admin API (HTTP, Vault's `sys/replication` shapes) is on a Unix
+//! socket too, in a directory only its user can enter ([`admin_socket`]); [`UnixConnector`]
+//! lets an HTTP client reach it.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -35,6 +42,51 @@ pub mod replication {
 /// `storage.sock` giving `storage.forward.sock`.
 pub fn forward_socket(storage_socket: &Path) -> PathBuf {
     storage_socket.with_extension("forward.sock")
+}
+
+/// Where a sidecar whose storage API listens on `storage_socket` serves its replication admin
+/// API by default: `admin/replication-api.sock` beside it, in a directory of its own (mode 0700)
+/// so that the socket is never reachable by another user, not even between its creation and
+/// its `chmod`.
+pub fn admin_socket(storage_socket: &Path) -> PathBuf {
+    storage_socket
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("admin")
+        .join("replication-api.sock")
+}
+
+/// An HTTP client connector that opens the Unix socket at its path, whatever host the request
+/// names (requests still carry an `http://` URI, for the `Host` header).
+#[derive(Clone, Debug)]
+pub struct UnixConnector(Arc<PathBuf>);
+
+impl UnixConnector {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(Arc::new(path.into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl tower::Service<Uri> for UnixConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 /// Opens a gRPC channel to a sidecar listening on the Unix socket at `path`.

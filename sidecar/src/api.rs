@@ -1,10 +1,17 @@
 //! The replication API over HTTP: Vault's `sys/replication/...` paths and JSON shapes, served on
-//! the sidecar's local admin address. The Vault-like server proxies `/v1/sys/replication/` here;
-//! the operator and tests call it directly.
+//! the sidecar's admin Unix socket. The Vault-like server proxies `/v1/sys/replication/` here
+//! after checking the caller's `sudo`; tests call it directly.
+//!
+//! The API has no authentication of its own, so only this sidecar's user may reach it: the
+//! socket lives in a directory created with mode 0700 before the socket exists (an existing one
+//! must already be 0700), so there is no moment in which another user could connect, as there
+//! would be between a bind and a `chmod` (or on a TCP port, which every container of a pod
+//! shares).
 //!
 //! Errors follow Vault: a status code and `{"errors": ["..."]}`. Bad input and calls that do not
 //! fit the cluster's role are 400 and change nothing; an unreachable peer is 503.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,22 +140,67 @@ pub fn router(replication: Arc<Replication>) -> Router {
         .with_state(replication)
 }
 
-/// Serves the API on `listen` until `shutdown`.
+/// Serves the API on the Unix socket `socket` until `shutdown`.
 pub async fn serve(
-    listen: std::net::SocketAddr,
+    socket: PathBuf,
     replication: Arc<Replication>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("failed to listen on the replication API address {listen}"))?;
-    info!(%listen, "replication API ready");
+    let listener = bind_private(&socket)?;
+    info!(socket = %socket.display(), "replication API ready");
     axum::serve(listener, router(replication))
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         })
         .await
         .context("replication API server failed")
+}
+
+/// Binds `socket` inside a directory only this user can enter, creating the directory (mode
+/// 0700) when it is missing and refusing one that others may enter.
+fn bind_private(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .with_context(|| {
+            format!(
+                "the replication API socket {} has no directory",
+                socket.display()
+            )
+        })?;
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            anyhow::ensure!(
+                meta.is_dir() && mode & 0o077 == 0,
+                "the directory {} of the replication API socket must be a directory only its owner can enter (mode 700), not mode {mode:03o}",
+                dir.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("failed to inspect {}", dir.display())),
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("failed to remove the stale socket {}", socket.display())
+            });
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("failed to restrict {}", socket.display()))?;
+    Ok(listener)
 }
 
 /// Parses a JSON body; an empty body is `{}`. Unknown fields are refused by name.

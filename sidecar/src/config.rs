@@ -178,10 +178,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_CLUSTER_ADDR")]
     pub cluster_addr: Option<String>,
 
-    /// Where the replication API (Vault's `sys/replication/...`, JSON over HTTP) listens. Keep it
-    /// on loopback: it is unauthenticated, and the Vault-like server fronts it.
-    #[arg(long, env = "FERRY_API_ADDR", default_value = "127.0.0.1:8202")]
-    pub api_addr: std::net::SocketAddr,
+    /// The Unix socket of the replication admin API (Vault's `sys/replication/...`, JSON over
+    /// HTTP; no authentication of its own: ferry-vault fronts it and checks `sudo`). Its
+    /// directory is created with mode 0700 (an existing one must be 0700). Default:
+    /// `admin/replication-api.sock` beside the storage socket.
+    #[arg(long, env = "FERRY_API_SOCKET")]
+    pub api_socket: Option<PathBuf>,
 
     /// How often a secondary heartbeats its primary, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
@@ -236,6 +238,12 @@ impl Config {
         };
         crate::etcd_connect::check_endpoints(&self.etcd_endpoints, tls.is_some())?;
         Ok(tls)
+    }
+
+    pub fn api_socket(&self) -> PathBuf {
+        self.api_socket
+            .clone()
+            .unwrap_or_else(|| ferry_proto::admin_socket(&self.storage_socket))
     }
 
     pub fn gc_interval(&self) -> Duration {

@@ -172,7 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     supervisor.spawn(
         "replication-api",
         api::serve(
-            config.api_addr,
+            config.api_socket(),
             replication.clone(),
             supervisor.shutdown_signal(),
         ),

@@ -1,4 +1,5 @@
-//! A small JSON-over-HTTP/1.1 client for the replication API (and, later, the Vault API).
+//! A small JSON-over-HTTP/1.1 client for the Vault API (TCP) and the sidecar's replication API
+//! (its Unix socket).
 
 use std::time::Duration;
 
@@ -13,11 +14,11 @@ use serde_json::Value;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A client of one HTTP base address such as `http://127.0.0.1:8202`.
+/// A client of one HTTP base address such as `http://127.0.0.1:8200`, or of one Unix socket.
 #[derive(Clone)]
 pub struct JsonClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Transport,
     /// Sent as `X-Vault-Token` when set.
     token: Option<String>,
     /// Further headers sent with every request.
@@ -62,11 +63,28 @@ impl JsonResponse {
     }
 }
 
+#[derive(Clone)]
+enum Transport {
+    Tcp(Client<HttpConnector, Full<Bytes>>),
+    Unix(Client<ferry_proto::UnixConnector, Full<Bytes>>),
+}
+
 impl JsonClient {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Transport::Tcp(Client::builder(TokioExecutor::new()).build_http()),
+            token: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A client of the HTTP server on the Unix socket at `socket`.
+    pub fn unix(socket: impl Into<std::path::PathBuf>) -> Self {
+        let connector = ferry_proto::UnixConnector::new(socket);
+        Self {
+            base: "http://unix-socket".into(),
+            client: Transport::Unix(Client::builder(TokioExecutor::new()).build(connector)),
             token: None,
             headers: Vec::new(),
         }
@@ -128,7 +146,13 @@ impl JsonClient {
             request = request.header(name, value);
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+        let sent = async {
+            match &self.client {
+                Transport::Tcp(c) => c.request(request).await,
+                Transport::Unix(c) => c.request(request).await,
+            }
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, sent)
             .await
             .with_context(|| format!("{method} {path} timed out"))?
             .with_context(|| format!("{method} {path} failed"))?;

@@ -23,7 +23,6 @@ pub struct Region {
     pub etcd: EtcdServer,
     pub sidecar: Sidecar,
     pub cluster_port: u16,
-    pub api_port: u16,
     pub api: JsonClient,
     extra: Vec<String>,
 }
@@ -42,15 +41,15 @@ impl Region {
         for a in base_args().into_iter().chain(extra.clone()) {
             options = options.arg(a);
         }
-        let (cluster_port, api_port) = (options.cluster_port, options.api_port);
+        let cluster_port = options.cluster_port;
         let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
+        let api = JsonClient::unix(sidecar.api_socket());
         let region = Self {
             name: name.into(),
             etcd,
             sidecar,
+            api,
             cluster_port,
-            api_port,
-            api: JsonClient::new(format!("http://127.0.0.1:{api_port}")),
             extra,
         };
         region.wait_api().await?;

@@ -38,9 +38,8 @@ pub struct SidecarOptions {
     pub args: Vec<String>,
     /// How long start-up (fence, recovery) may take.
     pub ready_timeout: Duration,
-    /// Loopback ports for the cluster port and the replication API, free when chosen.
+    /// A loopback port for the cluster port, free when chosen.
     pub cluster_port: u16,
-    pub api_port: u16,
 }
 
 impl SidecarOptions {
@@ -51,7 +50,6 @@ impl SidecarOptions {
             args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             cluster_port: free_port(),
-            api_port: free_port(),
         }
     }
 
@@ -102,7 +100,6 @@ impl Sidecar {
                 "--cluster-listen=127.0.0.1:{}",
                 self.options.cluster_port
             ))
-            .arg(format!("--api-addr=127.0.0.1:{}", self.options.api_port))
             .args(&self.options.args)
             .env(
                 "FERRY_LOG",
@@ -118,6 +115,11 @@ impl Sidecar {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("storage.sock")
+    }
+
+    /// The replication admin API's socket (the sidecar's default, beside the storage socket).
+    pub fn api_socket(&self) -> PathBuf {
+        ferry_proto::admin_socket(&self.socket())
     }
 
     /// Waits until the storage API answers a status call.

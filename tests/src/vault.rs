@@ -17,7 +17,6 @@ use crate::wait_for;
 pub struct VaultServer {
     dir: TempDir,
     socket: PathBuf,
-    sidecar_api: String,
     port: u16,
     process: Option<Process>,
     pub api: JsonClient,
@@ -38,7 +37,6 @@ impl VaultServer {
         let mut server = Self {
             dir,
             socket: sidecar.socket(),
-            sidecar_api: format!("http://127.0.0.1:{}", sidecar.options().api_port),
             port,
             process: None,
             api: JsonClient::new(format!("http://127.0.0.1:{port}")),
@@ -53,7 +51,6 @@ impl VaultServer {
         let mut cmd = Command::new(bin_dir().join("ferry-vault"));
         cmd.arg(format!("--listen=127.0.0.1:{}", self.port))
             .arg(format!("--storage-socket={}", self.socket.display()))
-            .arg(format!("--sidecar-api={}", self.sidecar_api))
             .arg(format!("--root-key-file={}", root_key_file.display()))
             .arg(format!(
                 "--initial-root-token-file={}",

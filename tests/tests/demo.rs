@@ -244,15 +244,15 @@ fn the_demo_runs_the_tour_and_stops_everything_it_started() -> anyhow::Result<()
 #[test]
 fn a_busy_port_stops_the_demo_before_it_starts_anything() -> anyhow::Result<()> {
     let base = free_base_port();
-    // East's sidecar API port.
-    let busy = base + 12;
+    // East's cluster port.
+    let busy = base + 11;
     let _holder = TcpListener::bind(("127.0.0.1", busy))?;
     let run = run_demo(base)?;
     let out = run.output();
     assert!(!run.status.success(), "{out}");
     assert!(
         run.stderr.contains(&format!(
-            "port {busy} (east's api) on 127.0.0.1 is already in use"
+            "port {busy} (east's cluster) on 127.0.0.1 is already in use"
         )),
         "{out}"
     );

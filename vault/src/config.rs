@@ -32,13 +32,11 @@ pub struct Config {
     #[arg(long, env = "FERRY_INITIAL_ROOT_TOKEN_FILE")]
     pub initial_root_token_file: Option<PathBuf>,
 
-    /// The sidecar's replication API (`sys/replication/...` is proxied there).
-    #[arg(
-        long,
-        env = "FERRY_SIDECAR_API",
-        default_value = "http://127.0.0.1:8202"
-    )]
-    pub sidecar_api: String,
+    /// The Unix socket of the sidecar's replication API (`sys/replication/...` is proxied
+    /// there). Default: `admin/replication-api.sock` beside the storage socket, where the
+    /// sidecar puts it by default.
+    #[arg(long, env = "FERRY_SIDECAR_API_SOCKET")]
+    pub sidecar_api_socket: Option<PathBuf>,
 
     /// Log filter, in `tracing` syntax.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]

@@ -67,7 +67,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         path_locks: Default::default(),
         mount_cache: Default::default(),
         root: root.clone(),
-        sidecar_api: replication_proxy::SidecarApi::new(&config.sidecar_api),
+        sidecar_api: replication_proxy::SidecarApi::new(
+            config
+                .sidecar_api_socket
+                .clone()
+                .unwrap_or_else(|| ferry_proto::admin_socket(&config.storage_socket)),
+        ),
     });
     tokio::spawn(unseal::keep_replicated_keyring(
         storage,

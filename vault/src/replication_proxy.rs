@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ferry_proto::UnixConnector;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::policy_api::authorize;
@@ -24,18 +24,18 @@ const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer accepted from the sidecar.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
-/// A client of the sidecar's replication API.
+/// A client of the sidecar's replication API, on its Unix socket.
 #[derive(Clone)]
 pub struct SidecarApi {
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    socket: std::path::PathBuf,
+    client: Client<UnixConnector, Full<Bytes>>,
 }
 
 impl SidecarApi {
-    pub fn new(base: &str) -> Self {
+    pub fn new(socket: std::path::PathBuf) -> Self {
         Self {
-            base: base.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(UnixConnector::new(socket.clone())),
+            socket,
         }
     }
 
@@ -43,12 +43,15 @@ impl SidecarApi {
         let unavailable = |e: String| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the sidecar's replication API at {} failed: {e}", self.base),
+                format!(
+                    "the sidecar's replication API at {} failed: {e}",
+                    self.socket.display()
+                ),
             )
         };
         let request = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}/v1/sys/replication/{path}", self.base))
+            .uri(format!("http://ferry-sidecar/v1/sys/replication/{path}"))
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
