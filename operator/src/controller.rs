@@ -251,11 +251,7 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
             return Ok(Action::requeue(SOON));
         }
     };
-    let vault = match VaultApi::new(
-        &rc.spec.cluster.address,
-        &admin_token,
-        rc.spec.cluster.ca_bundle.as_deref(),
-    ) {
+    let vault = match VaultApi::new(&rc.spec.cluster, &admin_token) {
         Ok(v) => v,
         Err(e) => {
             finish_unreachable(&t, status, &previous, &problems, &e.to_string()).await?;
@@ -502,14 +498,9 @@ async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error
         .and_then(|s| s.data)
         .and_then(|d| d.get(&token_ref.key).cloned())
         .and_then(|v| String::from_utf8(v.0).ok());
-    let vault = admin.and_then(|token| {
-        VaultApi::new(
-            &rc.spec.cluster.address,
-            token.trim(),
-            rc.spec.cluster.ca_bundle.as_deref(),
-        )
-        .ok()
-    });
+    // The same client as in reconciles: it refuses a plain http:// address unless the spec
+    // allows it, so a deletion never sends the token where a reconcile would not.
+    let vault = admin.and_then(|token| VaultApi::new(&rc.spec.cluster, token.trim()).ok());
     // Which secondaries use their tokens; unknown (None) when the cluster does not answer,
     // and then nothing is revoked: a replicating secondary must never be cut off by this.
     let activated: Option<BTreeSet<String>> = match &vault {

@@ -65,15 +65,24 @@ pub struct ReplicationClusterSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRef {
-    /// The cluster's API address, for example `https://vault.secrets.svc:8200`.
+    /// The cluster's API address, for example `https://vault.secrets.svc:8200`. It must be
+    /// `https://` unless `insecureHttp` is set.
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub address: String,
-    /// A Secret in this namespace holding a token with `sudo` on `sys/replication/*`.
+    /// A Secret in this namespace holding a token with `sudo` on `sys/replication/*`. The
+    /// operator sends it, as `X-Vault-Token`, to `address` and nowhere else.
     pub token_secret_ref: SecretKeyRef,
     /// PEM certificates to trust for an `https` address (the cluster's CA). Without it the
     /// system's roots are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// Allow a plain `http://` address. DANGEROUS: the admin token from `tokenSecretRef`, which
+    /// can enable, demote and promote replication, then crosses the network in clear text, for
+    /// anyone on the path to read and replay. Set it only when the address is on the same host
+    /// or the link is encrypted underneath (a service mesh with mutual TLS). Off by default: an
+    /// `http://` address without it is an invalid spec, and the operator sends nothing.
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 /// A key in a Secret of the resource's namespace.

@@ -28,8 +28,20 @@ pub fn problems(spec: &ReplicationClusterSpec) -> Vec<String> {
             spec.cluster.address
         ));
     }
-    if spec.cluster.ca_bundle.is_some() && spec.cluster.address.starts_with("http://") {
-        out.push("spec.cluster.caBundle is set but spec.cluster.address is plain http://".into());
+    if spec.cluster.address.starts_with("http://") {
+        if spec.cluster.ca_bundle.is_some() {
+            out.push(
+                "spec.cluster.caBundle is set but spec.cluster.address is plain http://".into(),
+            );
+        }
+        if !spec.cluster.insecure_http {
+            out.push(format!(
+                "spec.cluster.address {:?} is plain http://: the admin token would cross the \
+                 network in clear text; use https://, or set spec.cluster.insecureHttp: true if \
+                 the link is local or encrypted underneath",
+                spec.cluster.address
+            ));
+        }
     }
     if let Some(primary) = &spec.primary {
         let mut ids = BTreeSet::new();
@@ -94,12 +106,13 @@ mod tests {
     fn base() -> ReplicationClusterSpec {
         ReplicationClusterSpec {
             cluster: ClusterRef {
-                address: "http://127.0.0.1:8200".into(),
+                address: "https://vault.secrets.svc:8200".into(),
                 token_secret_ref: SecretKeyRef {
                     name: "admin".into(),
                     key: "token".into(),
                 },
                 ca_bundle: None,
+                insecure_http: false,
             },
             ..Default::default()
         }
@@ -108,6 +121,23 @@ mod tests {
     #[test]
     fn a_plain_primary_is_valid() {
         assert!(problems(&base()).is_empty());
+    }
+
+    #[test]
+    fn a_plain_http_address_needs_insecure_http() {
+        let mut s = base();
+        s.cluster.address = "http://vault.secrets.svc:8200".into();
+        let p = problems(&s).join("\n");
+        assert!(
+            p.contains("spec.cluster.address") && p.contains("spec.cluster.insecureHttp"),
+            "{p}"
+        );
+        s.cluster.insecure_http = true;
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        // With https:// the field changes nothing.
+        let mut s = base();
+        s.cluster.insecure_http = true;
+        assert!(problems(&s).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The client of one Vault-like cluster's replication API (`/v1/sys/replication/...`), as the
-//! operator uses it: JSON over HTTP or HTTPS (with the resource's CA bundle), the admin token in
-//! `X-Vault-Token`, Vault's `{"errors": [...]}` turned into [`VaultError::Refused`].
+//! operator uses it: JSON over HTTPS (with the resource's CA bundle), or plain HTTP only where the
+//! resource says `insecureHttp`; the admin token in `X-Vault-Token`, Vault's `{"errors": [...]}`
+//! turned into [`VaultError::Refused`].
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use crate::crd::ClusterRef;
 use crate::observe::Observed;
 
 /// How long one ordinary call may take.
@@ -51,10 +53,25 @@ pub struct VaultApi {
 }
 
 impl VaultApi {
-    /// `address` such as `https://vault:8200`; `ca_bundle`: PEM certificates to trust instead of
-    /// the system's roots.
-    pub fn new(address: &str, token: &str, ca_bundle: Option<&str>) -> Result<Self, VaultError> {
-        let tls = match ca_bundle {
+    /// A client of `cluster.address` (such as `https://vault:8200`) that sends `token`, trusting
+    /// `cluster.caBundle` instead of the system's roots when set. A plain `http://` address is
+    /// refused unless `cluster.insecureHttp` allows it, here as well as in the spec's validation:
+    /// the token goes nowhere in clear text that the resource did not ask for.
+    pub fn new(cluster: &ClusterRef, token: &str) -> Result<Self, VaultError> {
+        let address = cluster.address.as_str();
+        let base = address.trim_end_matches('/').to_owned();
+        if base.starts_with("http://") && !cluster.insecure_http {
+            return Err(VaultError::Config(format!(
+                "address {address:?} is plain http://, which would send the admin token in clear \
+                 text; use https:// or set insecureHttp"
+            )));
+        }
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(VaultError::Config(format!(
+                "address {address:?} must start with http:// or https://"
+            )));
+        }
+        let tls = match cluster.ca_bundle.as_deref() {
             Some(pem) => {
                 use rustls::pki_types::CertificateDer;
                 use rustls::pki_types::pem::PemObject;
@@ -86,17 +103,13 @@ impl VaultApi {
             .map_err(|e| VaultError::Config(format!("no system roots: {e}")))?
             .with_no_client_auth(),
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let base = address.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(VaultError::Config(format!(
-                "address {address:?} must start with http:// or https://"
-            )));
-        }
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if cluster.insecure_http {
+            connector.https_or_http()
+        } else {
+            connector.https_only()
+        };
+        let connector = connector.enable_http1().build();
         Ok(Self {
             base,
             token: token.to_owned(),
@@ -268,5 +281,33 @@ impl VaultApi {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SecretKeyRef;
+
+    fn cluster(address: &str, insecure_http: bool) -> ClusterRef {
+        ClusterRef {
+            address: address.into(),
+            token_secret_ref: SecretKeyRef::default(),
+            ca_bundle: None,
+            insecure_http,
+        }
+    }
+
+    /// The client itself refuses plain http:// without `insecureHttp`, whatever calls it (the
+    /// finalizer's cleanup runs without the spec's validation).
+    #[test]
+    fn the_client_refuses_plain_http_unless_allowed() {
+        let refused = VaultApi::new(&cluster("http://vault:8200", false), "t").err();
+        assert!(
+            matches!(&refused, Some(VaultError::Config(m)) if m.contains("insecureHttp")),
+            "{refused:?}"
+        );
+        assert!(VaultApi::new(&cluster("http://vault:8200", true), "t").is_ok());
+        assert!(VaultApi::new(&cluster("https://vault:8200", false), "t").is_ok());
     }
 }

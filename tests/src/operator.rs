@@ -244,9 +244,13 @@ pub const LONG: Duration = Duration::from_secs(90);
 /// Acknowledged writes: number → the region that answered, and when.
 pub type Acked = BTreeMap<u64, (&'static str, Instant)>;
 
+/// The region's ferry-vault, which the harness serves over plain http on loopback: hence
+/// `insecureHttp` (the operator refuses an `http://` address without it).
 pub fn cluster_ref(r: &OperatorRegion) -> ClusterRef {
+    let address = r.vault.api.base().to_owned();
     ClusterRef {
-        address: r.vault.api.base().to_owned(),
+        insecure_http: address.starts_with("http://"),
+        address,
         token_secret_ref: SecretKeyRef {
             name: ADMIN_SECRET.into(),
             key: "token".into(),

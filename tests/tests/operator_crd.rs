@@ -83,6 +83,10 @@ async fn kubectl_explains_every_field_and_shows_the_columns() -> anyhow::Result<
             &["tokenSecretName", "expired unused"][..],
         ),
         (
+            "replicationcluster.spec.cluster.insecureHttp",
+            &["<boolean>", "DANGEROUS", "clear text"][..],
+        ),
+        (
             "replicationcluster.spec.secondary.tokenSecretRef",
             &["<Object>", "as soon as it appears"][..],
         ),
