@@ -193,11 +193,16 @@ pub fn compute(s: &Seen<'_>) -> Vec<Computed> {
         ),
     };
     let ready = if let Some((step, error)) = s.failed {
+        // What is waited for still shows: the failure may be unrelated to it.
+        let waiting = s
+            .waiting
+            .map(|w| format!("; {}", w.message))
+            .unwrap_or_default();
         c(
             READY,
             false,
             "StepFailed",
-            format!("{step} failed: {error}"),
+            format!("{step} failed: {error}{waiting}"),
         )
     } else if let Some(w) = s.waiting {
         c(READY, false, w.reason, w.message.clone())

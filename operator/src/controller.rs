@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
@@ -31,21 +31,15 @@ use tracing::{info, warn};
 
 use crate::conditions::{self, Seen};
 use crate::crd::{IssuedToken, ReplicationCluster, ReplicationClusterStatus, Role};
-use crate::decide::{self, Inputs, Step};
+use crate::decide::{self, Inputs, Step, TokenSecret};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
-use crate::steps::{act, token_secret};
+use crate::steps::act;
+use crate::token_secret::{self, LABEL_SECONDARY};
 use crate::validate;
 use crate::vault_api::{VaultApi, VaultError};
 
 pub const FINALIZER: &str = "replication.ferry.dev/cleanup";
-pub const FIELD_MANAGER: &str = "ferry-operator";
-/// Labels on the token Secrets the operator writes.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_CLUSTER: &str = "replication.ferry.dev/cluster";
-pub const LABEL_SECONDARY: &str = "replication.ferry.dev/secondary-id";
-/// Unix seconds the token in a Secret expires.
-pub const ANNOTATION_EXPIRES: &str = "replication.ferry.dev/expires-at";
 
 /// How often a settled resource is observed again (its status mirrored).
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(10);
@@ -269,7 +263,13 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
     if let Some(primary) = &rc.spec.primary {
         for grant in &primary.secondaries {
             let found = t.secrets.get_opt(&grant.token_secret_name).await?;
-            token_secrets.insert(grant.id.clone(), found.map(|s| token_secret(rc, &s)));
+            let found = found.map(|s| match token_secret::check(rc, &s) {
+                Ok(()) => TokenSecret::Ours {
+                    expires_at: token_secret::expires_at(&s),
+                },
+                Err(why) => TokenSecret::InTheWay(why),
+            });
+            token_secrets.insert(grant.id.clone(), found);
         }
     }
     let activation_token = match rc
@@ -281,18 +281,11 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
         Some(r) if rc.spec.role == Role::Secondary => t.secret_value(&r.name, &r.key).await?,
         _ => None,
     };
-    // Tokens issued before: as the status says, and as the Secrets labelled ours say (a status
-    // write can be lost to a conflict after the Secret was written).
+    // Tokens issued before: as the status says, and as the Secrets this resource wrote say (a
+    // status write can be lost to a conflict after the Secret was written). Only its own: a
+    // copy carrying its labels must not make it revoke a secondary.
     let mut issued: BTreeSet<String> = previous.issued_tokens.keys().cloned().collect();
-    let selector = format!(
-        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_CLUSTER}={}",
-        rc.name_any()
-    );
-    for secret in t
-        .secrets
-        .list(&ListParams::default().labels(&selector))
-        .await?
-    {
+    for secret in own_token_secrets(&t.secrets, rc).await? {
         if let Some(id) = secret.labels().get(LABEL_SECONDARY) {
             issued.insert(id.clone());
             status
@@ -300,10 +293,7 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
                 .entry(id.clone())
                 .or_insert_with(|| IssuedToken {
                     secret_name: secret.name_any(),
-                    expires_at: secret
-                        .annotations()
-                        .get(ANNOTATION_EXPIRES)
-                        .and_then(|v| v.parse().ok())
+                    expires_at: token_secret::expires_at(&secret)
                         .map(ferry_proto::time::rfc3339)
                         .unwrap_or_default(),
                 });
@@ -376,7 +366,11 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
     if let Ok(o) = &observed {
         mirror(&mut status, o);
     }
-    let settled = plan.steps.is_empty() && plan.waiting.is_none() && failed.is_none();
+    // A wait only a person can end is not retried quickly: the resource and the Secrets are
+    // watched, so their change brings the next reconcile.
+    let settled = plan.steps.is_empty()
+        && plan.waiting.as_ref().is_none_or(|w| w.needs_a_person)
+        && failed.is_none();
     finish(&t, status, &previous, seen).await?;
     Ok(Action::requeue(match failed {
         // A promotion waiting for the old primary's demotion: that usually takes moments.
@@ -474,6 +468,17 @@ async fn finish(
         t.event(type_, &reason, c.message.clone(), "Reconcile")
             .await;
     }
+    // Something in the way (a Secret the operator did not create) is a Warning, once: when it
+    // appears or changes, not on every pass.
+    if let Some(w) = seen.waiting.filter(|w| w.needs_a_person)
+        && !previous
+            .conditions
+            .iter()
+            .any(|c| c.message.contains(&w.message))
+    {
+        t.event(EventType::Warning, w.reason, w.message.clone(), "Reconcile")
+            .await;
+    }
     Ok(())
 }
 
@@ -482,13 +487,7 @@ async fn finish(
 async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = rc.namespace().unwrap_or_else(|| "default".into());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!(
-        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_CLUSTER}={}",
-        rc.name_any()
-    );
-    let owned = secrets
-        .list(&ListParams::default().labels(&selector))
-        .await?;
+    let owned = own_token_secrets(&secrets, rc).await?;
     let token_ref = &rc.spec.cluster.token_secret_ref;
     let admin = secrets
         .get_opt(&token_ref.name)
@@ -526,13 +525,34 @@ async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error
         {
             warn!(secondary_id = %id, error = %e, "could not revoke an unused token on deletion");
         }
-        match secrets.delete(&name, &DeleteParams::default()).await {
+        let only_this_one = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: secret.uid(),
+                resource_version: secret.resource_version(),
+            }),
+            ..Default::default()
+        };
+        match secrets.delete(&name, &only_this_one).await {
             Ok(_) => info!(secret = %name, "deleted a token Secret of a deleted resource"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
     Ok(Action::await_change())
+}
+
+/// The token Secrets `rc` wrote: labelled as its own and owned by it ([`token_secret::check`]).
+async fn own_token_secrets(
+    secrets: &Api<Secret>,
+    rc: &ReplicationCluster,
+) -> Result<Vec<Secret>, kube::Error> {
+    let listed = secrets
+        .list(&ListParams::default().labels(&token_secret::selector(rc)))
+        .await?;
+    Ok(listed
+        .into_iter()
+        .filter(|s| token_secret::check(rc, s).is_ok())
+        .collect())
 }
 
 pub fn unix_now() -> u64 {

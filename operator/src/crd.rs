@@ -155,7 +155,9 @@ pub struct SecondaryGrant {
     /// The Secret (in this namespace) the operator writes the activation token into, under the
     /// key `token`. It is labelled and owned by this resource. Copy it to the secondary's
     /// region (for example through GitOps); a fresh token is issued when the Secret is missing
-    /// or its token expired unused.
+    /// or its token expired unused. A Secret of this name that the operator did not create for
+    /// this resource is never overwritten: the resource reports it (`SecretInTheWay`) and waits
+    /// until it is deleted or another name is given.
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
         length(min = 1, max = 253)

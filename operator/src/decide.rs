@@ -22,14 +22,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::crd::{ReplicationClusterSpec, Role};
 use crate::observe::{Observed, ObservedRole};
+use crate::token_secret::NotOurs;
 
-/// What the operator knows of one token Secret it manages.
+/// What the operator knows of an existing Secret of the name a secondary's grant asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenSecret {
-    /// Unix seconds the token in it expires, from the Secret's annotation.
-    pub expires_at: Option<u64>,
-    /// Labelled as this resource's: the operator may replace or delete it.
-    pub managed: bool,
+pub enum TokenSecret {
+    /// One this resource wrote (see [`crate::token_secret`]): replaced when its token expired
+    /// unused.
+    Ours {
+        /// Unix seconds the token in it expires, from the Secret's annotation.
+        expires_at: Option<u64>,
+    },
+    /// Any other Secret: never replaced nor deleted.
+    InTheWay(NotOurs),
 }
 
 /// Everything one decision looks at.
@@ -102,7 +107,13 @@ impl Step {
 pub struct Waiting {
     pub reason: &'static str,
     pub message: String,
+    /// Only a person can end the wait (something is in the way): a Warning event when it
+    /// begins, and no quick retries.
+    pub needs_a_person: bool,
 }
+
+/// The reason of a wait on a Secret that is not the operator's to write.
+pub const SECRET_IN_THE_WAY: &str = "SecretInTheWay";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -124,6 +135,7 @@ impl Plan {
             waiting: Some(Waiting {
                 reason,
                 message: message.into(),
+                needs_a_person: false,
             }),
         }
     }
@@ -195,21 +207,21 @@ fn tokens(i: &Inputs<'_>) -> Plan {
         .map(|p| p.secondaries.as_slice())
         .unwrap_or_default();
     let mut plan = Plan::default();
-    for grant in grants {
+    let mut in_the_way = Vec::new();
+    for (n, grant) in grants.iter().enumerate() {
         if i.observed.activated(&grant.id) {
             continue;
         }
         match i.token_secrets.get(&grant.id).cloned().flatten() {
-            Some(secret) if !secret.managed => {
-                plan.waiting = Some(Waiting {
-                    reason: "SecretNotManaged",
-                    message: format!(
-                        "Secret {:?} exists and is not managed by this resource: remove it or name another",
-                        grant.token_secret_name
-                    ),
-                });
-            }
-            Some(secret) if secret.expires_at.is_some_and(|at| at > i.now) => {}
+            Some(TokenSecret::InTheWay(why)) => in_the_way.push(format!(
+                "Secret {:?} (spec.primary.secondaries[{n}].tokenSecretName) is in the way: {why}; \
+                 the operator does not overwrite a Secret it did not create: delete it or name \
+                 another",
+                grant.token_secret_name
+            )),
+            Some(TokenSecret::Ours {
+                expires_at: Some(at),
+            }) if at > i.now => {}
             _ => plan.steps.push(Step::IssueToken {
                 id: grant.id.clone(),
                 secret_name: grant.token_secret_name.clone(),
@@ -222,6 +234,13 @@ fn tokens(i: &Inputs<'_>) -> Plan {
         if !granted.contains(id.as_str()) {
             plan.steps.push(Step::Revoke { id: id.clone() });
         }
+    }
+    if !in_the_way.is_empty() {
+        plan.waiting = Some(Waiting {
+            reason: SECRET_IN_THE_WAY,
+            message: in_the_way.join("; "),
+            needs_a_person: true,
+        });
     }
     plan
 }
@@ -285,9 +304,8 @@ mod tests {
             ("east".to_owned(), None),
             (
                 "south".to_owned(),
-                Some(TokenSecret {
+                Some(TokenSecret::Ours {
                     expires_at: Some(999),
-                    managed: true,
                 }),
             ),
             ("north".to_owned(), None),
@@ -312,22 +330,51 @@ mod tests {
         let o = observed("primary", false);
         let live = BTreeMap::from([(
             "east".to_owned(),
-            Some(TokenSecret {
+            Some(TokenSecret::Ours {
                 expires_at: Some(2_000),
-                managed: true,
             }),
         )]);
         assert_eq!(plan(&s, &o, &live, &BTreeSet::new(), None), Plan::default());
         let foreign = BTreeMap::from([(
             "east".to_owned(),
-            Some(TokenSecret {
-                expires_at: None,
-                managed: false,
-            }),
+            Some(TokenSecret::InTheWay(NotOurs::NotManaged)),
         )]);
         let p = plan(&s, &o, &foreign, &BTreeSet::new(), None);
         assert!(p.steps.is_empty());
-        assert_eq!(p.waiting.unwrap().reason, "SecretNotManaged");
+        let waiting = p.waiting.unwrap();
+        assert_eq!(waiting.reason, SECRET_IN_THE_WAY);
+        assert!(waiting.needs_a_person);
+        assert!(
+            waiting.message.contains("\"east-token\"")
+                && waiting.message.contains("tokenSecretName")
+                && waiting.message.contains("not labelled"),
+            "{}",
+            waiting.message
+        );
+    }
+
+    /// A Secret in the way of one grant holds back that grant only.
+    #[test]
+    fn a_secret_in_the_way_blocks_only_its_own_grant() {
+        let s = spec(Role::Primary, &["east", "south"]);
+        let o = observed("primary", false);
+        let secrets = BTreeMap::from([
+            (
+                "east".to_owned(),
+                Some(TokenSecret::InTheWay(NotOurs::OtherCluster("north".into()))),
+            ),
+            ("south".to_owned(), None),
+        ]);
+        let p = plan(&s, &o, &secrets, &BTreeSet::new(), None);
+        assert_eq!(
+            p.steps,
+            [Step::IssueToken {
+                id: "south".into(),
+                secret_name: "south-token".into(),
+                ttl: "30m".into(),
+            }]
+        );
+        assert!(p.waiting.unwrap().message.contains("\"north\""));
     }
 
     #[test]
@@ -398,7 +445,8 @@ mod tests {
     proptest! {
         /// Whatever it observes, the operator never acts against the role asked for: it never
         /// demotes a cluster meant to be primary, never promotes or enables a primary on one
-        /// meant to be a secondary, and forces a promotion only when the spec says so.
+        /// meant to be a secondary, forces a promotion only when the spec says so, and never
+        /// issues a token into a Secret that is in the way.
         #[test]
         fn steps_always_move_toward_the_spec(
             primary in any::<bool>(),
@@ -408,13 +456,21 @@ mod tests {
             o in any_observed(),
             token in proptest::option::of("ferry1\\.[a-z]{3}"),
             expiry in proptest::option::of(0u64..2_000),
+            in_the_way in proptest::collection::btree_set("[a-c]", 0..3),
         ) {
             let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
             let mut s = spec(if primary { Role::Primary } else { Role::Secondary }, &grants);
             s.promotion = PromotionSpec { force };
             let secrets: BTreeMap<String, Option<TokenSecret>> = grants
                 .iter()
-                .map(|g| (g.to_string(), expiry.map(|e| TokenSecret { expires_at: Some(e), managed: true })))
+                .map(|g| {
+                    let found = if in_the_way.contains(*g) {
+                        Some(TokenSecret::InTheWay(NotOurs::NotManaged))
+                    } else {
+                        expiry.map(|e| TokenSecret::Ours { expires_at: Some(e) })
+                    };
+                    (g.to_string(), found)
+                })
                 .collect();
             let p = plan(&s, &o, &secrets, &issued, token.as_deref());
             for step in &p.steps {
@@ -432,6 +488,7 @@ mod tests {
                 }
                 if let Step::IssueToken { id, .. } = step {
                     prop_assert!(!o.activated(id), "a token for an activated secondary");
+                    prop_assert!(!in_the_way.contains(id), "a token into a Secret in the way");
                 }
                 if let Step::Revoke { id } = step {
                     prop_assert!(!grants.contains(&id.as_str()), "revoked a granted secondary");

@@ -3,8 +3,9 @@
 //!
 //! One operator runs in each region's Kubernetes cluster. A reconcile is a pipeline
 //! ([`controller`]): observe ([`observe`]), validate ([`validate`]), decide ([`decide`], pure),
-//! act, write the status ([`conditions`]). Replicas elect a leader through a Lease
-//! ([`leader`]); [`metrics`] serves Prometheus metrics and health endpoints.
+//! act, write the status ([`conditions`]). The activation token Secrets it writes, and how it
+//! tells them from Secrets it must not touch, are [`token_secret`]. Replicas elect a leader
+//! through a Lease ([`leader`]); [`metrics`] serves Prometheus metrics and health endpoints.
 
 pub mod conditions;
 pub mod controller;
@@ -14,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 mod steps;
+pub mod token_secret;
 pub mod validate;
 pub mod vault_api;
 

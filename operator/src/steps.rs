@@ -1,21 +1,15 @@
 //! The steps of a plan, carried out: calls to the cluster's replication API, and the token
-//! Secrets the operator owns (labelled with the resource, owned by it, carrying the token's
-//! expiry as an annotation).
+//! Secrets the operator owns ([`crate::token_secret`]): only those are ever deleted, and a
+//! Secret is only ever created, never updated.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 
-use crate::controller::{
-    ANNOTATION_EXPIRES, FIELD_MANAGER, LABEL_CLUSTER, LABEL_MANAGED_BY, LABEL_SECONDARY, Target,
-    unix_now,
-};
-use crate::crd::{IssuedToken, ReplicationCluster, ReplicationClusterStatus};
-use crate::decide::{Step, TokenSecret};
+use crate::controller::{Target, unix_now};
+use crate::crd::{IssuedToken, ReplicationClusterStatus};
+use crate::decide::Step;
+use crate::token_secret::{self, NotOurs};
 use crate::vault_api::{VaultApi, VaultError};
 
 /// Runs one step; returns what it did, for the event.
@@ -40,10 +34,17 @@ pub(crate) async fn act(
             secret_name,
             ttl,
         } => {
+            // Looked at before a token is issued, so that none is wasted on a Secret in the way.
+            let existing = t.secrets.get_opt(secret_name).await?;
+            if let Some(secret) = &existing {
+                ensure_own(t, secret)?;
+            }
             let token = vault.secondary_token(id, ttl).await?;
             let seconds = ferry_proto::time::parse_duration(ttl).unwrap_or(1800);
             let expires_at = unix_now() + seconds;
-            write_token_secret(t, secret_name, id, &token, expires_at).await?;
+            let secret = token_secret::build(t.rc, secret_name, id, &token, expires_at)
+                .ok_or(StepError::NotStored)?;
+            write_token_secret(t, existing.as_ref(), &secret).await?;
             status.issued_tokens.insert(
                 id.clone(),
                 IssuedToken {
@@ -63,12 +64,12 @@ pub(crate) async fn act(
                 Err(e) => return Err(e.into()),
             }
             if let Some(issued) = status.issued_tokens.remove(id) {
-                delete_managed_secret(t, &issued.secret_name).await?;
+                delete_if_ours(t, &issued.secret_name).await?;
             }
             Ok(format!("revoked secondary {id:?}"))
         }
         Step::EnableSecondary => {
-            let token = activation_token.ok_or_else(|| StepError("no activation token".into()))?;
+            let token = activation_token.ok_or(StepError::NoActivationToken)?;
             vault.enable_secondary(token).await?;
             Ok("enabled performance replication as secondary".into())
         }
@@ -99,7 +100,7 @@ pub(crate) async fn act(
             Ok(format!("following the new primary at {}", addrs.join(", ")))
         }
         Step::FollowToken => {
-            let token = activation_token.ok_or_else(|| StepError("no activation token".into()))?;
+            let token = activation_token.ok_or(StepError::NoActivationToken)?;
             vault.update_primary_token(token).await?;
             Ok("following the primary that issued the activation token".into())
         }
@@ -108,91 +109,73 @@ pub(crate) async fn act(
 
 /// Why a step failed, for conditions and events.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct StepError(String);
-
-impl From<VaultError> for StepError {
-    fn from(e: VaultError) -> Self {
-        StepError(e.to_string())
-    }
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A Secret the step would write or delete is not this resource's (see
+    /// [`crate::token_secret`]): it is left alone.
+    #[error(
+        "Secret {name:?} is in the way: {why}; the operator does not overwrite a Secret it did \
+         not create"
+    )]
+    SecretInTheWay { name: String, why: NotOurs },
+    #[error("no activation token")]
+    NoActivationToken,
+    #[error("the resource has no uid yet")]
+    NotStored,
 }
 
-impl From<kube::Error> for StepError {
-    fn from(e: kube::Error) -> Self {
-        StepError(format!("Kubernetes API: {e}"))
-    }
-}
-
-pub(crate) fn token_secret(rc: &ReplicationCluster, secret: &Secret) -> TokenSecret {
-    let labels = secret.labels();
-    TokenSecret {
-        expires_at: secret
-            .annotations()
-            .get(ANNOTATION_EXPIRES)
-            .and_then(|v| v.parse().ok()),
-        managed: labels
-            .get(LABEL_CLUSTER)
-            .is_some_and(|c| *c == rc.name_any())
-            && labels
-                .get(LABEL_MANAGED_BY)
-                .is_some_and(|m| m == FIELD_MANAGER),
-    }
-}
-
-/// Creates or replaces the token Secret, labelled and owned by the resource.
+/// Writes the token Secret afresh. When the operator's own Secret is there (its token expired
+/// unused), that one is deleted first, on the condition that it is still the very object that
+/// was checked (uid and resource version); then the new one is created, which fails if any
+/// Secret of that name exists. So neither a Secret made meanwhile nor any other is ever
+/// overwritten, and the Role needs no `update` on Secrets.
 async fn write_token_secret(
     t: &Target<'_>,
-    name: &str,
-    id: &str,
-    token: &str,
-    expires_at: u64,
+    existing: Option<&Secret>,
+    secret: &Secret,
 ) -> Result<(), StepError> {
-    let owner =
-        t.rc.controller_owner_ref(&())
-            .ok_or_else(|| StepError("the resource has no uid yet".into()))?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: t.rc.namespace(),
-            labels: Some(BTreeMap::from([
-                (LABEL_MANAGED_BY.into(), FIELD_MANAGER.into()),
-                (LABEL_CLUSTER.into(), t.rc.name_any()),
-                (LABEL_SECONDARY.into(), id.into()),
-            ])),
-            annotations: Some(BTreeMap::from([(
-                ANNOTATION_EXPIRES.into(),
-                expires_at.to_string(),
-            )])),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "token".into(),
-            ByteString(token.as_bytes().to_vec()),
-        )])),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    };
-    match t.secrets.get_opt(name).await? {
-        Some(existing) => {
-            let mut replacement = secret;
-            replacement.metadata.resource_version = existing.metadata.resource_version;
-            t.secrets
-                .replace(name, &PostParams::default(), &replacement)
-                .await?;
-        }
-        None => {
-            t.secrets.create(&PostParams::default(), &secret).await?;
-        }
+    if let Some(old) = existing {
+        delete_own(t, old).await?;
     }
+    // A Secret someone created since the look makes this fail (409 Conflict): the next
+    // reconcile finds it in the way.
+    t.secrets.create(&PostParams::default(), secret).await?;
     Ok(())
 }
 
-pub(crate) async fn delete_managed_secret(t: &Target<'_>, name: &str) -> Result<(), StepError> {
-    if let Some(secret) = t.secrets.get_opt(name).await?
-        && token_secret(t.rc, &secret).managed
-    {
-        t.secrets.delete(name, &DeleteParams::default()).await?;
+/// Deletes the token Secret `name` if it is this resource's; any other is left alone.
+async fn delete_if_ours(t: &Target<'_>, name: &str) -> Result<(), StepError> {
+    match t.secrets.get_opt(name).await? {
+        Some(secret) if token_secret::check(t.rc, &secret).is_ok() => delete_own(t, &secret).await,
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn ensure_own(t: &Target<'_>, secret: &Secret) -> Result<(), StepError> {
+    token_secret::check(t.rc, secret).map_err(|why| StepError::SecretInTheWay {
+        name: secret.name_any(),
+        why,
+    })
+}
+
+/// Deletes `secret` after checking it is this resource's, on the condition that it has not
+/// changed since it was read; gone already is fine.
+async fn delete_own(t: &Target<'_>, secret: &Secret) -> Result<(), StepError> {
+    ensure_own(t, secret)?;
+    let name = secret.name_any();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.uid(),
+            resource_version: secret.resource_version(),
+        }),
+        ..Default::default()
+    };
+    match t.secrets.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

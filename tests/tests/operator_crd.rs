@@ -80,7 +80,7 @@ async fn kubectl_explains_every_field_and_shows_the_columns() -> anyhow::Result<
         ),
         (
             "replicationcluster.spec.primary.secondaries",
-            &["tokenSecretName", "expired unused"][..],
+            &["tokenSecretName", "expired unused", "never overwritten"][..],
         ),
         (
             "replicationcluster.spec.cluster.insecureHttp",
