@@ -66,6 +66,7 @@ impl JsonResponse {
 #[derive(Clone)]
 enum Transport {
     Tcp(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
     Unix(Client<ferry_proto::UnixConnector, Full<Bytes>>),
 }
 
@@ -77,6 +78,22 @@ impl JsonClient {
             token: None,
             headers: Vec::new(),
         }
+    }
+
+    /// A client of an `https://` base address whose certificate the CA at `ca` (PEM) signed.
+    pub fn https(base: impl Into<String>, ca: &std::path::Path) -> anyhow::Result<Self> {
+        let config = crate::pki::client_config(ca)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            base: base.into(),
+            client: Transport::Tls(Client::builder(TokioExecutor::new()).build(connector)),
+            token: None,
+            headers: Vec::new(),
+        })
     }
 
     /// A client of the HTTP server on the Unix socket at `socket`.
@@ -149,6 +166,7 @@ impl JsonClient {
         let sent = async {
             match &self.client {
                 Transport::Tcp(c) => c.request(request).await,
+                Transport::Tls(c) => c.request(request).await,
                 Transport::Unix(c) => c.request(request).await,
             }
         };

@@ -8,6 +8,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod hvac;
 pub mod inspect;
 pub mod kube;
 pub mod operator;

@@ -10,6 +10,27 @@ use rcgen::{
 };
 use tempfile::TempDir;
 
+/// A TLS client configuration that trusts the CA certificate(s) in the PEM file `ca`.
+pub fn client_config(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("failed to read {}", ca.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
 /// A certificate and its key, as files.
 #[derive(Clone, Debug)]
 pub struct CertFiles {

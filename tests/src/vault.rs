@@ -1,6 +1,6 @@
 //! A real `ferry-vault` process on a sidecar's storage socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use tempfile::TempDir;
 
 use crate::http::JsonClient;
+use crate::pki::CertFiles;
 use crate::ports::free_port;
 use crate::process::Process;
 use crate::sidecar::{Sidecar, bin_dir};
@@ -18,6 +19,8 @@ pub struct VaultServer {
     dir: TempDir,
     socket: PathBuf,
     port: u16,
+    /// The listener's certificate and key, when it serves TLS.
+    tls: Option<CertFiles>,
     process: Option<Process>,
     pub api: JsonClient,
 }
@@ -30,16 +33,32 @@ impl VaultServer {
         root_key: &str,
         root_token: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(sidecar, root_key, root_token, None).await
+    }
+
+    /// [`Self::start`], serving TLS with `tls` (its certificate signed by the CA at `ca`, which
+    /// the client in `api` trusts) when given.
+    pub async fn start_with(
+        sidecar: &Sidecar,
+        root_key: &str,
+        root_token: &str,
+        tls: Option<(CertFiles, &Path)>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         write_owner_only(&dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
         let port = free_port();
+        let api = match &tls {
+            Some((_, ca)) => JsonClient::https(format!("https://127.0.0.1:{port}"), ca)?,
+            None => JsonClient::new(format!("http://127.0.0.1:{port}")),
+        };
         let mut server = Self {
             dir,
             socket: sidecar.socket(),
             port,
+            tls: tls.map(|(files, _)| files),
             process: None,
-            api: JsonClient::new(format!("http://127.0.0.1:{port}")),
+            api,
         };
         server.launch()?;
         server.wait_ready().await?;
@@ -56,6 +75,10 @@ impl VaultServer {
                 "--initial-root-token-file={}",
                 self.dir.path().join("root.token").display()
             ));
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--tls-cert-file={}", tls.cert.display()))
+                .arg(format!("--tls-key-file={}", tls.key.display()));
+        }
         self.process = Some(Process::spawn(
             "ferry-vault",
             cmd,

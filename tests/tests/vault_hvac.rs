@@ -1,22 +1,12 @@
 //! Client compatibility: the real `hvac` client from PyPI, unmodified, against ferry-vault
 //! (`tests/py/*.py`, run with the venv `make setup` creates).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use ferry_tests::etcd::EtcdServer;
+use ferry_tests::hvac::run_script;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 use ferry_tests::vault::{EAST_ROOT_TOKEN, VaultPair, VaultServer, WEST_ROOT_TOKEN};
 
 const ROOT_TOKEN: &str = "hvs.hvac-test-root";
-
-/// The venv's Python: `FERRY_VENV`, else the cache directory `scripts/setup.sh` uses.
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("FERRY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ferry_tests::cache_dir().join("venv"));
-    venv.join("bin/python")
-}
 
 /// Runs `tests/py/<script>` with hvac against a fresh ferry-vault.
 async fn run_hvac(script: &str) -> anyhow::Result<()> {
@@ -50,36 +40,6 @@ async fn run_hvac_on_secondary(script: &str) -> anyhow::Result<()> {
     })
     .await
 }
-
-async fn run_script(
-    script: &str,
-    env: &[(&str, String)],
-    logs: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    let python = venv_python();
-    anyhow::ensure!(
-        python.exists(),
-        "{} is missing: run `make setup` (it installs hvac into a venv)",
-        python.display()
-    );
-    let script = format!("{}/py/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut command = Command::new(python);
-    command.arg(script);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = tokio::task::spawn_blocking(move || command.output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "hvac checks failed\n{stdout}\n{stderr}\n--- ferry-vault logs ---\n{}",
-        logs()
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hvac_kv_v2() -> anyhow::Result<()> {
     run_hvac("kv_hvac.py").await

@@ -13,6 +13,16 @@ pub struct Config {
     #[arg(long, env = "FERRY_VAULT_LISTEN", default_value = "127.0.0.1:8200")]
     pub listen: SocketAddr,
 
+    /// The listener's TLS certificate chain (PEM), e.g. from a mounted Kubernetes Secret; a
+    /// changed file is loaded within seconds, without a restart. Without it the API is plain
+    /// HTTP.
+    #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM); only its owner may read it.
+    #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
     /// The sidecar's storage API socket.
     #[arg(
         long,

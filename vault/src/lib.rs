@@ -25,6 +25,7 @@ pub mod replication_proxy;
 pub mod request;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod token;
 pub mod token_api;
 pub mod transit;
@@ -43,6 +44,14 @@ use crate::storage::Storage;
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Certificate problems stop start-up before anything else happens.
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingCert::load(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+        _ => None,
+    };
     let text = read_root_key_file(&config.root_key_file)?;
     let root =
         Key::parse_root(&text).with_context(|| format!("in {}", config.root_key_file.display()))?;
@@ -85,11 +94,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    info!(listen = %config.listen, "ferry-vault API ready");
-    let served = axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed");
+    let served = match tls {
+        Some(cert) => {
+            tokio::spawn(cert.clone().watch());
+            let listener = tls::TlsListener::new(listener, cert.server_config())
+                .with_context(|| format!("failed to listen on {}", config.listen))?;
+            info!(listen = %config.listen, "ferry-vault API ready (TLS)");
+            axum::serve(listener, server::router(state))
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        None => {
+            warn!(listen = %config.listen, "ferry-vault API ready WITHOUT TLS: tokens and secrets travel in clear; give --tls-cert-file and --tls-key-file");
+            axum::serve(listener, server::router(state))
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    }
+    .context("the HTTP server failed");
     forward.abort();
     let _ = std::fs::remove_file(&forward_socket);
     served
@@ -99,22 +121,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// refuses a private key): the root key opens every keyring, so a copy anyone else on the host
 /// can read is a leaked key.
 fn read_root_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    check_owner_only(path, "root key file")?;
+    std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the root key file {}", path.display()))
+}
+
+/// Refuses a secret file (`what`, for the message) that its group or others may access.
+pub(crate) fn check_owner_only(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
-        .with_context(|| format!("failed to read the root key file {}", path.display()))?
+        .with_context(|| format!("failed to read the {what} {}", path.display()))?
         .permissions()
         .mode()
         & 0o7777;
     if mode & 0o077 != 0 {
         anyhow::bail!(
-            "the root key file {} has mode {mode:04o}, which lets its group or others access \
+            "the {what} {} has mode {mode:04o}, which lets its group or others access \
              it: make it readable by its owner only (chmod 600 {})",
             path.display(),
             path.display()
         );
     }
-    std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read the root key file {}", path.display()))
+    Ok(())
 }
 
 /// Serves requests forwarded by secondaries (through the sidecar) on `socket`, which only this
