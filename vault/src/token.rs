@@ -6,7 +6,10 @@
 //! ```
 //!
 //! Tokens expire on their TTL (0: never, the root token); an expired token is refused and its
-//! entries removed when next seen. A token with `num_uses` is revoked on its last use.
+//! entries removed when next seen. A token with `num_uses` is revoked on its last use. The TTL
+//! rules are Vault's, in [`ttl`].
+
+pub mod ttl;
 
 use serde::{Deserialize, Serialize};
 
