@@ -1,7 +1,16 @@
-//! `auth/token/...`: create, lookup (self, by token, by accessor), renew (self, by token) and
-//! revoke (self, by token, by accessor), in Vault's shapes. Each call needs its capability on
-//! `auth/token/<call>` (the implicit `default` policy grants the self calls); a token creates
-//! children with at most its own policies unless it is root.
+//! `auth/token/...`: create (`create`, `create-orphan`), lookup (self, by token, by accessor),
+//! renew (self, by token) and revoke (self, by token, by accessor, `revoke-orphan`), in Vault's
+//! shapes and by Vault's rules. Each call needs its capability on `auth/token/<call>` (the
+//! implicit `default` policy grants the self calls); a token creates children with at most its
+//! own policies unless it is root. On top of that, as in Vault:
+//!
+//! * a limited-use token (`num_uses`) creates no tokens, so its uses cannot be multiplied;
+//! * a token is its creator's child, revoked with it, unless it is an orphan: `no_parent` needs
+//!   `sudo` on `auth/token/create`, `create-orphan` needs only its own path's `update`;
+//! * `revoke`, `revoke-self` and `revoke-accessor` revoke the token's subtree; `revoke-orphan`
+//!   (`sudo`) revokes the token alone and orphans its children;
+//! * TTLs follow [`crate::token::ttl`]: a default instead of forever, `explicit_max_ttl`, and
+//!   renewals capped by the max TTL counted from creation, with Vault's warnings.
 
 use std::collections::BTreeMap;
 
@@ -11,12 +20,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::policy_api::authorize_request;
+use crate::policy_api::{authorize, authorize_request};
 use crate::request::{ApiRequest, Operation};
 use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::storage::StorageError;
-use crate::token::{MAX_TTL, TokenEntry, new_token, validate_accessor};
+use crate::token::ttl::{self, CreateRequest, Grant, RenewRequest, SystemLimits, TtlError};
+use crate::token::{MAX_TREE_DEPTH, TokenEntry, new_token, token_hash, validate_accessor};
 use crate::unseal::unix_now;
+
+/// The system's token TTLs: Vault's defaults (no `sys/auth/token/tune` yet).
+const LIMITS: SystemLimits = SystemLimits::VAULT_DEFAULTS;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -42,15 +55,17 @@ pub async fn handle(
         ("lookup-self", Read | Write) => caller.lookup_self(),
         ("renew-self", Write) => caller.renew_self(body).await,
         ("revoke-self", Write) => caller.revoke_self().await,
-        ("create", Write) => caller.create(body).await,
+        ("create", Write) => caller.create(body, false).await,
+        ("create-orphan", Write) => caller.create(body, true).await,
         ("lookup", Read | Write) => caller.lookup(body).await,
         ("lookup-accessor", Write) => caller.lookup_accessor(body).await,
         ("renew", Write) => caller.renew(body).await,
         ("revoke", Write) => caller.revoke(body).await,
         ("revoke-accessor", Write) => caller.revoke_accessor(body).await,
+        ("revoke-orphan", Write) => caller.revoke_orphan(body).await,
         (
-            "lookup-self" | "renew-self" | "revoke-self" | "create" | "lookup" | "lookup-accessor"
-            | "renew" | "revoke" | "revoke-accessor",
+            "lookup-self" | "renew-self" | "revoke-self" | "create" | "create-orphan" | "lookup"
+            | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor" | "revoke-orphan",
             _,
         ) => Err(request.unsupported()),
         _ => Err(request.no_handler()),
@@ -71,6 +86,10 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
+fn ttl_refused(e: TtlError) -> ApiError {
+    bad(e.to_string())
+}
+
 /// A duration as Vault takes it: whole seconds, or a number with `s`, `m`, `h` or `d`.
 pub fn parse_duration(value: &Value) -> Result<u64, ApiError> {
     let seconds = match value {
@@ -81,10 +100,17 @@ pub fn parse_duration(value: &Value) -> Result<u64, ApiError> {
     seconds.ok_or_else(|| bad(format!("{value} is not a duration such as 30m, 1h or 3600")))
 }
 
-/// Vault's `data` for a token lookup; `id` empty for a lookup by accessor.
+/// Vault's `data` for a token lookup; `id` empty for a lookup by accessor. Like Vault's, it
+/// does not name the parent.
 fn lookup_data(id: &str, e: &TokenEntry) -> Value {
     let now = unix_now();
-    json!({
+    let expires = e.expire_time != 0;
+    let path = match e.path.as_str() {
+        "" if e.is_root() => "auth/token/root",
+        "" => "auth/token/create",
+        path => path,
+    };
+    let mut data = json!({
         "id": id,
         "accessor": e.accessor,
         "policies": e.policies,
@@ -92,20 +118,25 @@ fn lookup_data(id: &str, e: &TokenEntry) -> Value {
         "creation_time": e.creation_time,
         "creation_ttl": e.ttl,
         "ttl": e.ttl_left(now),
-        "expire_time": (e.expire_time != 0).then(|| ferry_proto::time::rfc3339(e.expire_time)),
-        "explicit_max_ttl": 0,
+        "expire_time": expires.then(|| ferry_proto::time::rfc3339(e.expire_time)),
+        "explicit_max_ttl": e.explicit_max_ttl,
         "num_uses": e.num_uses,
         "orphan": e.orphan,
-        "path": if e.is_root() { "auth/token/root" } else { "auth/token/create" },
+        "path": path,
         "renewable": e.renewable,
         "type": "service",
         "meta": e.meta,
         "entity_id": "",
-    })
+    });
+    // As Vault: a token that never expires has no lease, hence no issue time.
+    if expires {
+        data["issue_time"] = json!(ferry_proto::time::rfc3339(e.creation_time));
+    }
+    data
 }
 
-/// Vault's `auth` block for a created or renewed token.
-fn auth_response(token: &str, e: &TokenEntry) -> Response {
+/// Vault's `auth` block for a created or renewed token, with the warnings of its TTL.
+fn auth_response(token: &str, e: &TokenEntry, warnings: Vec<String>) -> Response {
     axum::Json(json!({
         "request_id": "",
         "lease_id": "",
@@ -113,7 +144,7 @@ fn auth_response(token: &str, e: &TokenEntry) -> Response {
         "lease_duration": 0,
         "data": null,
         "wrap_info": null,
-        "warnings": null,
+        "warnings": (!warnings.is_empty()).then_some(warnings),
         "auth": {
             "client_token": token,
             "accessor": e.accessor,
@@ -150,11 +181,23 @@ impl<'s> Caller<'s> {
         Ok(envelope(lookup_data(&self.token, &self.entry)))
     }
 
-    async fn create(&self, body: &Bytes) -> ApiResult {
+    /// Whether the caller has `sudo` on `path` (root has everything).
+    async fn has_sudo(&self, path: &str) -> Result<bool, ApiError> {
+        match authorize(self.state, &self.entry, Operation::Write, path, &["sudo"]).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.status == StatusCode::FORBIDDEN => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `create` (a child of the caller, or an orphan with `no_parent` and `sudo`) and
+    /// `create-orphan` (`orphan_path`).
+    async fn create(&self, body: &Bytes, orphan_path: bool) -> ApiResult {
         #[derive(Deserialize)]
         struct Create {
             policies: Option<Vec<String>>,
             ttl: Option<Value>,
+            explicit_max_ttl: Option<Value>,
             renewable: Option<bool>,
             #[serde(default)]
             no_parent: bool,
@@ -163,14 +206,30 @@ impl<'s> Caller<'s> {
             num_uses: u64,
             meta: Option<BTreeMap<String, String>>,
         }
-        let req: Create = parse_body(body)?;
-        let ttl = match &req.ttl {
-            Some(v) => parse_duration(v)?,
-            None => MAX_TTL,
-        };
-        if ttl > MAX_TTL {
-            return Err(bad(format!("ttl {ttl}s is over the maximum of {MAX_TTL}s")));
+        // Its uses would otherwise be multiplied by its children's.
+        if self.entry.num_uses > 0 {
+            return Err(bad("restricted use token cannot generate child tokens"));
         }
+        let req: Create = parse_body(body)?;
+        let orphan = if orphan_path {
+            true
+        } else if req.no_parent {
+            if !self.has_sudo("auth/token/create").await? {
+                return Err(bad(
+                    "root or sudo privileges required to create orphan token",
+                ));
+            }
+            true
+        } else {
+            false
+        };
+        if !orphan && self.entry.depth >= MAX_TREE_DEPTH {
+            return Err(bad(format!(
+                "a token may have at most {MAX_TREE_DEPTH} ancestors: create an orphan instead"
+            )));
+        }
+        let duration = |v: &Option<Value>| v.as_ref().map_or(Ok(0), parse_duration);
+        let (ttl, explicit_max_ttl) = (duration(&req.ttl)?, duration(&req.explicit_max_ttl)?);
         let mut policies = req.policies.unwrap_or_else(|| self.entry.policies.clone());
         policies.sort();
         policies.dedup();
@@ -187,6 +246,17 @@ impl<'s> Caller<'s> {
         if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
             return Err(bad("policy names must be 1 to 128 characters"));
         }
+        let root = policies.iter().any(|p| p == "root");
+        let Grant { ttl, warnings } = ttl::creation(
+            LIMITS,
+            CreateRequest {
+                ttl,
+                explicit_max_ttl,
+                root,
+                parent_expires: self.entry.expire_time != 0,
+            },
+        )
+        .map_err(ttl_refused)?;
         let now = unix_now();
         let (token, accessor) = new_token();
         let entry = TokenEntry {
@@ -202,17 +272,26 @@ impl<'s> Caller<'s> {
             creation_time: now,
             ttl,
             expire_time: if ttl == 0 { 0 } else { now + ttl },
-            renewable: req.renewable.unwrap_or(true),
+            // As Vault: a token that never expires is not advertised as renewable.
+            renewable: ttl != 0 && req.renewable.unwrap_or(true),
             num_uses: req.num_uses,
-            orphan: req.no_parent,
+            orphan,
             meta: req.meta,
+            parent: (!orphan).then(|| token_hash(&self.token)),
+            depth: if orphan { 0 } else { self.entry.depth + 1 },
+            explicit_max_ttl,
+            path: if orphan_path {
+                "auth/token/create-orphan".into()
+            } else {
+                "auth/token/create".into()
+            },
         };
         self.state
             .tokens()
-            .put(&token, &entry)
+            .create(&token, &entry)
             .await
             .map_err(internal)?;
-        Ok(auth_response(&token, &entry))
+        Ok(auth_response(&token, &entry, warnings))
     }
 
     async fn lookup(&self, body: &Bytes) -> ApiResult {
@@ -274,18 +353,26 @@ impl<'s> Caller<'s> {
         if !entry.renewable {
             return Err(bad("the token is not renewable"));
         }
-        let increment = match increment {
-            Some(v) => parse_duration(v)?,
-            None => entry.ttl,
-        };
+        let increment = increment.map_or(Ok(0), parse_duration)?;
         let now = unix_now();
-        entry.expire_time = now + increment.clamp(1, MAX_TTL);
+        let Grant { ttl, warnings } = ttl::renewal(
+            LIMITS,
+            RenewRequest {
+                increment,
+                creation_ttl: entry.ttl,
+                explicit_max_ttl: entry.explicit_max_ttl,
+                creation_time: entry.creation_time,
+            },
+            now,
+        )
+        .map_err(ttl_refused)?;
+        entry.expire_time = now + ttl;
         self.state
             .tokens()
             .put(token, &entry)
             .await
             .map_err(internal)?;
-        Ok(auth_response(token, &entry))
+        Ok(auth_response(token, &entry, warnings))
     }
 
     async fn revoke_self(&self) -> ApiResult {
@@ -321,6 +408,31 @@ impl<'s> Caller<'s> {
             .map_err(internal)?
         {
             return Err(bad("invalid accessor"));
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// Revokes one token and leaves its children, as orphans. Vault makes this a root path:
+    /// `sudo` on it is needed besides `update`.
+    async fn revoke_orphan(&self, body: &Bytes) -> ApiResult {
+        if !self.has_sudo("auth/token/revoke-orphan").await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "root or sudo privileges required to revoke and orphan",
+            ));
+        }
+        let req: TokenField = parse_body(body)?;
+        if req.token.is_empty() {
+            return Err(bad("missing token to revoke"));
+        }
+        if !self
+            .state
+            .tokens()
+            .revoke_orphan(&req.token)
+            .await
+            .map_err(internal)?
+        {
+            return Err(bad("token to revoke not found"));
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }
