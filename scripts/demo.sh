@@ -239,6 +239,10 @@ printf '%s\n' "$root_key" >"$state/root.key"
 # ferry-vault refuses a root key file its group or others may access. umask 077 above creates it
 # 0600; an existing file in a reused FERRY_DEMO_DIR would keep its old mode.
 chmod 600 "$state/root.key"
+# The key-encryption key both regions' sidecars seal their replication keys with (as the root
+# key, one per replication set, readable by its owner only).
+random_hex 32 >"$state/kek"
+chmod 600 "$state/kek"
 declare -A token
 for r in "${regions[@]}"; do
   token[$r]="hvs.demo-$r-$(random_hex 12)"
@@ -265,7 +269,7 @@ for r in "${regions[@]}"; do
   start "ferry-sidecar ($r)" "$state/$r/sidecar.log" env FERRY_LOG="${FERRY_LOG:-info}" \
     "$bin_dir/ferry-sidecar" --cluster="$r" --node-id="$r-1" \
     --etcd-endpoints="http://127.0.0.1:$(port "$r" etcd)" \
-    --storage-socket="$state/$r/storage.sock" \
+    --storage-socket="$state/$r/storage.sock" --key-encryption-key-file="$state/kek" \
     --cluster-listen="127.0.0.1:$(port "$r" cluster)"
 done
 for r in "${regions[@]}"; do

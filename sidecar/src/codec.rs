@@ -130,6 +130,11 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.body)
+    }
+
     pub fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.body.len() < n {
             return Err(DecodeError::Truncated {

@@ -178,6 +178,13 @@ pub struct Config {
     #[arg(long, env = "FERRY_CLUSTER_ADDR")]
     pub cluster_addr: Option<String>,
 
+    /// The key-encryption key that seals the private keys this sidecar stores (the replication
+    /// CA, this cluster's identity): a file holding 32 bytes as 64 hex digits, readable by its
+    /// owner only, the same in every region of a replication set. Replication cannot be
+    /// enabled without it.
+    #[arg(long, env = "FERRY_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
+
     /// The Unix socket of the replication admin API (Vault's `sys/replication/...`, JSON over
     /// HTTP; no authentication of its own: ferry-vault fronts it and checks `sudo`). Its
     /// directory is created with mode 0700 (an existing one must be 0700). Default:
@@ -250,8 +257,24 @@ impl Config {
         Duration::from_millis(self.wal_gc_interval_ms)
     }
 
-    pub fn replication(&self) -> crate::replication::ReplicationConfig {
+    /// The key-encryption key, when a file is given (see `seal`).
+    pub fn key_encryption_key(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::seal::KeyEncryptionKey>>> {
+        match &self.key_encryption_key_file {
+            Some(path) => Ok(Some(std::sync::Arc::new(
+                crate::seal::KeyEncryptionKey::load(path)?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn replication(
+        &self,
+        kek: Option<std::sync::Arc<crate::seal::KeyEncryptionKey>>,
+    ) -> crate::replication::ReplicationConfig {
         crate::replication::ReplicationConfig {
+            kek,
             cluster_listen: self.cluster_listen,
             cluster_addr: self
                 .cluster_addr

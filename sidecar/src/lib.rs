@@ -33,6 +33,7 @@ pub mod recovery;
 pub mod reindex;
 pub mod reopen;
 pub mod replication;
+pub mod seal;
 pub mod stall;
 pub mod tasks;
 pub mod wal;
@@ -69,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let classes = PathClassifier::new(&config.local_prefixes);
 
     let etcd_tls = config.etcd_tls()?;
+    let kek = config.key_encryption_key()?;
     let client = etcd_connect::connect(&config.etcd_endpoints, etcd_tls.as_ref()).await?;
     let fence = Arc::new(
         Fence::acquire(
@@ -149,7 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     );
     let replication =
-        replication::Replication::start(core.clone(), gateway.clone(), config.replication())
+        replication::Replication::start(core.clone(), gateway.clone(), config.replication(kek))
             .await
             .context("failed to load the replication role")?;
     supervisor.spawn(

@@ -40,7 +40,13 @@ pub struct SidecarOptions {
     pub ready_timeout: Duration,
     /// A loopback port for the cluster port, free when chosen.
     pub cluster_port: u16,
+    /// The key-encryption key (64 hex digits) written to a file for `--key-encryption-key-file`;
+    /// every test sidecar shares [`TEST_KEK`] unless a test says otherwise.
+    pub key_encryption_key: Option<String>,
 }
+
+/// The key-encryption key test sidecars share, as the regions of one replication set must.
+pub const TEST_KEK: &str = "66657272792d746573742d6b656b2d6e6f742d612d7265616c2d736563726574";
 
 impl SidecarOptions {
     pub fn new(cluster: &str, node_id: &str) -> Self {
@@ -50,6 +56,7 @@ impl SidecarOptions {
             args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             cluster_port: free_port(),
+            key_encryption_key: Some(TEST_KEK.into()),
         }
     }
 
@@ -101,6 +108,7 @@ impl Sidecar {
                 self.options.cluster_port
             ))
             .args(&self.options.args)
+            .args(self.kek_arg()?)
             .env(
                 "FERRY_LOG",
                 std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()),
@@ -111,6 +119,27 @@ impl Sidecar {
             &self.dir.path().join("sidecar.log"),
         )?);
         Ok(())
+    }
+
+    /// Writes the key-encryption key file (owner only) and returns the flag naming it.
+    fn kek_arg(&self) -> anyhow::Result<Option<String>> {
+        let Some(kek) = &self.options.key_encryption_key else {
+            return Ok(None);
+        };
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.dir.path().join("kek");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(&mut file, kek.as_bytes())?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Some(format!(
+            "--key-encryption-key-file={}",
+            path.display()
+        )))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -228,6 +257,11 @@ impl Sidecar {
         self.kill();
         self.launch()?;
         self.wait_ready().await
+    }
+
+    /// Uses `kek` (64 hex digits, or none) from the next start on.
+    pub fn set_key_encryption_key(&mut self, kek: Option<&str>) {
+        self.options.key_encryption_key = kek.map(str::to_owned);
     }
 
     /// Restarts with different extra flags.

@@ -68,6 +68,7 @@ impl Replication {
         primary_cluster_addr: String,
     ) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
+        self.require_kek()?;
         if let Some(d) = self.definition() {
             return Err(invalid(format!(
                 "replication is already enabled: this cluster is a performance {}",
@@ -107,9 +108,12 @@ impl Replication {
         };
         let g = &self.gateway;
         g.write(vec![
-            g.op(CA_PATH.into(), Some(json(&ca))),
+            g.op(CA_PATH.into(), Some(self.seal_json(CA_PATH, &ca)?)),
             g.op(format!("{SECONDARIES_PREFIX}{member}"), Some(json(&record))),
-            g.op(DEFINITION_PATH.into(), Some(json(&definition))),
+            g.op(
+                DEFINITION_PATH.into(),
+                Some(self.seal_json(DEFINITION_PATH, &definition)?),
+            ),
         ])
         .await?;
         self.adopt(Some(definition));
@@ -253,6 +257,7 @@ impl Replication {
     /// `performance/secondary/enable`: consume an activation token and follow its primary.
     pub async fn enable_secondary(self: &Arc<Self>, token: String) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
+        self.require_kek()?;
         if let Some(d) = self.definition() {
             return Err(invalid(format!(
                 "replication is already enabled: this cluster is a performance {}; use update-primary",
@@ -281,6 +286,7 @@ impl Replication {
         addrs: Option<Vec<String>>,
     ) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
+        self.require_kek()?;
         let current = match self.definition() {
             Some(d) if d.mode == Mode::Secondary => d,
             _ => {
@@ -371,6 +377,17 @@ impl Replication {
         }
         self.persist(None).await?;
         info!("disabled performance replication as secondary");
+        Ok(())
+    }
+
+    /// Role changes store private keys, sealed: without a key-encryption key they are refused
+    /// before anything happens (a consumed activation token included).
+    fn require_kek(&self) -> Result<(), ControlError> {
+        if self.config.kek.is_none() {
+            return Err(invalid(
+                "this sidecar has no key-encryption key to seal the replication keys with: start it with --key-encryption-key-file",
+            ));
+        }
         Ok(())
     }
 

@@ -60,6 +60,7 @@ use tracing::info;
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::gateway::Gateway;
+use crate::seal::KeyEncryptionKey;
 use definition::{ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
 use snapshot::SnapshotCache;
 use transport::TlsMaterial;
@@ -67,6 +68,8 @@ use transport::TlsMaterial;
 /// Settings of the replication side of the sidecar.
 #[derive(Clone, Debug)]
 pub struct ReplicationConfig {
+    /// Seals the CA and the cluster identity in storage; replication needs it.
+    pub kek: Option<Arc<KeyEncryptionKey>>,
     /// Where the cluster port listens.
     pub cluster_listen: SocketAddr,
     /// The address peers reach this node's cluster port at.
@@ -170,13 +173,14 @@ impl Replication {
         gateway: Gateway,
         config: ReplicationConfig,
     ) -> Result<Arc<Self>, StoreError> {
-        let definition =
-            match gateway.get(DEFINITION_PATH).await? {
-                Some(raw) => Some(serde_json::from_slice::<ClusterDefinition>(&raw).map_err(
-                    |e| StoreError::Corrupt(format!("failed to read {DEFINITION_PATH}: {e}")),
-                )?),
-                None => None,
-            };
+        let definition = match gateway.get(DEFINITION_PATH).await? {
+            Some(raw) => Some(open_json::<ClusterDefinition>(
+                config.kek.as_deref(),
+                DEFINITION_PATH,
+                &raw,
+            )?),
+            None => None,
+        };
         let known = match gateway.get(PRIMARY_ADDRS_PATH).await? {
             Some(raw) => serde_json::from_slice::<Vec<String>>(&raw).unwrap_or_default(),
             None => Vec::new(),
@@ -277,7 +281,8 @@ impl Replication {
     ) -> Result<(), StoreError> {
         let value = definition
             .as_ref()
-            .map(|d| serde_json::to_vec(d).expect("definition serialises"));
+            .map(|d| self.seal_json(DEFINITION_PATH, d))
+            .transpose()?;
         self.gateway
             .write(vec![self.gateway.op(DEFINITION_PATH.into(), value)])
             .await?;
@@ -296,11 +301,9 @@ impl Replication {
             return Ok(());
         };
         change(&mut definition);
+        let value = self.seal_json(DEFINITION_PATH, &definition)?;
         self.gateway
-            .write(vec![self.gateway.op(
-                DEFINITION_PATH.into(),
-                Some(serde_json::to_vec(&definition).expect("definition serialises")),
-            )])
+            .write(vec![self.gateway.op(DEFINITION_PATH.into(), Some(value))])
             .await?;
         *self.definition.lock().expect("definition lock poisoned") = Some(definition);
         Ok(())
@@ -310,6 +313,24 @@ impl Replication {
     /// applied the stream it followed before.
     pub(crate) async fn stored_applied(&self) -> Result<Option<applied::Applied>, StoreError> {
         applied::load(&self.core).await
+    }
+
+    /// `value` as JSON, sealed for storage `path` (see [`crate::seal`]).
+    pub(crate) fn seal_json<T: serde::Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        seal_json(self.config.kek.as_deref(), path, value)
+    }
+
+    /// A value read from storage `path`, opened (see [`crate::seal`]) and parsed.
+    pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        raw: &[u8],
+    ) -> Result<T, StoreError> {
+        open_json(self.config.kek.as_deref(), path, raw)
     }
 
     /// Records that the primary's stream is applied up to `position` (already stored).
@@ -331,6 +352,43 @@ impl Replication {
     pub fn shutdown(&self) {
         self.stop_follower();
     }
+}
+
+/// `value` as JSON sealed with `kek` for storage `path`; refused without a KEK, since what this
+/// stores holds private keys.
+fn seal_json<T: serde::Serialize>(
+    kek: Option<&KeyEncryptionKey>,
+    path: &str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    let kek = kek.ok_or_else(|| {
+        StoreError::InvalidArgument(
+            "this sidecar has no key-encryption key to seal the replication keys with: start it with --key-encryption-key-file"
+                .into(),
+        )
+    })?;
+    Ok(kek.seal(path, &serde_json::to_vec(value).expect("serialises")))
+}
+
+/// The JSON value stored at `path`, opened with `kek` when sealed.
+fn open_json<T: serde::de::DeserializeOwned>(
+    kek: Option<&KeyEncryptionKey>,
+    path: &str,
+    raw: &[u8],
+) -> Result<T, StoreError> {
+    let plain = match kek {
+        Some(kek) => kek
+            .open(path, raw)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        None if crate::seal::is_sealed(raw) => {
+            return Err(StoreError::InvalidArgument(format!(
+                "{path} is sealed and this sidecar has no key-encryption key: start it with --key-encryption-key-file"
+            )));
+        }
+        None => raw.to_vec(),
+    };
+    serde_json::from_slice(&plain)
+        .map_err(|e| StoreError::Corrupt(format!("failed to read {path}: {e}")))
 }
 
 /// Seconds since the Unix epoch.

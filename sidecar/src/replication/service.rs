@@ -137,9 +137,7 @@ pub async fn load_ca(replication: &Replication) -> Result<ReplicationCa, StoreEr
             "the replication CA is missing at {CA_PATH}: this cluster has not received it yet"
         ))
     })?;
-    serde_json::from_slice(&raw).map_err(|e| {
-        StoreError::Corrupt(format!("the replication CA at {CA_PATH} is corrupt: {e}"))
-    })
+    replication.open_json(CA_PATH, &raw)
 }
 
 fn check_certificate<T>(request: &Request<T>, record: &SecondaryRecord) -> Result<(), Status> {
