@@ -204,9 +204,176 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Damage for the record decoders' property tests: a record's body is changed and framed again
+/// with a correct checksum, so that the body decoder, not the checksum, has to refuse it.
+#[cfg(test)]
+pub(crate) mod damage {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::{HEADER, TRAILER, Writer};
+
+    /// One change to a record's body.
+    #[derive(Clone, Debug)]
+    pub enum Damage {
+        Flip {
+            at: Index,
+            mask: u8,
+        },
+        Truncate {
+            at: Index,
+        },
+        Insert {
+            at: Index,
+            bytes: Vec<u8>,
+        },
+        Append {
+            bytes: Vec<u8>,
+        },
+        /// A length or count field made huge, or any other 4 bytes overwritten.
+        Overwrite {
+            at: Index,
+            value: u32,
+        },
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 1..16);
+        let huge = prop_oneof![
+            Just(u32::MAX),
+            Just(u32::MAX / 2),
+            Just(1 << 16),
+            any::<u32>()
+        ];
+        prop_oneof![
+            (any::<Index>(), 1..=u8::MAX).prop_map(|(at, mask)| Damage::Flip { at, mask }),
+            any::<Index>().prop_map(|at| Damage::Truncate { at }),
+            (any::<Index>(), bytes()).prop_map(|(at, bytes)| Damage::Insert { at, bytes }),
+            bytes().prop_map(|bytes| Damage::Append { bytes }),
+            (any::<Index>(), huge).prop_map(|(at, value)| Damage::Overwrite { at, value }),
+        ]
+    }
+
+    impl Damage {
+        fn apply(&self, body: &mut Vec<u8>) {
+            match self {
+                Self::Flip { at, mask } if !body.is_empty() => {
+                    let at = at.index(body.len());
+                    body[at] ^= mask;
+                }
+                Self::Truncate { at } => body.truncate(at.index(body.len() + 1)),
+                Self::Insert { at, bytes } => {
+                    let at = at.index(body.len() + 1);
+                    let tail = body.split_off(at);
+                    body.extend_from_slice(bytes);
+                    body.extend(tail);
+                }
+                Self::Append { bytes } => body.extend_from_slice(bytes),
+                Self::Overwrite { at, value } if body.len() >= 4 => {
+                    let at = at.index(body.len() - 3);
+                    body[at..at + 4].copy_from_slice(&value.to_be_bytes());
+                }
+                Self::Flip { .. } | Self::Overwrite { .. } => body.push(0),
+            }
+        }
+    }
+
+    /// `body` in a valid frame with `magic`.
+    pub fn framed(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new(magic, body.len());
+        w.put_bytes(body);
+        w.finish()
+    }
+
+    /// `record`, a valid frame, with its body changed by `damages` and framed again.
+    pub fn reframed(record: &[u8], damages: &[Damage]) -> Vec<u8> {
+        let magic: [u8; 4] = record[..4].try_into().expect("a framed record");
+        let mut body = record[HEADER..record.len() - TRAILER].to_vec();
+        for d in damages {
+            d.apply(&mut body);
+        }
+        framed(&magic, &body)
+    }
+
+    pub fn damages() -> impl Strategy<Value = Vec<Damage>> {
+        proptest::collection::vec(damage(), 1..4)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// One read a body decoder makes.
+    #[derive(Clone, Debug)]
+    enum Read {
+        U8,
+        U16,
+        U32,
+        U64,
+        Take(usize),
+        Count(usize),
+    }
+
+    fn read() -> impl Strategy<Value = Read> {
+        prop_oneof![
+            Just(Read::U8),
+            Just(Read::U16),
+            Just(Read::U32),
+            Just(Read::U64),
+            prop_oneof![0usize..80, Just(usize::MAX)].prop_map(Read::Take),
+            prop_oneof![1usize..40, Just(usize::MAX)].prop_map(Read::Count),
+        ]
+    }
+
+    proptest! {
+        /// Bytes that are not a record are refused by name, whatever they hold.
+        #[test]
+        fn open_refuses_what_is_not_a_frame_of_its_magic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            if let Ok(mut r) = Reader::open("test record", b"TEST", &bytes) {
+                prop_assert_eq!(&bytes[..4], b"TEST");
+                prop_assert_eq!(r.rest(), &bytes[HEADER..bytes.len() - TRAILER]);
+            }
+        }
+
+        /// Whatever a body holds and whatever a decoder reads from it, a read fails rather than
+        /// run past the body, and a count never promises more items than the bytes left hold.
+        #[test]
+        fn reads_stay_within_the_body(
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            reads in proptest::collection::vec(read(), 0..16),
+        ) {
+            let record = damage::framed(b"TEST", &body);
+            let mut r = Reader::open("test record", b"TEST", &record).unwrap();
+            for read in reads {
+                let before = r.body.len();
+                let taken = match read {
+                    Read::U8 => r.u8("f").map(|_| 1),
+                    Read::U16 => r.u16("f").map(|_| 2),
+                    Read::U32 => r.u32("f").map(|_| 4),
+                    Read::U64 => r.u64("f").map(|_| 8),
+                    Read::Take(n) => r.take("f", n).map(<[u8]>::len),
+                    Read::Count(min_item_bytes) => match r.count("f", min_item_bytes) {
+                        Ok(n) => {
+                            prop_assert!(n.saturating_mul(min_item_bytes) <= r.body.len());
+                            Ok(4)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match taken {
+                    Ok(n) => prop_assert_eq!(before - r.body.len(), n),
+                    Err(_) => prop_assert!(r.body.len() <= before),
+                }
+            }
+            let left = r.body.len();
+            prop_assert_eq!(r.finish().is_ok(), left == 0);
+        }
+    }
 
     #[test]
     fn frame_round_trips_and_detects_damage() {

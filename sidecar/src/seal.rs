@@ -132,7 +132,49 @@ pub fn is_sealed(stored: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::codec::damage::{damages, framed, reframed};
+
+    proptest! {
+        /// Whatever etcd holds at a sealed path, opening it is an error or a value: a value as
+        /// stored when it is not sealed, never a panic.
+        #[test]
+        fn any_stored_bytes_open_or_are_refused(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let k = kek('a');
+            match k.open("core/perf-replication/ca", &bytes) {
+                Ok(plain) => prop_assert!(!is_sealed(&bytes) && plain == bytes),
+                Err(_) => prop_assert!(is_sealed(&bytes)),
+            }
+            // A well-framed sealed value with any content but a real seal does not open.
+            prop_assert!(k.open("core/perf-replication/ca", &framed(MAGIC, &body)).is_err());
+        }
+
+        /// A sealed value changed in any way, even with its frame's checksum made right again,
+        /// does not open.
+        #[test]
+        fn damaged_sealed_values_never_open(
+            plain in proptest::collection::vec(any::<u8>(), 0..64),
+            damages in damages(),
+        ) {
+            let k = kek('a');
+            let sealed = k.seal("core/perf-replication/ca", &plain);
+            let damaged = reframed(&sealed, &damages);
+            prop_assume!(damaged != sealed);
+            prop_assert!(k.open("core/perf-replication/ca", &damaged).is_err());
+        }
+
+        /// The KEK file's text is 64 hex digits or refused with its length, whatever it holds.
+        #[test]
+        fn kek_text_is_64_hex_digits_or_refused(text in prop_oneof![".{0,80}", "[0-9a-fA-F]{62,66}"]) {
+            let valid = text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
+            prop_assert_eq!(KeyEncryptionKey::from_hex(&text).is_ok(), valid);
+        }
+    }
 
     fn kek(byte: char) -> KeyEncryptionKey {
         KeyEncryptionKey::from_hex(&byte.to_string().repeat(64)).unwrap()

@@ -114,8 +114,78 @@ impl Checkpoint {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::codec::damage::{damages, reframed};
     use crate::merkle::{Change, MerkleIndex};
+
+    fn geometry() -> Geometry {
+        Geometry::new(2, 2).unwrap()
+    }
+
+    /// A valid record: sorted leaves, all of the subpage of the first one.
+    fn subpage_record() -> impl Strategy<Value = SubpageRecord> {
+        (
+            proptest::collection::vec(any::<([u8; 16], [u8; 16])>(), 1..12),
+            any::<u64>(),
+        )
+            .prop_map(|(leaves, lsn)| {
+                let subpage = geometry().subpage_of(&leaves[0].0);
+                let mut leaves: Vec<Leaf> = leaves
+                    .into_iter()
+                    .filter(|(path, _)| geometry().subpage_of(path) == subpage)
+                    .map(|(path, value)| Leaf { path, value })
+                    .collect();
+                leaves.sort_by_key(|l| l.path);
+                leaves.dedup_by_key(|l| l.path);
+                SubpageRecord {
+                    subpage,
+                    lsn,
+                    leaves,
+                }
+            })
+    }
+
+    proptest! {
+        /// A subpage record read from etcd is an error or the one record it encodes, whatever
+        /// its bytes, and a huge leaf count allocates nothing.
+        #[test]
+        fn subpage_records_decode_to_an_error_or_what_they_encode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..128),
+            record in subpage_record(),
+            damages in damages(),
+        ) {
+            prop_assert_eq!(SubpageRecord::decode(&record.encode(), geometry()), Ok(record.clone()));
+            let damaged = reframed(&record.encode(), &damages);
+            for raw in [bytes, damaged] {
+                if let Ok(decoded) = SubpageRecord::decode(&raw, geometry()) {
+                    prop_assert_eq!(decoded.encode(), raw);
+                }
+            }
+        }
+
+        /// The checkpoint read from etcd is an error or the one checkpoint it encodes, with a
+        /// geometry that [`Geometry::new`] accepts.
+        #[test]
+        fn checkpoints_decode_to_an_error_or_what_they_encode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            pages in 1u32..64,
+            per in 1u32..64,
+            lsn: u64,
+            damages in damages(),
+        ) {
+            let checkpoint = Checkpoint { geometry: Geometry::new(pages, per).unwrap(), lsn };
+            let damaged = reframed(&checkpoint.encode(), &damages);
+            for raw in [bytes, damaged] {
+                if let Ok(decoded) = Checkpoint::decode(&raw) {
+                    let g = decoded.geometry;
+                    prop_assert_eq!(Geometry::new(g.pages, g.subpages_per_page), Ok(g));
+                    prop_assert_eq!(decoded.encode(), raw);
+                }
+            }
+        }
+    }
 
     #[test]
     fn subpage_records_round_trip_and_are_checked() {

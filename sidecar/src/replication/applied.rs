@@ -53,7 +53,30 @@ pub async fn load(core: &Core) -> Result<Option<Applied>, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::codec::damage::{damages, reframed};
+
+    proptest! {
+        /// `meta/applied` as read from etcd: an error or the one record it encodes.
+        #[test]
+        fn applied_records_decode_to_an_error_or_what_they_encode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            id: [u8; 16],
+            index: u64,
+            epoch: u64,
+            damages in damages(),
+        ) {
+            let a = Applied { stream_id: StreamId(id), index, epoch };
+            let damaged = reframed(&a.encode(), &damages);
+            for record in [bytes, damaged] {
+                if let Ok(decoded) = Applied::decode(&record) {
+                    prop_assert_eq!(decoded.encode(), record);
+                }
+            }
+        }
+    }
 
     #[test]
     fn round_trips() {

@@ -155,7 +155,30 @@ pub async fn clear(core: &Core) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::codec::damage::{damages, reframed};
+
+    proptest! {
+        /// `meta/superseded` as read from etcd: an error or a record that survives its own
+        /// round trip, whatever the bytes. (An unknown `shipped_to` need not be stored as 0.)
+        #[test]
+        fn superseded_records_decode_to_an_error_or_a_valid_record(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            epoch: u64,
+            shipped_to: Option<u64>,
+            damages in damages(),
+        ) {
+            let damaged = reframed(&Superseded { epoch, shipped_to }.encode(), &damages);
+            for record in [bytes, damaged] {
+                if let Ok(s) = Superseded::decode(&record) {
+                    prop_assert_eq!(record.len(), s.encode().len());
+                    prop_assert_eq!(Superseded::decode(&s.encode()), Ok(s));
+                }
+            }
+        }
+    }
 
     fn primary() -> ClusterDefinition {
         ClusterDefinition::active_primary_for_tests()

@@ -80,7 +80,28 @@ impl WalPosition {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::codec::damage::{damages, reframed};
+
+    proptest! {
+        /// `meta/stream` as read from etcd: an error or the one record it encodes.
+        #[test]
+        fn stream_records_decode_to_an_error_or_what_they_encode(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            id: [u8; 16],
+            epoch: u64,
+            damages in damages(),
+        ) {
+            let damaged = reframed(&StreamState { stream_id: StreamId(id), epoch }.encode(), &damages);
+            for record in [bytes, damaged] {
+                if let Ok(s) = StreamState::decode(&record) {
+                    prop_assert_eq!(s.encode(), record);
+                }
+            }
+        }
+    }
 
     #[test]
     fn stream_record_round_trips() {
