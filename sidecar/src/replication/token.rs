@@ -130,6 +130,8 @@ fn split(token: &str) -> Result<(&str, Vec<u8>), TokenError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn claims(ca: &ReplicationCa, expires_at: u64) -> TokenClaims {
@@ -159,6 +161,95 @@ mod tests {
             Err(TokenError::Expired { expired_at: 200 })
         );
         assert!(TokenClaims::verify_issued_by(&token, &ca, 150).is_ok());
+    }
+
+    /// One CA and one valid token (expiring at 200) for the properties: making a CA is slow.
+    fn signed() -> &'static (ReplicationCa, String) {
+        static SIGNED: std::sync::OnceLock<(ReplicationCa, String)> = std::sync::OnceLock::new();
+        SIGNED.get_or_init(|| {
+            let ca = ReplicationCa::generate("c1").unwrap();
+            let token = claims(&ca, 200).sign(&ca).unwrap();
+            (ca, token)
+        })
+    }
+
+    /// Both sides' checks of `token` at time 150: the secondary's and the primary's.
+    fn both_checks(token: &str) -> [Result<TokenClaims, TokenError>; 2] {
+        [
+            TokenClaims::verify(token, 150),
+            TokenClaims::verify_issued_by(token, &signed().0, 150),
+        ]
+    }
+
+    /// A change to a token's text: a character replaced, the end cut or garbage appended.
+    fn damaged(token: &str, at: prop::sample::Index, with: char, how: u8) -> String {
+        let at = at.index(token.len());
+        match how % 3 {
+            0 => format!("{}{with}{}", &token[..at], &token[at + 1..]),
+            1 => token[..at].to_owned(),
+            _ => format!("{token}{with}"),
+        }
+    }
+
+    proptest! {
+        /// Whatever a caller pastes as a token, both checks refuse it, and never panic.
+        #[test]
+        fn arbitrary_text_is_refused(text in ".{0,300}") {
+            for result in both_checks(&text) {
+                prop_assert!(result.is_err());
+            }
+        }
+
+        /// A token of the right shape whose parts are random bytes, or valid claims with a
+        /// random signing key and signature, is refused: garbled or wrongly signed.
+        #[test]
+        fn right_shaped_tokens_with_random_parts_are_refused(
+            claims_bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            key in proptest::collection::vec(any::<u8>(), 0..80),
+            signature in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let random = format!("{PREFIX}{}.{}", B64.encode(&claims_bytes), B64.encode(&signature));
+            let mut forged = claims(&signed().0, 200);
+            forged.signing_key = B64.encode(&key);
+            let forged = format!(
+                "{PREFIX}{}.{}",
+                B64.encode(serde_json::to_vec(&forged).unwrap()),
+                B64.encode(&signature)
+            );
+            for token in [random, forged] {
+                for result in both_checks(&token) {
+                    prop_assert!(matches!(
+                        result,
+                        Err(TokenError::Garbled(_) | TokenError::BadSignature)
+                    ), "{result:?}");
+                }
+            }
+        }
+
+        /// Any change to a valid token's text makes it invalid on both sides: the signature
+        /// covers every character of the claims, and the signature's own text has one decoding.
+        #[test]
+        fn a_changed_token_is_refused(
+            at in any::<prop::sample::Index>(),
+            with in "[A-Za-z0-9_.=+/ -]",
+            how: u8,
+        ) {
+            let token = &signed().1;
+            let changed = damaged(token, at, with.chars().next().unwrap(), how);
+            prop_assume!(changed.trim() != token);
+            for result in both_checks(&changed) {
+                prop_assert!(result.is_err(), "{changed:?} was accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_it_is_decoded() {
+        let token = format!("{PREFIX}{}", "A".repeat(MAX_TOKEN_BYTES));
+        let Err(TokenError::Garbled(why)) = TokenClaims::verify(&token, 150) else {
+            panic!("an oversized token was not refused as garbled");
+        };
+        assert!(why.contains("over the limit"), "{why}");
     }
 
     #[test]
