@@ -361,7 +361,77 @@ fn parse_ttl(value: &Value) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A JSON value as a request body may hold one: numbers of every kind, duration-like text
+    /// and anything else.
+    fn json_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|n| json!(n)),
+            "[ +-]?[0-9]{0,22}[smhdy]?[ ]?".prop_map(|s| json!(s)),
+            ".{0,24}".prop_map(|s| json!(s)),
+            any::<bool>().prop_map(|b| json!(b)),
+            Just(json!(null)),
+            Just(json!([1])),
+            Just(json!({ "ttl": 1 })),
+        ]
+    }
+
+    proptest! {
+        /// A TTL from the admin API is whole seconds, or a number and a unit, without overflow:
+        /// anything else is refused with the value in the message.
+        #[test]
+        fn ttls_are_seconds_or_refused(value in json_value()) {
+            match parse_ttl(&value) {
+                Ok(ttl) => {
+                    let seconds = match &value {
+                        Value::Number(n) => n.as_u64(),
+                        Value::String(s) => {
+                            let s = s.trim();
+                            let (digits, scale) = match s.strip_suffix(['s', 'm', 'h', 'd']) {
+                                Some(digits) => (digits, match s.chars().last() {
+                                    Some('m') => 60,
+                                    Some('h') => 3600,
+                                    Some('d') => 86_400,
+                                    _ => 1,
+                                }),
+                                None => (s, 1),
+                            };
+                            digits.parse::<u64>().ok().and_then(|n| n.checked_mul(scale))
+                        }
+                        _ => None,
+                    };
+                    prop_assert_eq!(Some(ttl.as_secs()), seconds);
+                }
+                Err(e) => prop_assert!(e.contains(&value.to_string()), "{e}"),
+            }
+        }
+
+        /// Any request body is a JSON object of known fields, empty, or refused as a 400 that
+        /// says so; never a panic.
+        #[test]
+        fn bodies_are_parsed_or_refused_as_bad_requests(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                json_value().prop_map(|v| json!({ "id": "east", "ttl": v }).to_string().into_bytes()),
+            ],
+        ) {
+            match body::<SecondaryToken>(&Bytes::from(raw.clone())) {
+                Ok(_) => prop_assert!(
+                    raw.iter().all(u8::is_ascii_whitespace)
+                        || serde_json::from_slice::<Value>(&raw).is_ok_and(|v| v.is_object())
+                ),
+                Err(e) => {
+                    prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    prop_assert!(e.message.starts_with("invalid request body"), "{}", e.message);
+                }
+            }
+        }
+    }
 
     #[test]
     fn ttls_parse_like_vault() {

@@ -131,7 +131,52 @@ impl Default for PathClassifier {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Any text, and text made of what paths are made of, so that valid ones come up too.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,40}", "[a./\\x00\n\u{85}é]{0,12}", "[a/]{0,12}"]
+    }
+
+    /// Whether `path` is one entry's path by the rules in the module documentation.
+    fn is_entry_path(path: &str, max_bytes: usize) -> bool {
+        path.len() <= max_bytes
+            && !path.chars().any(char::is_control)
+            && path
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+    }
+
+    proptest! {
+        /// A key from ferry-vault is accepted exactly when it follows the rules, and a refusal's
+        /// message stays short whatever the key's length.
+        #[test]
+        fn keys_are_valid_by_the_rules_or_refused_briefly(key in text(), long: bool) {
+            let key = if long { key.repeat(100) } else { key };
+            match validate_key(&key, 64) {
+                Ok(()) => prop_assert!(is_entry_path(&key, 64)),
+                Err(e) => {
+                    prop_assert!(!is_entry_path(&key, 64));
+                    // At most 200 characters of the key, each at most 10 escaped, and the reason.
+                    prop_assert!(e.to_string().len() <= 200 * 10 + 100, "{e}");
+                }
+            }
+        }
+
+        /// A list prefix is the root, or a valid key followed by `/`.
+        #[test]
+        fn prefixes_are_the_root_or_a_folder(prefix in text()) {
+            let folder_ok = prefix
+                .strip_suffix('/')
+                .is_some_and(|folder| validate_key(folder, 64).is_ok());
+            prop_assert_eq!(
+                validate_prefix(&prefix, 64).is_ok(),
+                prefix.is_empty() || folder_ok
+            );
+        }
+    }
 
     #[test]
     fn accepts_vault_paths() {
