@@ -69,11 +69,14 @@ impl Keyspace {
         format!("{}wal/{index:016x}", self.root)
     }
 
-    /// The WAL index a WAL key names, if `key` is one.
+    /// The WAL index a WAL key names, if `key` is one: exactly the form [`Self::wal`] writes,
+    /// 16 lowercase hex digits (`from_str_radix` alone would also take a sign or uppercase).
     pub fn wal_index_of(&self, key: &[u8]) -> Option<u64> {
         let key = std::str::from_utf8(key).ok()?;
         let hex = key.strip_prefix(self.root.as_str())?.strip_prefix("wal/")?;
-        (hex.len() == 16)
+        let canonical =
+            hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        canonical
             .then(|| u64::from_str_radix(hex, 16).ok())
             .flatten()
     }
@@ -122,7 +125,31 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A key read back from etcd names a WAL index only when it is that index's own key,
+        /// and a data path only when it is that path's key, whatever its bytes.
+        #[test]
+        fn keys_name_an_index_or_a_path_only_in_their_own_form(
+            raw in proptest::collection::vec(any::<u8>(), 0..40),
+            suffix in prop_oneof!["[+-]?[0-9a-fA-F]{15,16}", ".{0,20}"],
+            wal: bool,
+        ) {
+            let ks = Keyspace::for_cluster("a");
+            let prefix = if wal { ks.wal_prefix() } else { ks.data_prefix() };
+            for key in [raw, format!("{prefix}{suffix}").into_bytes()] {
+                if let Some(index) = ks.wal_index_of(&key) {
+                    prop_assert_eq!(ks.wal(index).into_bytes(), key.clone());
+                }
+                if let Some(path) = ks.path_of(&key) {
+                    prop_assert_eq!(ks.data(path).into_bytes(), key.clone());
+                }
+            }
+        }
+    }
 
     #[test]
     fn wal_keys_sort_by_index() {
