@@ -61,8 +61,17 @@ impl MerkleSnapshot {
         }
     }
 
-    /// The wire hashes of the subpages of `pages`, concatenated in order.
+    /// The wire hashes of the subpages of `pages`, concatenated in order: at most as many bytes
+    /// as the snapshot holds, since `pages` (a secondary's request) may not name more pages than
+    /// there are.
     pub fn subpage_hashes_of(&self, pages: &[u32]) -> Result<Vec<u8>, String> {
+        if pages.len() > self.geometry.pages as usize {
+            return Err(format!(
+                "{} pages asked for; the index has {}",
+                pages.len(),
+                self.geometry.pages
+            ));
+        }
         let per = self.geometry.subpages_per_page as usize * WIRE_HASH_BYTES;
         let mut out = Vec::with_capacity(pages.len() * per);
         for &page in pages {
@@ -176,6 +185,8 @@ impl SnapshotCache {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::merkle::Change;
 
@@ -224,5 +235,57 @@ mod tests {
         assert!(conflicting_pages(&a, &[0; 3]).is_err());
         assert!(conflicting_subpages(&a, &[0], &[0; 5]).is_err());
         assert!(snapshot.subpage_hashes_of(&[99]).is_err());
+    }
+
+    proptest! {
+        /// Whatever page numbers a secondary asks for, the primary answers with at most its
+        /// snapshot's subpage hashes, or refuses by name: a request of millions of page numbers
+        /// (a 4 MiB message holds that many) must not make it allocate gigabytes.
+        #[test]
+        fn asked_pages_are_answered_within_the_snapshot_or_refused(
+            pages in prop_oneof![
+                proptest::collection::vec(0u32..16, 0..40),
+                proptest::collection::vec(prop_oneof![0u32..16, any::<u32>()], 0..40),
+            ],
+        ) {
+            let snapshot = MerkleSnapshot::take(&index([("k".into(), "v".into())]), 1, 1);
+            let per = 8 * WIRE_HASH_BYTES;
+            match snapshot.subpage_hashes_of(&pages) {
+                Ok(hashes) => {
+                    prop_assert!(hashes.len() <= snapshot.subpage_hashes.len());
+                    prop_assert_eq!(hashes.len(), pages.len() * per);
+                    for (chunk, &page) in hashes.chunks(per).zip(&pages) {
+                        let start = page as usize * per;
+                        prop_assert_eq!(chunk, &snapshot.subpage_hashes[start..start + per]);
+                    }
+                }
+                Err(e) => prop_assert!(pages.len() > 16 || pages.iter().any(|&p| p >= 16), "{e}"),
+            }
+        }
+
+        /// Whatever hash bytes a primary sends, the secondary finds conflicts only among its
+        /// own pages and subpages, or refuses the answer.
+        #[test]
+        fn hashes_from_the_primary_name_only_existing_pages_and_subpages(
+            remote in proptest::collection::vec(any::<u8>(), 0..300),
+            asked in proptest::collection::btree_set(0u32..16, 0..3),
+        ) {
+            let local = index([("k".into(), "v".into())]);
+            let mut page_hashes = remote.clone();
+            page_hashes.resize(16 * WIRE_HASH_BYTES, 0);
+            for pages in [remote.clone(), page_hashes] {
+                if let Ok(pages) = conflicting_pages(&local, &pages) {
+                    prop_assert!(pages.iter().all(|&p| p < 16));
+                }
+            }
+            let asked: Vec<u32> = asked.into_iter().collect();
+            let mut subpage_hashes = remote.clone();
+            subpage_hashes.resize(asked.len() * 8 * WIRE_HASH_BYTES, 0);
+            for hashes in [remote, subpage_hashes] {
+                if let Ok(found) = conflicting_subpages(&local, &asked, &hashes) {
+                    prop_assert!(found.iter().all(|s| asked.contains(&(s / 8))));
+                }
+            }
+        }
     }
 }
