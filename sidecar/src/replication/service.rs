@@ -214,7 +214,7 @@ impl ReplicationRpc for ReplicationService {
                 PeerStatus {
                     cluster_address: req.cluster_addr.clone(),
                     last_heartbeat: Some(std::time::SystemTime::now()),
-                    clock_skew_ms: req.sent_at_ms as i64 - now as i64,
+                    clock_skew_ms: clock_skew_ms(req.sent_at_ms, now),
                     last_remote_wal: req.last_remote_wal,
                 },
             );
@@ -449,6 +449,14 @@ impl ReplicationService {
     }
 }
 
+/// How far ahead of this node's clock a peer's is, in milliseconds, from the send time it
+/// reports. Saturated: that number is whatever the peer sent, and a plain `as i64` subtraction
+/// overflows (a panic in debug builds) for one past 2^63.
+fn clock_skew_ms(sent_at_ms: u64, now_ms: u64) -> i64 {
+    let skew = i128::from(sent_at_ms) - i128::from(now_ms);
+    i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// The current etcd revision, provided the data there still matches WAL index `index` (no
 /// later entry has committed); `None` otherwise. The current revision rather than that of the
 /// entry's own transaction: an idle primary's last entry can be older than etcd's compaction
@@ -575,6 +583,27 @@ async fn ship(
         };
         if tx.send(Ok(message)).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever send time a secondary's heartbeat reports, the skew is its distance from
+        /// now, saturated at the ends of `i64`.
+        #[test]
+        fn clock_skew_is_the_saturated_difference(
+            sent_at_ms in prop_oneof![any::<u64>(), (1u64 << 63) - 2..=u64::MAX],
+            now_ms in prop_oneof![0u64..1 << 45, any::<u64>()],
+        ) {
+            let skew = clock_skew_ms(sent_at_ms, now_ms);
+            let exact = i128::from(sent_at_ms) - i128::from(now_ms);
+            prop_assert_eq!(i128::from(skew), exact.clamp(i64::MIN.into(), i64::MAX.into()));
         }
     }
 }
