@@ -277,7 +277,119 @@ fn is_literal(pattern: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Policy text made of the grammar's own words in any order, so that the parser gets past
+    /// its first token; with comments, unterminated strings and stray characters.
+    fn token_soup() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            Just("path"),
+            Just("capabilities"),
+            Just("="),
+            Just("{"),
+            Just("}"),
+            Just("["),
+            Just("]"),
+            Just(","),
+            Just("\"read\""),
+            Just("\"deny\""),
+            Just("\"fly\""),
+            Just("\"secret/*\""),
+            Just("\"a/+/b\""),
+            Just("\"*\""),
+            Just("\"\""),
+            Just("\""),
+            Just("# note"),
+            Just("// note"),
+            Just("/"),
+            Just("\n"),
+            Just("é"),
+        ];
+        proptest::collection::vec(word, 0..30).prop_map(|words| words.join(" "))
+    }
+
+    /// A valid rule: a pattern and some capabilities.
+    fn rule() -> impl Strategy<Value = Rule> {
+        (
+            "[a-z+]{1,4}(/[a-z+]{1,4}){0,3}/?\\*?",
+            proptest::collection::btree_set(proptest::sample::select(&CAPABILITIES[..]), 0..4),
+        )
+            .prop_map(|(pattern, caps)| Rule {
+                pattern,
+                capabilities: caps.into_iter().map(str::to_owned).collect(),
+            })
+    }
+
+    fn text_of(rules: &[Rule]) -> String {
+        rules
+            .iter()
+            .map(|r| {
+                let caps: Vec<String> = r.capabilities.iter().map(|c| format!("{c:?}")).collect();
+                format!(
+                    "path {:?} {{ capabilities = [{}] }}\n",
+                    r.pattern,
+                    caps.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever text a caller uploads as a policy, it parses or is refused with a message,
+        /// and what parses holds only valid patterns and known capabilities, and answers any
+        /// path without panicking.
+        #[test]
+        fn any_text_parses_into_valid_rules_or_is_refused(
+            text in prop_oneof![".{0,200}", token_soup()],
+            path in "[a-z+*/]{0,12}",
+        ) {
+            match parse("p", &text) {
+                Ok(policy) => {
+                    for rule in &policy.rules {
+                        prop_assert_eq!(validate_pattern(&rule.pattern), Ok(()));
+                        prop_assert!(rule.capabilities.iter().all(|c| CAPABILITIES.contains(&c.as_str())));
+                    }
+                    let policies = [policy];
+                    let caps = capabilities(&policies, &path);
+                    prop_assert!(caps.iter().all(|c| CAPABILITIES.contains(&c.as_str()) && c != "deny"));
+                    list_capabilities(&policies, &path);
+                }
+                Err(ParseError(message)) => prop_assert!(!message.is_empty()),
+            }
+        }
+
+        /// Valid rules written out parse back to exactly those rules.
+        #[test]
+        fn written_rules_parse_back(rules in proptest::collection::vec(rule(), 0..5)) {
+            let policy = parse("p", &text_of(&rules)).unwrap();
+            prop_assert_eq!(policy.rules, rules);
+        }
+
+        /// A valid policy with characters cut, replaced or inserted anywhere parses or is
+        /// refused, never a panic, even when the change splits a multi-byte character's line.
+        #[test]
+        fn edited_policies_parse_or_are_refused(
+            rules in proptest::collection::vec(rule(), 1..4),
+            at in any::<proptest::sample::Index>(),
+            cut in 0usize..8,
+            insert in "[\"{}\\[\\]=,#/ \n*+é]{0,3}",
+        ) {
+            let text: Vec<char> = text_of(&rules).chars().collect();
+            let at = at.index(text.len());
+            let end = (at + cut).min(text.len());
+            let edited: String = text[..at].iter().copied()
+                .chain(insert.chars())
+                .chain(text[end..].iter().copied())
+                .collect();
+            if let Ok(policy) = parse("p", &edited) {
+                for rule in &policy.rules {
+                    prop_assert_eq!(validate_pattern(&rule.pattern), Ok(()));
+                }
+            }
+        }
+    }
 
     const TEXT: &str = r#"
         # readers
