@@ -174,7 +174,74 @@ impl ApiRequest {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn operation() -> impl Strategy<Value = Operation> {
+        prop_oneof![
+            Just(Operation::Read),
+            Just(Operation::List),
+            Just(Operation::Write),
+            Just(Operation::Delete),
+        ]
+    }
+
+    /// A request path: any text, or `/v1/` and segments of what makes paths interesting.
+    fn raw_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,30}",
+            "/v1/([a-z]{1,3}|\\.|\\.\\.|%2[fF]|)(/([a-z]{1,3}|\\.|\\.\\.|%2[fF]|)){0,4}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever path a request names, its canonical form is refused or is the path as sent
+        /// (a list's with one `/` added) without any empty, `.` or `..` segment to resolve.
+        #[test]
+        fn canonical_paths_are_the_path_as_sent_or_refused(raw in raw_path(), op in operation()) {
+            if let Ok(path) = canonical_path(&raw, op) {
+                let sent = raw.strip_prefix("/v1/").unwrap();
+                let listed = format!("{sent}/");
+                prop_assert!(path == sent || (op == Operation::List && path == listed));
+                if !path.is_empty() {
+                    let folders = path.strip_suffix('/').unwrap_or(&path);
+                    prop_assert!(folders.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+                }
+                prop_assert!(op != Operation::List || path.is_empty() || path.ends_with('/'));
+                // Canonical once is canonical for good.
+                prop_assert_eq!(canonical_path(&format!("/v1/{path}"), op).ok(), Some(path));
+            }
+        }
+
+        /// Any method and URI a client sends is parsed or refused with a 400, 404 or 405,
+        /// never a panic; `list` never reaches a handler's query.
+        #[test]
+        fn any_request_line_is_parsed_or_refused(
+            method in prop_oneof![
+                Just("GET"), Just("LIST"), Just("POST"), Just("PUT"), Just("DELETE"),
+                Just("PATCH"), Just("HEAD"), Just("get"), Just("BREW"),
+            ],
+            path in raw_path(),
+            query in prop_oneof![
+                "([a-z]{1,4}(=[a-zA-Z0-9%+&=]{0,6})?&?){0,3}",
+                "list(=[a-zA-Z0-9%]{0,5})?(&[a-z]{1,3}=[a-z]{0,3})?",
+            ],
+        ) {
+            let Ok(uri) = format!("{path}?{query}").parse::<Uri>() else {
+                return Ok(());
+            };
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            match ApiRequest::parse(&method, &uri) {
+                Ok(request) => prop_assert!(!request.query.contains_key("list")),
+                Err(e) => prop_assert!(
+                    [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED]
+                        .contains(&e.status),
+                    "{e:?}"
+                ),
+            }
+        }
+    }
 
     fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
