@@ -207,7 +207,55 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever storage returns for a sealed path, the keyring opens it or refuses it by
+        /// name; a sealed value changed in any byte never opens.
+        #[test]
+        fn stored_bytes_open_only_as_sealed(
+            bytes in proptest::collection::vec(any::<u8>(), 0..96),
+            plain in proptest::collection::vec(any::<u8>(), 0..32),
+            at in any::<proptest::sample::Index>(),
+            mask in 1..=u8::MAX,
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let ring = Keyring::generate();
+            prop_assert!(ring.open("secret/a", &bytes).is_err());
+            let sealed = ring.seal("secret/a", &plain);
+            let mut flipped = sealed.clone();
+            flipped[at.index(sealed.len())] ^= mask;
+            prop_assert!(ring.open("secret/a", &flipped).is_err());
+            prop_assert!(ring.open("secret/a", &sealed[..cut.index(sealed.len())]).is_err());
+        }
+
+        /// A root key file holds 32 bytes as 64 hex digits or as base64, or it is refused with
+        /// a message, whatever the text.
+        #[test]
+        fn root_key_text_is_32_bytes_or_refused(
+            text in prop_oneof![
+                ".{0,80}",
+                "[0-9a-fA-F]{62,66}",
+                proptest::collection::vec(any::<u8>(), 30..34).prop_map(|b| {
+                    base64::engine::general_purpose::STANDARD.encode(b)
+                }),
+            ],
+        ) {
+            match Key::parse_root(&text) {
+                Ok(_) => {
+                    let t = text.trim();
+                    let hex = t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit());
+                    let b64 = base64::engine::general_purpose::STANDARD
+                        .decode(t)
+                        .is_ok_and(|b| b.len() == 32);
+                    prop_assert!(hex || b64);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 
     #[test]
     fn sealed_values_open_only_at_their_path_with_their_key() {

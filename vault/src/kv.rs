@@ -207,7 +207,26 @@ pub fn version_json(meta: &VersionMeta, version: Option<u64>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A secret path from a request is accepted only when it names one entry under the
+        /// mount: no empty, `.` or `..` segment, so nothing it becomes in storage escapes the
+        /// secret's own keys.
+        #[test]
+        fn secret_paths_name_one_entry_or_are_refused(
+            path in prop_oneof![".{0,40}", "/?([a-z]{0,2}|\\.|\\.\\.)(/([a-z]{0,2}|\\.|\\.\\.)){0,3}/?"],
+        ) {
+            if validate_path(&path).is_ok() {
+                prop_assert!(!path.is_empty() && path.len() <= MAX_PATH_BYTES);
+                let stored = version_path("logical/u/", &path, 1);
+                let inside = stored.strip_prefix("logical/u/versions/").unwrap();
+                prop_assert!(inside.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+            }
+        }
+    }
 
     #[test]
     fn versions_count_up_and_cas_is_checked() {

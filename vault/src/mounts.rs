@@ -181,7 +181,27 @@ impl MountTable {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A mount path from a request normalises to a folder of allowed characters outside the
+        /// reserved prefixes, which normalises to itself, or it is refused.
+        #[test]
+        fn mount_paths_normalise_to_a_fixed_point_or_are_refused(
+            path in prop_oneof![".{0,40}", "/?(sys|auth|[a-z.]{0,3}|\\.\\.)(/[a-z.]{0,3}){0,3}/{0,2}"],
+        ) {
+            if let Ok(normal) = normalize_path(&path) {
+                prop_assert!(normal.ends_with('/') && !normal.starts_with('/'));
+                prop_assert!(normal.len() <= MAX_PATH_BYTES + 1);
+                prop_assert!(RESERVED.iter().all(|r| !normal.starts_with(r)));
+                prop_assert_eq!(normalize_path(&normal), Ok(normal.clone()));
+                let table = MountTable::defaults(0);
+                let _ = table.route(&normal);
+            }
+        }
+    }
 
     #[test]
     fn routes_by_the_longest_mount_path() {

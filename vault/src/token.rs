@@ -340,7 +340,22 @@ impl TokenStore<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// An accessor from a request is 1 to 128 ASCII letters or digits, or refused before
+        /// it names a storage key, whatever the text.
+        #[test]
+        fn accessors_are_letters_and_digits_or_refused(
+            accessor in prop_oneof![".{0,40}", "[a-zA-Z0-9./é ]{0,8}", "[a-f0-9]{120,136}"],
+        ) {
+            let valid = (1..=MAX_ACCESSOR_BYTES).contains(&accessor.len())
+                && accessor.chars().all(|c| c.is_ascii_alphanumeric());
+            prop_assert_eq!(validate_accessor(&accessor).is_ok(), valid);
+        }
+    }
 
     #[test]
     fn issued_accessors_are_well_formed_and_path_like_ones_are_not() {

@@ -440,7 +440,43 @@ impl<'s> Caller<'s> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// A `ttl`, `explicit_max_ttl` or `increment` from a request body is whole seconds or a
+        /// number and a unit, without overflow; anything else is a 400 naming the value.
+        #[test]
+        fn durations_are_seconds_or_a_bad_request(
+            value in prop_oneof![
+                any::<u64>().prop_map(|n| json!(n)),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|n| json!(n)),
+                "[ +-]?[0-9]{0,22}[smhdy]?[ ]?".prop_map(|s| json!(s)),
+                ".{0,24}".prop_map(|s| json!(s)),
+                Just(json!(null)),
+                Just(json!([]))
+            ],
+        ) {
+            match parse_duration(&value) {
+                Ok(seconds) => match &value {
+                    Value::Number(n) => prop_assert_eq!(n.as_u64(), Some(seconds)),
+                    Value::String(s) => {
+                        let s = s.trim();
+                        let digits = s.trim_end_matches(['s', 'm', 'h', 'd']);
+                        prop_assert!(s.len() - digits.len() <= 1);
+                        prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+                    }
+                    _ => prop_assert!(false, "{value} is not a duration"),
+                },
+                Err(e) => {
+                    prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    prop_assert!(e.message.unwrap_or_default().contains(&value.to_string()));
+                }
+            }
+        }
+    }
 
     #[test]
     fn durations_parse_like_vault() {

@@ -140,7 +140,59 @@ impl TransitKey {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A key with two versions, the first no longer allowed: making one is cheap, but the
+    /// properties share it so that a failure names the same key.
+    fn key() -> TransitKey {
+        let mut key = TransitKey::new("k", 1);
+        key.rotate(2);
+        key.rotate(3);
+        key.min_decryption_version = 2;
+        key
+    }
+
+    proptest! {
+        /// Whatever a client sends as ciphertext, decryption refuses it with a message, or
+        /// it is a real ciphertext of this key: text that merely looks like one never decrypts.
+        #[test]
+        fn arbitrary_ciphertexts_are_refused(
+            text in prop_oneof![
+                ".{0,80}",
+                "vault:v[0-9+-]{0,12}:[A-Za-z0-9+/=]{0,80}",
+                (0u32..5, proptest::collection::vec(any::<u8>(), 0..64))
+                    .prop_map(|(v, raw)| format!("vault:v{v}:{}", B64.encode(raw))),
+            ],
+        ) {
+            let e = key().decrypt(&text, b"").unwrap_err();
+            prop_assert!(!e.0.is_empty());
+        }
+
+        /// A real ciphertext changed anywhere (a character replaced, the end cut, garbage
+        /// appended) or decrypted with another context does not decrypt.
+        #[test]
+        fn changed_ciphertexts_do_not_decrypt(
+            plain in proptest::collection::vec(any::<u8>(), 0..48),
+            at in any::<proptest::sample::Index>(),
+            with in "[A-Za-z0-9+/=:v]",
+            how in 0u8..3,
+        ) {
+            let key = key();
+            let ciphertext = key.encrypt(&plain, b"ctx").unwrap();
+            prop_assert_eq!(key.decrypt(&ciphertext, b"ctx").unwrap(), plain);
+            prop_assert!(key.decrypt(&ciphertext, b"other").is_err());
+            let at = at.index(ciphertext.len());
+            let changed = match how {
+                0 => format!("{}{with}{}", &ciphertext[..at], &ciphertext[at + 1..]),
+                1 => ciphertext[..at].to_owned(),
+                _ => format!("{ciphertext}{with}"),
+            };
+            prop_assume!(changed != ciphertext);
+            prop_assert!(key.decrypt(&changed, b"ctx").is_err(), "{changed:?}");
+        }
+    }
 
     #[test]
     fn round_trips_across_rotation_and_refuses_tampering() {
