@@ -397,6 +397,8 @@ impl Forwarding for ForwardServer {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -443,6 +445,137 @@ mod tests {
         ] {
             let e = decode_index(text).unwrap_err();
             assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        })
+    }
+
+    /// Text that may be an `X-Vault-Index` value: anything, or the right shape with parts
+    /// that may be wrong.
+    fn index_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,60}",
+            "(ferry1|ferry2|)\\.[0-9a-fA-FzZ]{30,34}\\.[0-9+-]{0,21}\\.[0-9+-]{0,21}(\\.)?",
+        ]
+    }
+
+    /// A request a secondary's sidecar may deliver on the forward socket: any method, path,
+    /// headers and body, with or without an identity.
+    fn forwarded_request() -> impl Strategy<Value = ForwardedRequest> {
+        let method = prop_oneof![
+            Just("POST".to_owned()),
+            Just("PUT".to_owned()),
+            Just("DELETE".to_owned()),
+            Just("GET".to_owned()),
+            ".{0,8}"
+        ];
+        let path = prop_oneof![
+            4 => "/v1/secret/data/[a-z]{1,4}(\\?[a-z]{1,4}=[a-z0-9]{0,3})?",
+            1 => "/v1/[ -~]{0,20}",
+            1 => "/v1/.{0,20}",
+            1 => ".{0,24}"
+        ];
+        let name = prop_oneof![Just("content-type".to_owned()), "[a-z-]{1,8}", ".{0,12}"];
+        let headers = proptest::collection::hash_map(name, ".{0,12}", 0..3);
+        let identity = proptest::option::weighted(
+            0.8,
+            ("[a-z]{0,6}", ".{0,8}").prop_map(|(policy, accessor)| Identity {
+                policies: vec![policy],
+                display_name: String::new(),
+                accessor,
+            }),
+        );
+        (
+            method,
+            path,
+            headers,
+            proptest::collection::vec(any::<u8>(), 0..32),
+            identity,
+        )
+            .prop_map(|(method, path_and_query, headers, body, identity)| {
+                ForwardedRequest {
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                    identity,
+                    secondary_id: "east".into(),
+                }
+            })
+    }
+
+    proptest! {
+        /// Whatever a client sends as `X-Vault-Index`, or a primary returns in it, it is refused
+        /// with a message or is a state of a 16-byte stream id that reads back the same.
+        #[test]
+        fn index_headers_decode_to_a_state_or_an_error(text in index_text()) {
+            match decode_index(&text) {
+                Ok(state) => {
+                    prop_assert_eq!(state.stream_id.len(), 16);
+                    prop_assert_eq!(decode_index(&encode_index(&state)), Ok(state));
+                }
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn every_state_round_trips_through_its_header(id: [u8; 16], epoch: u64, index: u64) {
+            let state = ReplicatedState { stream_id: id.to_vec(), epoch, index };
+            let text = encode_index(&state);
+            prop_assert!(HeaderValue::from_str(&text).is_ok());
+            prop_assert_eq!(decode_index(&text), Ok(state));
+        }
+
+        /// A forwarded request, whatever its method, path, headers and body, is refused with
+        /// a status that says why, or runs on a forwardable path; never a panic.
+        #[test]
+        fn forwarded_requests_run_or_are_refused(request in forwarded_request()) {
+            let server = ForwardServer {
+                routes: axum::Router::new().fallback(|| async { "ran" }),
+            };
+            let path = request.path_and_query.split('?').next().unwrap_or_default().to_owned();
+            let has_identity = request.identity.is_some();
+            match runtime().block_on(server.forward(tonic::Request::new(request))) {
+                Ok(response) => {
+                    prop_assert!(forwardable(&path) && has_identity);
+                    prop_assert_eq!(response.get_ref().status, 200);
+                }
+                Err(status) => prop_assert!(
+                    matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument),
+                    "{status:?}"
+                ),
+            }
+        }
+
+        /// Whatever the primary answers a forwarded request with, the secondary makes a
+        /// response of it: its status when valid, else 502; a warning joins a JSON body.
+        #[test]
+        fn primary_responses_are_relayed_whatever_they_hold(
+            status in prop_oneof![100u32..600, any::<u32>()],
+            headers in proptest::collection::hash_map(".{0,12}", ".{0,12}", 0..3),
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..32),
+                Just(b"{\"warnings\":[\"w\"]}".to_vec()),
+                Just(b"{\"warnings\":7}".to_vec()),
+                Just(b"[1]".to_vec()),
+            ],
+            warn: bool,
+        ) {
+            let reply = ForwardedResponse { status, headers, body };
+            let response = primary_response(reply, warn.then_some(NOT_VISIBLE_YET));
+            let valid = u16::try_from(status).ok().and_then(|s| StatusCode::from_u16(s).ok());
+            match valid {
+                Some(s) if s != StatusCode::NO_CONTENT || !warn => prop_assert_eq!(response.status(), s),
+                Some(_) => {}
+                None => prop_assert_eq!(response.status(), StatusCode::BAD_GATEWAY),
+            }
         }
     }
 }
