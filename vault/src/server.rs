@@ -429,3 +429,36 @@ pub async fn authenticate(
     crate::forwarding::note_authenticated(&entry);
     Ok((token, entry))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any request body parses (an empty or blank one as `{}`) or is a 400 that names the
+        /// JSON problem; never a panic or a 500.
+        #[test]
+        fn bodies_parse_or_are_bad_requests(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "[ \\t\\r\\n]{0,4}".prop_map(String::into_bytes),
+                "[{}\\[\\]\":, a-z0-9.-]{0,24}".prop_map(String::into_bytes),
+            ],
+        ) {
+            match parse_body::<Value>(&body) {
+                Ok(value) => {
+                    if body.iter().all(u8::is_ascii_whitespace) {
+                        prop_assert_eq!(value, json!({}));
+                    }
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    let message = e.message.unwrap_or_default();
+                    prop_assert!(message.starts_with("failed to parse JSON input"), "{message}");
+                }
+            }
+        }
+    }
+}
