@@ -327,6 +327,14 @@ fn forwardable(path: &str) -> bool {
     !path.starts_with("auth/")
 }
 
+/// Whether `method` is one a secondary forwards: a write it cannot make itself. A secondary
+/// serves every read from its own copy, so a forwarded read (`GET`, `LIST`, `HEAD`) can only
+/// be someone using a member's credentials to read the primary as another identity, as Vault
+/// also refuses.
+fn forwardable_method(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
+}
+
 /// The forward socket's service: runs what a secondary forwarded, for the identity it sent.
 pub struct ForwardServer {
     pub routes: axum::Router,
@@ -340,6 +348,12 @@ impl Forwarding for ForwardServer {
     ) -> Result<tonic::Response<ForwardedResponse>, tonic::Status> {
         let r = request.into_inner();
         let path = r.path_and_query.split('?').next().unwrap_or_default();
+        if !forwardable_method(&r.method) {
+            return Err(tonic::Status::permission_denied(format!(
+                "a forwarded {} of {path} is refused: only writes are forwarded, a secondary serves reads itself",
+                r.method
+            )));
+        }
         if !forwardable(path) {
             return Err(tonic::Status::permission_denied(format!(
                 "{path} is not executed for another cluster: only secrets engines, sys/mounts and \
@@ -418,6 +432,16 @@ mod tests {
             "/secret/data/a",
         ] {
             assert!(!forwardable(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn only_writes_are_forwarded() {
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            assert!(forwardable_method(method), "{method}");
+        }
+        for method in ["GET", "LIST", "HEAD", "OPTIONS", "get", ""] {
+            assert!(!forwardable_method(method), "{method}");
         }
     }
 
