@@ -65,10 +65,6 @@ impl UnixConnector {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self(Arc::new(path.into()))
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
 }
 
 impl tower::Service<Uri> for UnixConnector {

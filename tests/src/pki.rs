@@ -67,10 +67,6 @@ impl TestPki {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// A server certificate for 127.0.0.1 and localhost.
     pub fn server(&self, name: &str) -> anyhow::Result<CertFiles> {
         self.issue(

@@ -14,6 +14,32 @@ use crate::process::Process;
 use crate::sidecar::{Sidecar, bin_dir};
 use crate::wait_for;
 
+/// A ferry-vault on a sidecar and etcd of its own, for tests of the server alone; stopped
+/// server first on drop.
+pub struct LoneVault {
+    pub vault: VaultServer,
+    pub sidecar: Sidecar,
+    pub etcd: crate::etcd::EtcdServer,
+}
+
+impl LoneVault {
+    /// Starts etcd, a sidecar (cluster `west`) and ferry-vault with `root_key` and `root_token`.
+    pub async fn start(root_key: &str, root_token: &str) -> anyhow::Result<Self> {
+        let etcd = crate::etcd::EtcdServer::start()?;
+        let sidecar = Sidecar::start(
+            &etcd.endpoint(),
+            crate::sidecar::SidecarOptions::new("west", "west-1"),
+        )
+        .await?;
+        let vault = VaultServer::start(&sidecar, root_key, root_token).await?;
+        Ok(Self {
+            vault,
+            sidecar,
+            etcd,
+        })
+    }
+}
+
 /// One ferry-vault with its own key files, killed on drop.
 pub struct VaultServer {
     dir: TempDir,

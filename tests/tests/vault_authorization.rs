@@ -3,10 +3,8 @@
 //! only on GET; a trailing slash names the path it names, to the ACL and to the engine alike;
 //! and a request without a valid token is refused before any route or mount is looked up.
 
-use ferry_tests::etcd::EtcdServer;
 use ferry_tests::http::JsonClient;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::{LoneVault, VaultServer};
 use serde_json::json;
 
 const ROOT_TOKEN: &str = "hvs.authorization-test-root";
@@ -36,9 +34,8 @@ async fn token_with_policy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_query_lists_only_on_get_and_never_reads_or_writes() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"61".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"61".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     root.post(
         "/v1/secret/data/topsecret",
@@ -51,7 +48,7 @@ async fn list_query_lists_only_on_get_and_never_reads_or_writes() -> anyhow::Res
         .ok()?;
     let lister = token_with_policy(
         &root,
-        &vault,
+        vault,
         "lister",
         r#"
         path "secret/data/*" { capabilities = ["list"] }
@@ -151,9 +148,8 @@ async fn list_query_lists_only_on_get_and_never_reads_or_writes() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trailing_slash_is_authorized_and_served_as_the_path_it_names() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"62".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"62".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     root.post("/v1/transit/keys/payroll", json!({}))
         .await?
@@ -169,7 +165,7 @@ async fn a_trailing_slash_is_authorized_and_served_as_the_path_it_names() -> any
     // Everything in transit, but the payroll key: exact rules deny it.
     let user = token_with_policy(
         &root,
-        &vault,
+        vault,
         "transit-user",
         r#"
         path "transit/*" { capabilities = ["create", "read", "update", "delete", "list"] }
@@ -229,15 +225,14 @@ async fn a_trailing_slash_is_authorized_and_served_as_the_path_it_names() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_token_are_refused_before_any_route_is_looked_up()
 -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"63".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"63".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     let anonymous = vault.api.clone();
     let stranger = vault.api.with_token("hvs.nobody");
     let nobody = token_with_policy(
         &root,
-        &vault,
+        vault,
         "nothing",
         r#"path "elsewhere/*" { capabilities = ["read"] }"#,
     )

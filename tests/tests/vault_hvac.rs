@@ -1,18 +1,15 @@
 //! Client compatibility: the real `hvac` client from PyPI, unmodified, against ferry-vault
 //! (`tests/py/*.py`, run with the venv `make setup` creates).
 
-use ferry_tests::etcd::EtcdServer;
 use ferry_tests::hvac::run_script;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::{EAST_ROOT_TOKEN, VaultPair, VaultServer, WEST_ROOT_TOKEN};
+use ferry_tests::vault::{EAST_ROOT_TOKEN, LoneVault, VaultPair, WEST_ROOT_TOKEN};
 
 const ROOT_TOKEN: &str = "hvs.hvac-test-root";
 
 /// Runs `tests/py/<script>` with hvac against a fresh ferry-vault.
 async fn run_hvac(script: &str) -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"33".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"33".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let env = [
         ("VAULT_ADDR", vault.api.base().to_owned()),
         ("VAULT_TOKEN", ROOT_TOKEN.to_owned()),

@@ -1,18 +1,15 @@
 //! KV version 2 over HTTP: concurrent check-and-set writes, and bad input refused with Vault's
 //! error shape and nothing written.
 
-use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::LoneVault;
 use serde_json::json;
 
 const ROOT_TOKEN: &str = "hvs.kv-test-root";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cas_writes_create_a_secret_once() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"44".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"44".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let api = vault.api.with_token(ROOT_TOKEN);
 
     let writes = (0..8).map(|i| {
@@ -43,9 +40,8 @@ async fn concurrent_cas_writes_create_a_secret_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_vault_errors_and_write_nothing() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"55".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"55".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let api = vault.api.with_token(ROOT_TOKEN);
 
     let r = api.post_raw("/v1/secret/data/x", b"{not json").await?;

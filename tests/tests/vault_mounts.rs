@@ -3,18 +3,15 @@
 //! the table unchanged.
 
 use ferry_proto::storage::ListRequest;
-use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::LoneVault;
 use serde_json::json;
 
 const ROOT_TOKEN: &str = "hvs.mounts-test-root";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_are_mounted_tuned_and_unmounted_with_their_data() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"47".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"47".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let api = vault.api.with_token(ROOT_TOKEN);
 
     let mounts = api.get("/v1/sys/mounts").await?.ok()?;
@@ -181,7 +178,8 @@ async fn engines_are_mounted_tuned_and_unmounted_with_their_data() -> anyhow::Re
         "{}",
         gone.error()
     );
-    let left = sidecar
+    let left = lone
+        .sidecar
         .storage()
         .list(ListRequest {
             prefix: format!("logical/{uuid}/"),

@@ -1,18 +1,15 @@
 //! `sys/replication/...` through ferry-vault: proxied to the sidecar; status is open, the rest
 //! needs a root token.
 
-use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::LoneVault;
 use serde_json::json;
 
 const ROOT_TOKEN: &str = "hvs.replication-api-root";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_calls_reach_the_sidecar_with_vaults_auth() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"66".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"66".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
 
     let status = vault.api.get("/v1/sys/replication/status").await?.ok()?;
     assert_eq!(status.body["data"]["performance"]["mode"], "disabled");

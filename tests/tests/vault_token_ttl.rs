@@ -5,9 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::LoneVault;
 use serde_json::{Value, json};
 
 const ROOT_TOKEN: &str = "hvs.token-ttl-test-root";
@@ -29,9 +27,8 @@ fn warned_capped(body: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_a_ttl_gets_the_default_unless_root_from_root() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"b1".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"b1".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     root.post(
         "/v1/sys/policies/acl/creator",
@@ -113,9 +110,8 @@ async fn a_token_without_a_ttl_gets_the_default_unless_root_from_root() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_max_ttl_caps_the_ttl_and_every_renewal() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"b2".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"b2".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
 
     let created = root
@@ -167,9 +163,8 @@ async fn explicit_max_ttl_caps_the_ttl_and_every_renewal() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_over_the_max_is_capped_with_a_warning_not_refused() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"b4".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"b4".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     let long = root
         .post(
@@ -189,9 +184,8 @@ async fn a_ttl_over_the_max_is_capped_with_a_warning_not_refused() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_never_passes_the_system_max_counted_from_creation() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"b3".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"b3".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
 
     let created = root

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_tests::etcd::EtcdServer;
-use ferry_tests::sidecar::{Sidecar, SidecarOptions};
-use ferry_tests::vault::VaultServer;
+use ferry_tests::vault::LoneVault;
 use serde_json::json;
 
 const ROOT_TOKEN: &str = "hvs.token-test-root";
@@ -18,9 +16,8 @@ fn now() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expire_on_their_ttl() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"77".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"77".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
 
     let created = root
@@ -59,9 +56,8 @@ async fn tokens_expire_on_their_ttl() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_accessors_are_bad_requests() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start(&sidecar, &"78".repeat(32), ROOT_TOKEN).await?;
+    let lone = LoneVault::start(&"78".repeat(32), ROOT_TOKEN).await?;
+    let vault = &lone.vault;
     let root = vault.api.with_token(ROOT_TOKEN);
     let created = root
         .post("/v1/auth/token/create", json!({ "ttl": "1h" }))
