@@ -24,6 +24,7 @@ pub mod storage {
 }
 
 pub mod time;
+pub mod tls_accept;
 
 /// Request forwarding from a performance secondary to its primary, and read-after-write waits.
 pub mod forward {

@@ -196,6 +196,12 @@ pub struct Config {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub heartbeat_interval_ms: u64,
 
+    /// How long the cluster port's client certificates are valid, in seconds: a secondary's,
+    /// signed by the primary, and renewed at half-life. A secondary cut off from its primary for
+    /// longer must be activated again.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(4..=2_592_000))]
+    pub replication_client_cert_ttl_seconds: u64,
+
     /// Fault injection for tests: a secondary waits this long before applying each batch of
     /// streamed WAL entries, in milliseconds.
     #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -283,6 +289,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             forward_socket: ferry_proto::forward_socket(&self.storage_socket),
             apply_delay: Duration::from_millis(self.debug_apply_delay_ms),
+            client_cert_ttl: Duration::from_secs(self.replication_client_cert_ttl_seconds),
         }
     }
 }

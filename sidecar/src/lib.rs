@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.cluster_listen,
             replication::service::ReplicationService::new(replication.clone()),
             replication.material(),
+            replication.trust(),
             supervisor.shutdown_signal(),
         ),
     );

@@ -1,32 +1,19 @@
 //! A primary executes for another cluster only writes, which a secondary cannot make itself:
-//! a forwarded read is refused, even with a member's valid credentials and a root identity (the
-//! attack of issue 16: the key inside a used activation token let anyone read secrets and
-//! decrypt as root through `Replication.Forward`).
+//! a forwarded read is refused, even from an activated member with a root identity (the attack
+//! of issue 16: the key inside a used activation token let anyone read secrets and decrypt as
+//! root through `Replication.Forward`). And a used token no longer gets anyone that far.
 
 use ferry_proto::forward::{ForwardedRequest, Identity};
+use ferry_proto::replication::ActivateRequest;
+use ferry_sidecar::replication::membership::NewMember;
+use ferry_sidecar::replication::pki::CertifiedKey;
 use ferry_sidecar::replication::token::TokenClaims;
 use ferry_sidecar::replication::transport::{TlsMaterial, client};
-use ferry_tests::region::Region;
 use ferry_tests::vault::VaultPair;
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_read_is_refused_even_with_a_members_credentials() -> anyhow::Result<()> {
-    let pair = VaultPair::start(&[]).await?;
-    // A member activated with a token whose key the caller kept.
-    let token = pair.west.token("south").await?;
-    let south = Region::start("south", &[]).await?;
-    south.enable_secondary(&token).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let claims = TokenClaims::verify(&token, now)?;
-    let tls = TlsMaterial {
-        ca_cert_pem: claims.ca_cert_pem,
-        identity: claims.client,
-    };
-    let mut primary = client(&pair.west.cluster_addr(), &tls)?;
-    let as_root = |method: &str| ForwardedRequest {
+fn as_root(method: &str) -> ForwardedRequest {
+    ForwardedRequest {
         method: method.into(),
         path_and_query: "/v1/secret/data/pair-canary".into(),
         identity: Some(Identity {
@@ -36,7 +23,44 @@ async fn a_forwarded_read_is_refused_even_with_a_members_credentials() -> anyhow
         }),
         secondary_id: "south".into(),
         ..ForwardedRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_read_is_refused_even_from_an_activated_member() -> anyhow::Result<()> {
+    let pair = VaultPair::start(&[]).await?;
+    let token = pair.west.token("south").await?;
+    let claims = TokenClaims::verify(&token, ferry_sidecar::replication::unix_now())?;
+    let address = pair.west.cluster_addr();
+    // Without a client certificate, the token is all a caller has: nothing but Activate.
+    let anonymous = TlsMaterial {
+        ca_cert_pem: claims.ca_cert_pem.clone(),
+        identity: None,
     };
+    let refused = client(&address, &anonymous)?
+        .forward(as_root("POST"))
+        .await
+        .expect_err("a call without a client certificate was executed");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // This test activates as "south" itself, as a secondary does: its own key, a CSR.
+    let member = NewMember::generate(&claims.cluster_id, "south")?;
+    let reply = client(&address, &anonymous)?
+        .activate(ActivateRequest {
+            token: token.clone(),
+            csr_pem: member.identity.csr_pem()?,
+            ca_cert_pem: member.ca.key.cert_pem.clone(),
+        })
+        .await?
+        .into_inner();
+    let tls = TlsMaterial {
+        ca_cert_pem: claims.ca_cert_pem.clone(),
+        identity: Some(CertifiedKey {
+            cert_pem: reply.client_cert_pem,
+            key_pem: member.identity.key_pem.clone(),
+        }),
+    };
+    let mut primary = client(&address, &tls)?;
     for method in ["GET", "LIST"] {
         let refused = primary
             .forward(as_root(method))
@@ -49,5 +73,22 @@ async fn a_forwarded_read_is_refused_even_with_a_members_credentials() -> anyhow
             refused.message()
         );
     }
+
+    // The used token gets a second key nothing.
+    let other = NewMember::generate(&claims.cluster_id, "south")?;
+    let replayed = client(&address, &anonymous)?
+        .activate(ActivateRequest {
+            token,
+            csr_pem: other.identity.csr_pem()?,
+            ca_cert_pem: other.ca.key.cert_pem.clone(),
+        })
+        .await
+        .expect_err("a used token was accepted again");
+    assert_eq!(replayed.code(), Code::InvalidArgument, "{replayed:?}");
+    assert!(
+        replayed.message().contains("already used"),
+        "{}",
+        replayed.message()
+    );
     Ok(())
 }

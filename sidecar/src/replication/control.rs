@@ -19,8 +19,8 @@ use super::definition::{
     SecondaryRecord, UnshippedRange, validate_secondary_id,
 };
 use super::follower::probe;
-use super::pki::ReplicationCa;
-use super::service::load_ca;
+use super::membership::{NewMember, member_cas_pem};
+use super::pki::{CertifiedKey, ReplicationCa};
 use super::token::{TokenClaims, TokenError};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
 use super::{Replication, unix_now};
@@ -81,17 +81,24 @@ impl Replication {
         // A new replication set: epochs heard of in an earlier one do not apply to it.
         super::superseded::clear(&self.core).await?;
         let cluster_id = random_id();
-        let ca = ReplicationCa::generate(&cluster_id).map_err(|e| invalid(e.to_string()))?;
         let member = format!("primary-{}", &cluster_id[..8]);
-        let identity = ca.issue(&member).map_err(|e| invalid(e.to_string()))?;
+        let NewMember { ca, identity } =
+            NewMember::generate(&cluster_id, &member).map_err(|e| invalid(e.to_string()))?;
+        let client_cert_pem = self
+            .self_issued_client_cert(&ca, &identity, &member)
+            .map_err(|e| invalid(e.to_string()))?;
         // The primary is a member too, so that it can follow a promoted secondary later.
         let record = SecondaryRecord {
             id: member.clone(),
             token_id: String::new(),
+            token_hash: String::new(),
             issued_at: unix_now(),
             expires_at: 0,
             activated_at: Some(unix_now()),
-            cert_fingerprint: identity.fingerprint().map_err(|e| invalid(e.to_string()))?,
+            key_fingerprint: identity
+                .key_fingerprint()
+                .map_err(|e| invalid(e.to_string()))?,
+            ca_cert_pem: ca.key.cert_pem.clone(),
             is_primary: true,
         };
         let definition = ClusterDefinition {
@@ -103,8 +110,9 @@ impl Replication {
             fenced_by_epoch: None,
             keep_aside_epoch: None,
             unshipped: None,
-            ca_cert_pem: ca.key.cert_pem.clone(),
+            member_cas_pem: member_cas_pem(std::slice::from_ref(&record), &[]),
             identity,
+            client_cert_pem,
         };
         let g = &self.gateway;
         g.write(vec![
@@ -143,10 +151,7 @@ impl Replication {
                 "secondary {id:?} is already activated; revoke it before issuing a new token"
             )));
         }
-        let ca = load_ca(self).await?;
-        let client = ca
-            .issue(&format!("secondary {id}"))
-            .map_err(|e| invalid(e.to_string()))?;
+        let ca = self.own_ca().await?;
         let now = unix_now();
         let address = if definition.primary_cluster_addr.is_empty() {
             self.config.cluster_addr.clone()
@@ -166,16 +171,18 @@ impl Replication {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .encode(ca.public_key().map_err(|e| invalid(e.to_string()))?)
             },
-            client: client.clone(),
         };
         let token = claims.sign(&ca).map_err(|e| invalid(e.to_string()))?;
+        // Only the token's hash is kept: it admits whoever presents the token, once.
         let record = SecondaryRecord {
             id: id.clone(),
             token_id: claims.token_id.clone(),
+            token_hash: TokenClaims::hash(&token),
             issued_at: now,
             expires_at: claims.expires_at,
             activated_at: None,
-            cert_fingerprint: client.fingerprint().map_err(|e| invalid(e.to_string()))?,
+            key_fingerprint: String::new(),
+            ca_cert_pem: String::new(),
             is_primary: false,
         };
         let g = &self.gateway;
@@ -264,7 +271,7 @@ impl Replication {
                 role_name(&d)
             )));
         }
-        let (definition, addrs) = activate(&token).await?;
+        let (definition, addrs, ca) = self.activate(&token).await?;
         // Whatever this cluster applied before belonged to another replication set.
         self.core
             .fenced([etcd_client::TxnOp::delete(
@@ -274,6 +281,7 @@ impl Replication {
             .await?;
         self.follower_status().primary_epoch = 0;
         self.store_primary_addrs(addrs).await?;
+        self.store_own_ca(&ca).await?;
         self.persist(Some(definition)).await?;
         info!("enabled performance replication as secondary");
         Ok(())
@@ -309,7 +317,9 @@ impl Replication {
                         .to_string(),
                     ));
                 }
-                activate(&token).await?
+                let (definition, addrs, ca) = self.activate(&token).await?;
+                self.store_own_ca(&ca).await?;
+                (definition, addrs)
             }
             (None, Some(addrs)) if !addrs.is_empty() => {
                 if addrs.len() > MAX_PRIMARY_ADDRS {
@@ -375,6 +385,8 @@ impl Replication {
             Some(d) if d.mode == Mode::Secondary => {}
             _ => return Err(invalid("this cluster is not a performance secondary")),
         }
+        let g = &self.gateway;
+        g.write(vec![g.op(CA_PATH.into(), None)]).await?;
         self.persist(None).await?;
         info!("disabled performance replication as secondary");
         Ok(())
@@ -432,64 +444,100 @@ impl Replication {
     }
 }
 
-/// Checks `token` and consumes it at its primary. Returns the definition to adopt and the
-/// primary's addresses. Changes nothing locally.
-async fn activate(token: &str) -> Result<(ClusterDefinition, Vec<String>), ControlError> {
-    let claims = TokenClaims::verify(token, unix_now()).map_err(|e| invalid(e.to_string()))?;
-    let tls = TlsMaterial {
-        ca_cert_pem: claims.ca_cert_pem.clone(),
-        identity: claims.client.clone(),
-    };
-    let address = claims.primary_cluster_addr.clone();
-    let mut c = client(&address, &tls).map_err(|e| invalid(format!("{e:#}")))?;
-    let call = c.activate(pb::ActivateRequest {
-        token: token.trim().to_owned(),
-    });
-    let reply = match tokio::time::timeout(CONNECT_TIMEOUT * 3, call).await {
-        Err(_) => {
-            return Err(ControlError::Unavailable(format!(
-                "the primary at {address} did not answer the activation"
-            )));
-        }
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) => {
-            return Err(invalid(s.message().to_owned()));
-        }
-        Ok(Err(s)) => {
-            let detail = error_chain(&s);
-            if detail.contains("UnknownIssuer") || detail.contains("certificate") {
-                return Err(invalid(
-                    TokenError::Foreign(format!(
-                        "the primary at {address} does not hold the token's replication CA"
-                    ))
-                    .to_string(),
-                ));
+impl Replication {
+    /// Checks `token` and consumes it at its primary with a certificate signing request for a
+    /// key made here. Returns the definition to adopt, the primary's addresses and this
+    /// cluster's new CA. Stores nothing.
+    async fn activate(
+        &self,
+        token: &str,
+    ) -> Result<(ClusterDefinition, Vec<String>, ReplicationCa), ControlError> {
+        let claims = TokenClaims::verify(token, unix_now()).map_err(|e| invalid(e.to_string()))?;
+        let NewMember { ca, identity } =
+            NewMember::generate(&claims.cluster_id, &claims.secondary_id)
+                .map_err(|e| invalid(e.to_string()))?;
+        // No client certificate yet, and only the token's CA is trusted: that pins the primary.
+        let tls = TlsMaterial {
+            ca_cert_pem: claims.ca_cert_pem.clone(),
+            identity: None,
+        };
+        let address = claims.primary_cluster_addr.clone();
+        let mut c = client(&address, &tls).map_err(|e| invalid(format!("{e:#}")))?;
+        let call = c.activate(pb::ActivateRequest {
+            token: token.trim().to_owned(),
+            csr_pem: identity.csr_pem().map_err(|e| invalid(e.to_string()))?,
+            ca_cert_pem: ca.key.cert_pem.clone(),
+        });
+        let reply = match tokio::time::timeout(CONNECT_TIMEOUT * 3, call).await {
+            Err(_) => {
+                return Err(ControlError::Unavailable(format!(
+                    "the primary at {address} did not answer the activation"
+                )));
             }
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) => {
+                return Err(invalid(s.message().to_owned()));
+            }
+            Ok(Err(s)) => {
+                let detail = error_chain(&s);
+                if detail.contains("UnknownIssuer") || detail.contains("certificate") {
+                    return Err(invalid(
+                        TokenError::Foreign(format!(
+                            "the primary at {address} does not hold the token's replication CA"
+                        ))
+                        .to_string(),
+                    ));
+                }
+                return Err(ControlError::Unavailable(format!(
+                    "could not reach the primary at {address}: {detail}"
+                )));
+            }
+        };
+        if reply.cluster_id != claims.cluster_id {
+            return Err(invalid(TokenError::Foreign(reply.cluster_id).to_string()));
+        }
+        // The certificate must be for the key made here, chained to the token's CA.
+        let issued = CertifiedKey {
+            cert_pem: reply.client_cert_pem.clone(),
+            key_pem: identity.key_pem.clone(),
+        };
+        if issued.key_fingerprint().ok() != identity.key_fingerprint().ok() {
             return Err(ControlError::Unavailable(format!(
-                "could not reach the primary at {address}: {detail}"
+                "the primary at {address} signed a certificate for another key"
             )));
         }
-    };
-    if reply.cluster_id != claims.cluster_id {
-        return Err(invalid(TokenError::Foreign(reply.cluster_id).to_string()));
+        let mut addrs = reply.cluster_addrs;
+        if !addrs.contains(&address) {
+            addrs.push(address.clone());
+        }
+        let definition = ClusterDefinition {
+            mode: Mode::Secondary,
+            cluster_id: claims.cluster_id,
+            primary_cluster_addr: address,
+            secondary_id: claims.secondary_id,
+            demoted: false,
+            fenced_by_epoch: None,
+            keep_aside_epoch: None,
+            unshipped: None,
+            member_cas_pem: member_cas_pem(
+                &[],
+                &[&claims.ca_cert_pem, &reply.member_cas_pem, &ca.key.cert_pem],
+            ),
+            identity,
+            client_cert_pem: reply.client_cert_pem,
+        };
+        Ok((definition, addrs, ca))
     }
-    let mut addrs = reply.cluster_addrs;
-    if !addrs.contains(&address) {
-        addrs.push(address.clone());
+
+    /// Stores this cluster's own CA, sealed, on its local path.
+    async fn store_own_ca(&self, ca: &ReplicationCa) -> Result<(), ControlError> {
+        let g = &self.gateway;
+        g.write(vec![
+            g.op(CA_PATH.into(), Some(self.seal_json(CA_PATH, ca)?)),
+        ])
+        .await?;
+        Ok(())
     }
-    let definition = ClusterDefinition {
-        mode: Mode::Secondary,
-        cluster_id: claims.cluster_id,
-        primary_cluster_addr: address,
-        secondary_id: claims.secondary_id,
-        demoted: false,
-        fenced_by_epoch: None,
-        keep_aside_epoch: None,
-        unshipped: None,
-        ca_cert_pem: claims.ca_cert_pem,
-        identity: claims.client,
-    };
-    Ok((definition, addrs))
 }
 
 fn error_chain(status: &tonic::Status) -> String {

@@ -5,15 +5,18 @@
 //! core/cluster/replicated/info (local)            ClusterDefinition: this cluster's role
 //! core/cluster/replicated-dr/info (local)         reserved for DR replication
 //! core/primary-addrs/perf (local)                  the primary's cluster addresses, from heartbeats
-//! core/perf-replication/ca (replicated)            the replication CA, certificate and key
-//! core/perf-replication/secondaries/<id> (repl.)   SecondaryRecord: one activation token's state
+//! core/cluster/replicated/ca (local)              this member's own CA, certificate and key
+//! core/perf-replication/secondaries/<id> (repl.)   SecondaryRecord: one member's token and keys
 //! core/local/unshipped/e<epoch>/<path> (local)     a former primary's values its first
 //!                                                  reconciliation replaced, kept for operators
 //! ```
 //!
-//! The CA and the secondary records are replicated on purpose: after a promotion the new primary
-//! holds the same CA and membership, so the other secondaries follow it without new tokens.
-//! The epoch is not here: it lives with the WAL stream (`meta/stream`).
+//! The definition and the CA hold private keys: both are sealed with the key-encryption key,
+//! and both are local, so no key ever leaves its cluster (see `pki`). The member records are
+//! replicated on purpose: they hold only public material (a token's hash, a member's key
+//! fingerprint and CA certificate), and after a promotion the new primary knows every member,
+//! so the other secondaries follow it without new tokens. The epoch is not here: it lives with
+//! the WAL stream (`meta/stream`).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +25,7 @@ use super::pki::CertifiedKey;
 pub const DEFINITION_PATH: &str = "core/cluster/replicated/info";
 pub const DR_DEFINITION_PATH: &str = "core/cluster/replicated-dr/info";
 pub const PRIMARY_ADDRS_PATH: &str = "core/primary-addrs/perf";
-pub const CA_PATH: &str = "core/perf-replication/ca";
+pub const CA_PATH: &str = "core/cluster/replicated/ca";
 pub const SECONDARIES_PREFIX: &str = "core/perf-replication/secondaries/";
 /// Where a former primary keeps what its first reconciliation replaced (local, never shipped).
 pub const UNSHIPPED_PREFIX: &str = "core/local/unshipped/";
@@ -68,10 +71,14 @@ pub struct ClusterDefinition {
     /// aside; without it, every replaced key is.
     #[serde(default)]
     pub unshipped: Option<UnshippedRange>,
-    /// The replication CA certificate this cluster trusts.
-    pub ca_cert_pem: String,
-    /// This cluster's certificate and key for the cluster port.
+    /// Every member's CA certificate, PEM, concatenated: whom this cluster's cluster port
+    /// trusts, as client and as server.
+    pub member_cas_pem: String,
+    /// This cluster's own key, with the server certificate its own CA issued for it.
     pub identity: CertifiedKey,
+    /// The short-lived client certificate for `identity`'s key, signed by the primary's CA
+    /// (this cluster's own CA when it is the primary), renewed at half-life.
+    pub client_cert_pem: String,
 }
 
 /// WAL entries `after + 1 ..= through` of a former primary's stream: acknowledged, never shipped.
@@ -82,6 +89,14 @@ pub struct UnshippedRange {
 }
 
 impl ClusterDefinition {
+    /// This cluster's client certificate with its key.
+    pub fn client_identity(&self) -> CertifiedKey {
+        CertifiedKey {
+            cert_pem: self.client_cert_pem.clone(),
+            key_pem: self.identity.key_pem.clone(),
+        }
+    }
+
     /// Whether this cluster follows a primary.
     pub fn follows_primary(&self) -> bool {
         self.mode == Mode::Secondary && !self.demoted && !self.primary_cluster_addr.is_empty()
@@ -101,26 +116,38 @@ impl ClusterDefinition {
             fenced_by_epoch: None,
             keep_aside_epoch: None,
             unshipped: None,
-            ca_cert_pem: String::new(),
+            member_cas_pem: String::new(),
             identity: CertifiedKey {
                 cert_pem: String::new(),
                 key_pem: String::new(),
             },
+            client_cert_pem: String::new(),
         }
     }
 }
 
-/// One activation token's state on the primary, stored under [`SECONDARIES_PREFIX`].
+/// One member of the replication set, stored under [`SECONDARIES_PREFIX`]: its activation
+/// token's state, then its public key and CA. Public material only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondaryRecord {
     pub id: String,
+    /// The token's id: its accessor, not a credential.
     pub token_id: String,
+    /// The hash of the outstanding token (see `TokenClaims::hash`); the token itself is never
+    /// stored.
+    #[serde(default)]
+    pub token_hash: String,
     pub issued_at: u64,
     pub expires_at: u64,
     /// Unix seconds when the token was consumed; `None` while it is outstanding.
     pub activated_at: Option<u64>,
-    /// The fingerprint of the certificate the token carries: the secondary must present it.
-    pub cert_fingerprint: String,
+    /// The fingerprint of the member's public key (see `pki::key_fingerprint`), set at
+    /// activation: a caller naming this id must present a certificate for that key.
+    #[serde(default)]
+    pub key_fingerprint: String,
+    /// The member's own CA certificate, set at activation.
+    #[serde(default)]
+    pub ca_cert_pem: String,
     /// The record of the replication set's first primary, so that it can follow a promoted
     /// secondary after a switchover; not listed among the known secondaries.
     #[serde(default)]
@@ -172,7 +199,7 @@ mod tests {
         use crate::path::PathClass::{Local, Replicated};
         assert_eq!(classes.classify(DEFINITION_PATH), Local);
         assert_eq!(classes.classify(PRIMARY_ADDRS_PATH), Local);
-        assert_eq!(classes.classify(CA_PATH), Replicated);
+        assert_eq!(classes.classify(CA_PATH), Local);
         assert_eq!(
             classes.classify(&format!("{SECONDARIES_PREFIX}east")),
             Replicated

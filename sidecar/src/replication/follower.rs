@@ -93,11 +93,10 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
     let Some(definition) = replication.definition() else {
         return;
     };
-    let tls = TlsMaterial::of(&definition);
+    drop(definition);
     let targets = Arc::new(Targets::default());
     tokio::spawn(resolver::run(
         replication.clone(),
-        tls.clone(),
         targets.clone(),
         stop.clone(),
     ));
@@ -105,6 +104,10 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
     loop {
         set_state(&replication, "connecting", "connecting");
         let started = Instant::now();
+        // Read at each attempt: the client certificate is renewed, the member CAs change.
+        let Some(tls) = replication.definition().as_ref().map(TlsMaterial::of) else {
+            return;
+        };
         match session(&replication, &tls, &targets, &mut stop).await {
             End::Stopped => {
                 set_state(&replication, "idle", "shutdown");
@@ -292,6 +295,20 @@ async fn note_heartbeat(
             .await
         {
             warn!(error = %e, "failed to store the primary's cluster addresses");
+        }
+    }
+    // A member joined or left: trust its CA, or no longer.
+    let members_changed = !reply.member_cas_pem.is_empty()
+        && replication
+            .definition()
+            .is_some_and(|d| d.member_cas_pem != reply.member_cas_pem);
+    if members_changed {
+        let members = reply.member_cas_pem.clone();
+        if let Err(e) = replication
+            .store_definition(|d| d.member_cas_pem = members)
+            .await
+        {
+            warn!(error = %e, "failed to store the member CA certificates");
         }
     }
     if changed || first {

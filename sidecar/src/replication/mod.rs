@@ -36,6 +36,7 @@ pub mod definition;
 pub mod epoch;
 pub mod follower;
 pub mod forward;
+pub mod membership;
 pub mod pki;
 pub mod promotion;
 pub mod reconcile;
@@ -55,15 +56,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::gateway::Gateway;
 use crate::seal::KeyEncryptionKey;
 use definition::{ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
+use pki::CertifiedKey;
 use snapshot::SnapshotCache;
-use transport::TlsMaterial;
+use transport::ClientTrust;
 
 /// Settings of the replication side of the sidecar.
 #[derive(Clone, Debug)]
@@ -80,6 +82,8 @@ pub struct ReplicationConfig {
     pub forward_socket: std::path::PathBuf,
     /// Fault injection for tests: a pause before applying each streamed batch.
     pub apply_delay: Duration,
+    /// How long the cluster port's client certificates are valid (see `membership`).
+    pub client_cert_ttl: Duration,
 }
 
 /// What a secondary's follower reports, for `status`.
@@ -148,7 +152,10 @@ pub struct Replication {
     definition: Mutex<Option<ClusterDefinition>>,
     /// Serialises role changes and token bookkeeping.
     pub(crate) control: tokio::sync::Mutex<()>,
-    material: watch::Sender<Option<TlsMaterial>>,
+    /// The cluster port's server certificate, when this cluster has a role.
+    material: watch::Sender<Option<CertifiedKey>>,
+    /// The member CAs the cluster port trusts for client certificates.
+    trust: Arc<ClientTrust>,
     follower: Mutex<Option<FollowerHandle>>,
     follower_status: Mutex<FollowerStatus>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerStatus>>,
@@ -159,6 +166,8 @@ pub struct Replication {
     pub(crate) primary: Mutex<Option<(String, follower::Client)>>,
     /// This cluster's server on its forward socket (connected lazily).
     server: tonic::transport::Channel,
+    /// Stops the renewal of the client certificate.
+    stop_renewal: watch::Sender<bool>,
 }
 
 struct FollowerHandle {
@@ -196,6 +205,7 @@ impl Replication {
             definition: Mutex::new(None),
             control: tokio::sync::Mutex::new(()),
             material: watch::Sender::new(None),
+            trust: Arc::default(),
             follower: Mutex::new(None),
             follower_status: Mutex::new(FollowerStatus {
                 state: "idle",
@@ -209,7 +219,12 @@ impl Replication {
             applied: watch::Sender::new(stored_applied),
             primary: Mutex::new(None),
             server,
+            stop_renewal: watch::Sender::new(false),
         });
+        tokio::spawn(membership::run_renewal(
+            replication.clone(),
+            replication.stop_renewal.subscribe(),
+        ));
         if let Some(d) = &definition {
             info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
         }
@@ -219,9 +234,21 @@ impl Replication {
         Ok(replication)
     }
 
-    /// The TLS material the cluster port serves with, when this cluster has a role.
-    pub fn material(&self) -> watch::Receiver<Option<TlsMaterial>> {
+    /// The certificate the cluster port serves with, when this cluster has a role.
+    pub fn material(&self) -> watch::Receiver<Option<CertifiedKey>> {
         self.material.subscribe()
+    }
+
+    /// The member CAs the cluster port trusts for client certificates.
+    pub fn trust(&self) -> Arc<ClientTrust> {
+        self.trust.clone()
+    }
+
+    /// Trusts the member CAs of `definition` for client certificates from now on.
+    fn trust_members_of(&self, definition: &ClusterDefinition) {
+        if let Err(e) = self.trust.set(&definition.member_cas_pem) {
+            warn!(error = %format!("{e:#}"), "the member CA certificates are unusable; the cluster port refuses clients");
+        }
     }
 
     pub fn definition(&self) -> Option<ClusterDefinition> {
@@ -241,7 +268,10 @@ impl Replication {
     pub(crate) fn adopt(self: &Arc<Self>, definition: Option<ClusterDefinition>) {
         self.core
             .set_write_mode(epoch::write_mode_of(definition.as_ref()));
-        let material = definition.as_ref().map(TlsMaterial::of);
+        if let Some(d) = &definition {
+            self.trust_members_of(d);
+        }
+        let material = definition.as_ref().map(|d| d.identity.clone());
         self.material.send_if_modified(|m| {
             let changed = *m != material;
             *m = material;
@@ -297,14 +327,26 @@ impl Replication {
         change: impl FnOnce(&mut ClusterDefinition),
     ) -> Result<(), StoreError> {
         let _guard = self.control.lock().await;
+        self.store_definition_locked(change).await
+    }
+
+    /// [`Self::store_definition`] for a caller that holds the control lock.
+    pub(crate) async fn store_definition_locked(
+        &self,
+        change: impl FnOnce(&mut ClusterDefinition),
+    ) -> Result<(), StoreError> {
         let Some(mut definition) = self.definition() else {
             return Ok(());
         };
+        let members_before = definition.member_cas_pem.clone();
         change(&mut definition);
         let value = self.seal_json(DEFINITION_PATH, &definition)?;
         self.gateway
             .write(vec![self.gateway.op(DEFINITION_PATH.into(), Some(value))])
             .await?;
+        if definition.member_cas_pem != members_before {
+            self.trust_members_of(&definition);
+        }
         *self.definition.lock().expect("definition lock poisoned") = Some(definition);
         Ok(())
     }
@@ -350,6 +392,7 @@ impl Replication {
 
     /// Stops the follower, for shutdown.
     pub fn shutdown(&self) {
+        self.stop_renewal.send_replace(true);
         self.stop_follower();
     }
 }

@@ -1,23 +1,41 @@
-//! The replication CA and the certificates of the cluster port.
+//! Keys and certificates of the cluster port.
 //!
-//! A primary makes its own CA when it is enabled (ECDSA P-256, self-signed). Every certificate it
-//! issues (its own node's, and one per secondary inside each activation token) is valid for both
-//! server and client authentication and names the fixed DNS name [`SERVER_NAME`]: peers check the
-//! chain to the replication CA, not a host name, because a secondary's address is unknown when its
-//! token is issued and it must be able to serve once promoted. The CA travels with the replicated
-//! data (see `definition`), so a promoted secondary can go on issuing tokens from the same CA.
+//! Every member of a replication set (the primary and each secondary) makes, when it joins, a key
+//! of its own and a CA of its own (ECDSA P-256); neither ever leaves its cluster (both are stored
+//! sealed, on a local path). A member's CA issues exactly one kind of certificate for others:
+//!
+//! * **its own server certificate** (server authentication only, the fixed DNS name
+//!   [`SERVER_NAME`]), with which its cluster port serves. Peers trust every member's CA for
+//!   servers: any member may be promoted, and only the holder of a CA's key can serve a
+//!   certificate that chains to it. An activating secondary trusts only the CA its token names,
+//!   which pins the primary that issued the token.
+//! * **client certificates** (client authentication only, short-lived), which the primary's CA
+//!   signs for each secondary's certificate signing request: at activation, with the single-use
+//!   token as credential, and at half-life afterwards over the live connection. A primary signs
+//!   its own client certificate the same way, for when it follows another primary.
+//!
+//! A server recognises a caller by the public key in its client certificate, which must be the
+//! key recorded for the member id it names (see `SecondaryRecord::key_fingerprint`): a
+//! certificate another member's CA signed for a foreign key proves nothing without that key.
+
+use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The DNS name every cluster-port certificate carries and every client expects.
+/// The DNS name every cluster-port server certificate carries and every client expects.
 pub const SERVER_NAME: &str = "ferry-replication";
-/// How long the CA and the certificates it issues stay valid, from 2025.
+/// How long a CA and a member's server certificate stay valid, from 2025: both belong to one
+/// cluster and never leave it.
 const VALIDITY_YEARS: i32 = 25;
+/// How far back a client certificate's validity starts: peers' clocks may disagree by minutes.
+const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(300);
+/// Largest certificate signing request accepted, PEM.
+pub const MAX_CSR_BYTES: usize = 8 * 1024;
 
 /// Why a certificate or key could not be made or read.
 #[derive(Debug, Error)]
@@ -38,38 +56,87 @@ pub struct CertifiedKey {
 }
 
 impl CertifiedKey {
-    /// A fingerprint of the certificate: how the primary recognises the secondary presenting it.
-    pub fn fingerprint(&self) -> Result<String, PkiError> {
-        fingerprint_pem(&self.cert_pem)
+    /// The fingerprint of this certificate's public key (see [`key_fingerprint_of_cert`]).
+    pub fn key_fingerprint(&self) -> Result<String, PkiError> {
+        key_fingerprint_of_cert(&pem_to_der(&self.cert_pem)?)
+    }
+
+    /// A certificate signing request for this key (the name in it is ignored by the signer).
+    pub fn csr_pem(&self) -> Result<String, PkiError> {
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let params = CertificateParams::new(Vec::<String>::new())?;
+        Ok(params.serialize_request(&key)?.pem()?)
     }
 }
 
-/// The BLAKE3 hash of a PEM certificate's DER bytes, hex.
-pub fn fingerprint_pem(pem: &str) -> Result<String, PkiError> {
+/// A new private key, PEM: a member's own key, made where it is used.
+pub fn generate_key_pem() -> Result<String, PkiError> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
+/// The fingerprint of a raw public key: BLAKE3 of its bytes, hex.
+pub fn key_fingerprint(public_key: &[u8]) -> String {
+    blake3::hash(public_key).to_hex().to_string()
+}
+
+/// The fingerprint of the public key in a DER certificate.
+pub fn key_fingerprint_of_cert(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError(format!("certificate does not parse: {e}")))?;
+    Ok(key_fingerprint(
+        &cert.tbs_certificate.subject_pki.subject_public_key.data,
+    ))
+}
+
+/// When a PEM certificate stops being valid, and how long it was valid for (unix seconds).
+pub fn validity_of(cert_pem: &str) -> Result<(u64, u64), PkiError> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError(format!("certificate does not parse: {e}")))?;
+    let v = cert.validity();
+    let from = v.not_before.timestamp().max(0) as u64;
+    let to = v.not_after.timestamp().max(0) as u64;
+    Ok((from, to))
+}
+
+/// Checks that `pem` is one self-signed CA certificate: what a member may offer as its CA.
+pub fn check_ca_cert(pem: &str) -> Result<(), PkiError> {
     let der = pem_to_der(pem)?;
-    Ok(fingerprint_der(&der))
+    let (rest, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError(format!("CA certificate does not parse: {e}")))?;
+    if !rest.is_empty() {
+        return Err(PkiError("CA certificate has trailing bytes".into()));
+    }
+    if !cert.is_ca() {
+        return Err(PkiError(
+            "the certificate offered as a CA is not one".into(),
+        ));
+    }
+    cert.verify_signature(None)
+        .map_err(|e| PkiError(format!("CA certificate is not self-signed: {e}")))?;
+    Ok(())
 }
 
-pub fn fingerprint_der(der: &[u8]) -> String {
-    blake3::hash(der).to_hex().to_string()
-}
-
-/// The replication CA of one replication set.
+/// One member's CA.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationCa {
     /// The replication set's cluster id, part of the CA's name.
     pub cluster_id: String,
+    /// The member id this CA belongs to, part of its name.
+    #[serde(default)]
+    pub member: String,
     #[serde(flatten)]
     pub key: CertifiedKey,
 }
 
 impl ReplicationCa {
-    /// A fresh CA for the replication set `cluster_id`.
-    pub fn generate(cluster_id: &str) -> Result<Self, PkiError> {
+    /// A fresh CA for member `member` of the replication set `cluster_id`.
+    pub fn generate(cluster_id: &str, member: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
-        let cert = ca_params(cluster_id)?.self_signed(&key)?;
+        let cert = ca_params(cluster_id, member)?.self_signed(&key)?;
         Ok(Self {
             cluster_id: cluster_id.to_owned(),
+            member: member.to_owned(),
             key: CertifiedKey {
                 cert_pem: cert.pem(),
                 key_pem: key.serialize_pem(),
@@ -77,33 +144,62 @@ impl ReplicationCa {
         })
     }
 
-    fn signing_key(&self) -> Result<KeyPair, PkiError> {
-        Ok(KeyPair::from_pem(&self.key.key_pem)?)
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        Ok(Issuer::new(
+            ca_params(&self.cluster_id, &self.member)?,
+            KeyPair::from_pem(&self.key.key_pem)?,
+        ))
     }
 
-    /// A certificate for `common_name`, signed by this CA, valid as server and client.
-    pub fn issue(&self, common_name: &str) -> Result<CertifiedKey, PkiError> {
-        let issuer = Issuer::new(ca_params(&self.cluster_id)?, self.signing_key()?);
+    /// This member's server certificate for its own key `key_pem`: server authentication only.
+    pub fn issue_server(&self, key_pem: &str) -> Result<CertifiedKey, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()])?;
-        params.distinguished_name = name(common_name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.distinguished_name = name(&format!("member {}", self.member));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem.to_owned(),
         })
+    }
+
+    /// Signs `csr_pem` (whose own signature must verify: proof the caller holds the key) as a
+    /// client certificate for member `member`, valid for `lifetime` from `now` (unix seconds).
+    /// Nothing the request asks for is copied: the name, usages and validity are the signer's.
+    /// Returns the certificate and the fingerprint of its key.
+    pub fn sign_client(
+        &self,
+        csr_pem: &str,
+        member: &str,
+        lifetime: Duration,
+        now: u64,
+    ) -> Result<(String, String), PkiError> {
+        if csr_pem.len() > MAX_CSR_BYTES {
+            return Err(PkiError(format!(
+                "certificate signing request is {} bytes, over the limit of {MAX_CSR_BYTES}",
+                csr_pem.len()
+            )));
+        }
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError(format!("certificate signing request is invalid: {e}")))?;
+        let fingerprint = key_fingerprint(csr.public_key.der_bytes());
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(&format!("member {member}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = at(now.saturating_sub(CLOCK_SKEW_ALLOWANCE.as_secs()));
+        params.not_after = at(now.saturating_add(lifetime.as_secs()));
+        let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
+        Ok((cert.pem(), fingerprint))
     }
 
     /// Signs `message` with the CA key (ECDSA P-256, fixed-size signature).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
         use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-        let der = self.signing_key()?.serialize_der();
+        let der = KeyPair::from_pem(&self.key.key_pem)?.serialize_der();
         let rng = ring::rand::SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
             .map_err(|e| PkiError(format!("CA key unusable for signing: {e}")))?;
@@ -114,7 +210,9 @@ impl ReplicationCa {
 
     /// The CA's public key (uncompressed P-256 point), which verifies its signatures.
     pub fn public_key(&self) -> Result<Vec<u8>, PkiError> {
-        Ok(self.signing_key()?.public_key_raw().to_vec())
+        Ok(KeyPair::from_pem(&self.key.key_pem)?
+            .public_key_raw()
+            .to_vec())
     }
 }
 
@@ -126,10 +224,10 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         .is_ok()
 }
 
-fn ca_params(cluster_id: &str) -> Result<CertificateParams, PkiError> {
+fn ca_params(cluster_id: &str, member: &str) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = name(&format!("ferry replication CA {cluster_id}"));
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = name(&format!("ferry replication CA {cluster_id} {member}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut params);
     Ok(params)
@@ -142,11 +240,18 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// A fixed window from 2025 on: peers' clocks may disagree by minutes or more, and a replication
-/// link must not fail on that; revocation is by secondary id, not by expiry.
+/// A fixed window from 2025 on, for what never leaves its cluster (a CA, a server certificate):
+/// peers' clocks may disagree, and a replication link must not fail on that.
 fn set_validity(params: &mut CertificateParams) {
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2025 + VALIDITY_YEARS, 1, 1);
+}
+
+fn at(unix_seconds: u64) -> time::OffsetDateTime {
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
@@ -166,16 +271,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issued_certificates_differ_and_signatures_verify() {
-        let ca = ReplicationCa::generate("c1").unwrap();
-        let a = ca.issue("node-a").unwrap();
-        let b = ca.issue("node-b").unwrap();
-        assert_ne!(a.fingerprint().unwrap(), b.fingerprint().unwrap());
+    fn signatures_verify_with_the_cas_key_only() {
+        let ca = ReplicationCa::generate("c1", "west").unwrap();
         let sig = ca.sign(b"message").unwrap();
         let key = ca.public_key().unwrap();
         assert!(verify(&key, b"message", &sig));
         assert!(!verify(&key, b"massage", &sig));
-        let other = ReplicationCa::generate("c1").unwrap();
+        let other = ReplicationCa::generate("c1", "west").unwrap();
         assert!(!verify(&other.public_key().unwrap(), b"message", &sig));
+    }
+
+    #[test]
+    fn a_client_certificate_holds_the_requesters_key_and_expires_when_asked() {
+        let ca = ReplicationCa::generate("c1", "west").unwrap();
+        let key = generate_key_pem().unwrap();
+        let mine = CertifiedKey {
+            cert_pem: String::new(),
+            key_pem: key.clone(),
+        };
+        let (cert, fingerprint) = ca
+            .sign_client(
+                &mine.csr_pem().unwrap(),
+                "east",
+                Duration::from_secs(60),
+                1_000_000,
+            )
+            .unwrap();
+        let issued = CertifiedKey {
+            cert_pem: cert.clone(),
+            key_pem: key,
+        };
+        assert_eq!(issued.key_fingerprint().unwrap(), fingerprint);
+        assert_eq!(
+            validity_of(&cert).unwrap(),
+            (1_000_000 - CLOCK_SKEW_ALLOWANCE.as_secs(), 1_000_060)
+        );
+        check_ca_cert(&ca.key.cert_pem).unwrap();
+        assert!(
+            check_ca_cert(&cert).is_err(),
+            "a client certificate is no CA"
+        );
+    }
+
+    #[test]
+    fn a_garbled_or_oversized_request_is_refused() {
+        let ca = ReplicationCa::generate("c1", "west").unwrap();
+        let day = Duration::from_secs(86_400);
+        assert!(ca.sign_client("hello", "east", day, 0).is_err());
+        let big = "A".repeat(MAX_CSR_BYTES + 1);
+        let why = ca
+            .sign_client(&big, "east", day, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("over the limit"), "{why}");
+        // A request whose signature does not match its key: one byte of the signature changed.
+        let csr = CertifiedKey {
+            cert_pem: String::new(),
+            key_pem: generate_key_pem().unwrap(),
+        }
+        .csr_pem()
+        .unwrap();
+        let lines: Vec<&str> = csr.lines().collect();
+        let last = lines.len() - 2;
+        let mut changed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let flipped = if changed[last].starts_with('A') {
+            'B'
+        } else {
+            'A'
+        };
+        changed[last].replace_range(0..1, &flipped.to_string());
+        assert!(ca.sign_client(&changed.join("\n"), "east", day, 0).is_err());
     }
 }

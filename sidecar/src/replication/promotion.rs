@@ -16,7 +16,6 @@ use super::Replication;
 use super::control::{ControlError, invalid, validate_address};
 use super::definition::{ClusterDefinition, Mode};
 use super::follower::probe;
-use super::service::load_ca;
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
 use crate::wal::StreamState;
 use crate::wal::record::StreamId;
@@ -52,11 +51,10 @@ impl Replication {
         if let Some(a) = primary_cluster_addr.as_deref().filter(|a| !a.is_empty()) {
             validate_address(a)?;
         }
-        let ca = load_ca(self).await.map_err(|e| {
-            invalid(format!(
-                "this cluster cannot act as primary: {e}; wait for the first sync to finish"
-            ))
-        })?;
+        let ca = self
+            .own_ca()
+            .await
+            .map_err(|e| invalid(format!("this cluster cannot act as primary: {e}")))?;
         let drained = if definition.follows_primary() {
             self.drain_old_primary(&definition, force).await?
         } else {
@@ -115,6 +113,12 @@ impl Replication {
             // that nothing is acknowledged there at the old epoch after that.
             announce_once(&tls, &announcement, &old_primaries).await;
         }
+        // From now on this cluster's CA signs client certificates, its own first; every member
+        // it knows of from the replicated records stays trusted.
+        let client_cert_pem = self
+            .self_issued_client_cert(&ca, &definition.identity, &definition.secondary_id)
+            .map_err(|e| invalid(e.to_string()))?;
+        let member_cas_pem = self.stored_member_cas(&ca.key.cert_pem).await?;
         let promoted = ClusterDefinition {
             mode: Mode::Primary,
             cluster_id: definition.cluster_id.clone(),
@@ -124,8 +128,9 @@ impl Replication {
             fenced_by_epoch: None,
             keep_aside_epoch: None,
             unshipped: None,
-            ca_cert_pem: ca.key.cert_pem.clone(),
+            member_cas_pem,
             identity: definition.identity.clone(),
+            client_cert_pem,
         };
         self.persist(Some(promoted)).await?;
         info!(epoch = stream.epoch, stream_id = %stream.stream_id.to_hex(), "promoted to performance primary");

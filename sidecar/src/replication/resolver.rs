@@ -68,14 +68,17 @@ fn dedup(list: Vec<String>) -> Vec<String> {
 /// Rebuilds `targets` until `stop`.
 pub async fn run(
     replication: Arc<Replication>,
-    tls: TlsMaterial,
     targets: Arc<Targets>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut resolve = true; // the first pass asks RemoteResolve
     loop {
         let mut list = candidates(&replication);
-        if resolve && let Some(active) = remote_resolve(&replication, &tls, &list).await {
+        let tls = replication.definition().as_ref().map(TlsMaterial::of);
+        if resolve
+            && let Some(tls) = tls
+            && let Some(active) = remote_resolve(&replication, &tls, &list).await
+        {
             list.insert(0, active);
             list = dedup(list);
         }

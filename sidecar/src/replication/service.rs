@@ -20,8 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::definition::{CA_PATH, Mode, SECONDARIES_PREFIX, SecondaryRecord};
-use super::pki::{ReplicationCa, fingerprint_der};
+use super::definition::{Mode, SECONDARIES_PREFIX, SecondaryRecord};
+use super::pki::{check_ca_cert, key_fingerprint_of_cert};
 use super::snapshot::MerkleSnapshot;
 use super::token::{TokenClaims, TokenError};
 use super::{PeerStatus, Replication, unix_now, unix_now_ms};
@@ -77,7 +77,7 @@ impl ReplicationService {
         }
     }
 
-    /// The calling secondary must be activated and present the certificate issued to it.
+    /// The calling member must be activated and present a client certificate for its own key.
     async fn authenticate<T>(
         &self,
         request: &Request<T>,
@@ -130,23 +130,19 @@ async fn load_secondary(
     .transpose()
 }
 
-/// Reads the replication CA from storage.
-pub async fn load_ca(replication: &Replication) -> Result<ReplicationCa, StoreError> {
-    let raw = replication.gateway.get(CA_PATH).await?.ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "the replication CA is missing at {CA_PATH}: this cluster has not received it yet"
-        ))
-    })?;
-    replication.open_json(CA_PATH, &raw)
-}
-
+/// The TLS layer checked the chain to a member CA and the validity; this checks that the
+/// certificate holds the key recorded for the member the caller names.
 fn check_certificate<T>(request: &Request<T>, record: &SecondaryRecord) -> Result<(), Status> {
-    let presented = request
-        .peer_certs()
-        .and_then(|certs| certs.first().map(|c| fingerprint_der(c.as_ref())));
-    if presented.as_deref() != Some(record.cert_fingerprint.as_str()) {
+    let presented = request.peer_certs().and_then(|certs| {
+        certs
+            .first()
+            .and_then(|c| key_fingerprint_of_cert(c.as_ref()).ok())
+    });
+    if record.key_fingerprint.is_empty()
+        || presented.as_deref() != Some(record.key_fingerprint.as_str())
+    {
         return Err(Status::permission_denied(format!(
-            "the client certificate is not the one issued to secondary {:?}",
+            "the client certificate does not hold the key of member {:?}",
             record.id
         )));
     }
@@ -161,8 +157,9 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::ActivateResponse>, Status> {
         let _guard = self.replication.control.lock().await;
         self.active_primary()?;
-        let ca = load_ca(&self.replication).await?;
-        let claims = TokenClaims::verify_issued_by(&request.get_ref().token, &ca, unix_now())
+        let req = request.get_ref();
+        let ca = self.replication.own_ca().await?;
+        let claims = TokenClaims::verify_issued_by(&req.token, &ca, unix_now())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = claims.secondary_id.clone();
         let mut record = match load_secondary(&self.replication, &id).await? {
@@ -178,8 +175,24 @@ impl ReplicationRpc for ReplicationService {
                 TokenError::Replayed(id).to_string(),
             ));
         }
-        check_certificate(&request, &record)?;
+        if record.token_hash != TokenClaims::hash(&req.token) {
+            return Err(Status::invalid_argument(
+                TokenError::Revoked(id).to_string(),
+            ));
+        }
+        check_ca_cert(&req.ca_cert_pem)
+            .map_err(|e| Status::invalid_argument(format!("the secondary's CA: {e}")))?;
+        let (client_cert_pem, key_fingerprint) = ca
+            .sign_client(
+                &req.csr_pem,
+                &id,
+                self.replication.config.client_cert_ttl,
+                unix_now(),
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         record.activated_at = Some(unix_now());
+        record.key_fingerprint = key_fingerprint;
+        record.ca_cert_pem = req.ca_cert_pem.clone();
         let gateway = &self.replication.gateway;
         gateway
             .write(vec![gateway.op(
@@ -187,11 +200,46 @@ impl ReplicationRpc for ReplicationService {
                 Some(serde_json::to_vec(&record).expect("record serialises")),
             )])
             .await?;
+        let member_cas_pem = self.replication.stored_member_cas(&ca.key.cert_pem).await?;
+        let bundle = member_cas_pem.clone();
+        self.replication
+            .store_definition_locked(|d| d.member_cas_pem = bundle)
+            .await?;
         info!(secondary_id = %id, "activated a performance secondary");
         Ok(Response::new(pb::ActivateResponse {
             cluster_id: claims.cluster_id,
             epoch: self.core().stream().epoch,
             cluster_addrs: vec![self.own_address()],
+            client_cert_pem,
+            member_cas_pem,
+        }))
+    }
+
+    async fn renew_client_certificate(
+        &self,
+        request: Request<pb::RenewClientCertificateRequest>,
+    ) -> Result<Response<pb::RenewClientCertificateResponse>, Status> {
+        let req = request.get_ref();
+        let record = self.authenticate(&request, &req.secondary_id).await?;
+        self.active_primary()?;
+        let ca = self.replication.own_ca().await?;
+        let (client_cert_pem, key_fingerprint) = ca
+            .sign_client(
+                &req.csr_pem,
+                &record.id,
+                self.replication.config.client_cert_ttl,
+                unix_now(),
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if key_fingerprint != record.key_fingerprint {
+            return Err(Status::permission_denied(format!(
+                "the certificate signing request is not for the key of member {:?}",
+                record.id
+            )));
+        }
+        debug!(secondary_id = %record.id, "renewed a member's client certificate");
+        Ok(Response::new(pb::RenewClientCertificateResponse {
+            client_cert_pem,
         }))
     }
 
@@ -238,6 +286,7 @@ impl ReplicationRpc for ReplicationService {
             cluster_id: definition.cluster_id,
             applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
             applied_index: applied.map_or(0, |a| a.index),
+            member_cas_pem: definition.member_cas_pem,
         }))
     }
 

@@ -27,6 +27,14 @@ impl Replication {
             "stream_id": stream.stream_id.to_hex(),
         });
         let fields = status.as_object_mut().expect("an object");
+        // Not Vault's: when this cluster's cluster-port client certificate expires (renewed at
+        // half-life), so that an operator sees a secondary that cannot renew.
+        if let Ok((_, until)) = super::pki::validity_of(&definition.client_cert_pem) {
+            fields.insert(
+                "client_certificate_expires".into(),
+                json!(ferry_proto::time::rfc3339(until)),
+            );
+        }
         let is_active_primary = definition.mode == Mode::Primary && !definition.demoted;
         if is_active_primary || definition.demoted {
             let records = self.secondary_records().await?;

@@ -1,11 +1,16 @@
 //! Activation tokens: how a primary admits a named secondary.
 //!
 //! A token is `ferry1.<claims>.<signature>`: the claims are JSON, base64url without padding, and
-//! the signature is ECDSA P-256 (fixed-size) by the replication CA's key over the claims' base64
-//! text. The claims carry everything the secondary needs to reach the primary over mutual TLS:
-//! the primary's cluster address, the CA certificate, and a certificate and key issued to this
-//! secondary id. The CA's public key rides along, so the secondary can tell a tampered token
-//! before it dials anything.
+//! the signature is ECDSA P-256 (fixed-size) by the primary's CA key over the claims' base64
+//! text. The claims carry what the secondary needs to reach the primary and to know it: the
+//! primary's cluster address and its CA certificate, which pins the primary (only it can serve a
+//! certificate chained to that CA). The CA's public key rides along, so the secondary can tell a
+//! tampered token before it dials anything.
+//!
+//! A token carries no key and no certificate. It is a single-use credential: the secondary
+//! presents it with a certificate signing request for a key it made itself, and the primary signs
+//! a short-lived client certificate for that key. The primary stores only the token's hash, so
+//! neither its storage nor a used token (in a Git history, say) gets anyone a certificate.
 //!
 //! Checks happen on both sides. The secondary decodes the token (garbled?), checks the
 //! signature against the embedded key (wrongly signed?) and the expiry (expired?). The primary,
@@ -18,10 +23,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::pki::{CertifiedKey, ReplicationCa, verify};
+use super::pki::{ReplicationCa, verify};
 
 const PREFIX: &str = "ferry1.";
-/// Longest token accepted: certificates and keys make a token about 3 KiB.
+/// Longest token accepted: the CA certificate makes a token about 1.5 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// What an activation token says.
@@ -41,8 +46,6 @@ pub struct TokenClaims {
     pub ca_cert_pem: String,
     /// The CA's public key, base64url: verifies the signature.
     pub signing_key: String,
-    /// The secondary's certificate and key for the cluster port.
-    pub client: CertifiedKey,
 }
 
 /// Why a token was refused. Every variant is the caller's fault: a 400.
@@ -92,6 +95,11 @@ impl TokenClaims {
             });
         }
         Ok(decoded)
+    }
+
+    /// What the primary stores of a token: its hash, hex, never the token.
+    pub fn hash(token: &str) -> String {
+        blake3::hash(token.trim().as_bytes()).to_hex().to_string()
     }
 
     /// The primary's check: the token must be signed by its own CA `ca`.
@@ -144,13 +152,12 @@ mod tests {
             expires_at,
             ca_cert_pem: ca.key.cert_pem.clone(),
             signing_key: B64.encode(ca.public_key().unwrap()),
-            client: ca.issue("east").unwrap(),
         }
     }
 
     #[test]
     fn a_signed_token_verifies_until_it_expires() {
-        let ca = ReplicationCa::generate("c1").unwrap();
+        let ca = ReplicationCa::generate("c1", "west").unwrap();
         let token = claims(&ca, 200).sign(&ca).unwrap();
         assert_eq!(
             TokenClaims::verify(&token, 150).unwrap().secondary_id,
@@ -167,7 +174,7 @@ mod tests {
     fn signed() -> &'static (ReplicationCa, String) {
         static SIGNED: std::sync::OnceLock<(ReplicationCa, String)> = std::sync::OnceLock::new();
         SIGNED.get_or_init(|| {
-            let ca = ReplicationCa::generate("c1").unwrap();
+            let ca = ReplicationCa::generate("c1", "west").unwrap();
             let token = claims(&ca, 200).sign(&ca).unwrap();
             (ca, token)
         })
@@ -254,7 +261,7 @@ mod tests {
 
     #[test]
     fn each_defect_is_named() {
-        let ca = ReplicationCa::generate("c1").unwrap();
+        let ca = ReplicationCa::generate("c1", "west").unwrap();
         let token = claims(&ca, 200).sign(&ca).unwrap();
         assert!(matches!(
             TokenClaims::verify("hello", 150),
@@ -275,7 +282,7 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         // Signed by another CA with a consistent embedded key: valid alone, foreign to us.
-        let other = ReplicationCa::generate("c2").unwrap();
+        let other = ReplicationCa::generate("c2", "west").unwrap();
         let foreign = claims(&other, 200).sign(&other).unwrap();
         assert!(TokenClaims::verify(&foreign, 150).is_ok());
         assert!(matches!(

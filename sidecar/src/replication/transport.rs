@@ -1,19 +1,32 @@
 //! The cluster port: mutual TLS for the replication service, server and client side.
 //!
-//! There is no plaintext mode. The server demands a client certificate chained to the
-//! replication CA; the client checks the server's chain to the same CA and the fixed name
-//! [`SERVER_NAME`]. A peer with a certificate from another CA fails the handshake.
+//! There is no plaintext mode. Both sides trust every member's CA (see `pki`). The client checks
+//! the server's chain and the fixed name [`SERVER_NAME`]; the server checks the chain of a client
+//! certificate when one is presented, and each call but `Activate` requires one, whose key the
+//! service then matches with the member's record. A certificate from another CA fails the
+//! handshake. An activating secondary, which has no certificate yet, connects without one and
+//! trusts only the CA its token names.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use ferry_proto::replication::replication_client::ReplicationClient;
 use ferry_proto::replication::replication_server::ReplicationServer;
+use rustls::DigitallySignedStruct;
+use rustls::DistinguishedName;
+use rustls::SignatureScheme;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio::sync::watch;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use tracing::{info, warn};
 
 use super::definition::ClusterDefinition;
@@ -26,33 +39,154 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most replication calls served at once per connection.
 const MAX_CONCURRENT_CALLS: usize = 64;
+/// Most TLS handshakes under way at once on the cluster port.
+const MAX_HANDSHAKES: usize = 64;
+/// Most connections handshaken and not yet taken by the server.
+const MAX_PENDING_CONNECTIONS: usize = 64;
 
-/// What a side of the cluster port needs: the CA it trusts and its own certificate.
+/// What the client side needs: the CAs it trusts and its client certificate, if it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsMaterial {
     pub ca_cert_pem: String,
-    pub identity: CertifiedKey,
+    pub identity: Option<CertifiedKey>,
 }
 
 impl TlsMaterial {
     pub fn of(definition: &ClusterDefinition) -> Self {
         Self {
-            ca_cert_pem: definition.ca_cert_pem.clone(),
-            identity: definition.identity.clone(),
+            ca_cert_pem: definition.member_cas_pem.clone(),
+            identity: Some(definition.client_identity()),
         }
     }
+}
+
+/// The CAs the cluster port trusts for client certificates (every member's), replaceable while
+/// it serves: a member joining or leaving changes them without dropping anyone's connection.
+#[derive(Debug, Default)]
+pub struct ClientTrust {
+    current: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
+}
+
+impl ClientTrust {
+    /// Trusts the CA certificates in `member_cas_pem` from now on.
+    pub fn set(&self, member_cas_pem: &str) -> anyhow::Result<()> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(member_cas_pem.as_bytes()) {
+            roots
+                .add(cert.context("member CA certificates are not valid PEM")?)
+                .context("a member CA certificate is unusable")?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .context("no usable member CA certificate")?;
+        *self.current.write().expect("trust lock poisoned") = Some(verifier);
+        Ok(())
+    }
+
+    fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        self.current.read().expect("trust lock poisoned").clone()
+    }
+}
+
+/// Checks client certificates against whatever [`ClientTrust`] holds at the time.
+#[derive(Debug)]
+struct CurrentTrust(Arc<ClientTrust>);
+
+impl ClientCertVerifier for CurrentTrust {
+    fn client_auth_mandatory(&self) -> bool {
+        // An activating secondary has no certificate yet; every other call requires one.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.0.verifier() {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General("no member CA is trusted yet".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The cluster port's TLS configuration: `identity` as server, clients checked by `trust`.
+fn server_config(
+    identity: &CertifiedKey,
+    trust: &Arc<ClientTrust>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the cluster port's certificate is not valid PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+        .context("the cluster port's key is not valid PEM")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_client_cert_verifier(Arc::new(CurrentTrust(trust.clone())))
+        .with_single_cert(chain, key)
+        .context("the cluster port's key does not match its certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A client of the primary's replication service at `address` (`host:port`), over mutual TLS.
 /// Connects lazily; the first call fails fast when the address does not answer.
 pub fn client(address: &str, tls: &TlsMaterial) -> anyhow::Result<ReplicationClient<Channel>> {
-    let config = ClientTlsConfig::new()
+    let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&tls.ca_cert_pem))
-        .identity(Identity::from_pem(
-            &tls.identity.cert_pem,
-            &tls.identity.key_pem,
-        ))
         .domain_name(SERVER_NAME);
+    if let Some(identity) = &tls.identity {
+        config = config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+    }
     let channel = Endpoint::from_shared(format!("https://{address}"))
         .with_context(|| format!("invalid cluster address {address:?}"))?
         .tls_config(config)
@@ -75,14 +209,15 @@ pub fn client(address: &str, tls: &TlsMaterial) -> anyhow::Result<ReplicationCli
 pub async fn serve(
     listen: SocketAddr,
     service: ReplicationService,
-    mut material: watch::Receiver<Option<TlsMaterial>>,
+    mut material: watch::Receiver<Option<CertifiedKey>>,
+    trust: Arc<ClientTrust>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let listener = std::sync::Arc::new(bind(listen).await?);
     info!(%listen, "cluster port bound; it serves once this cluster has a replication role");
     loop {
         let current = material.borrow_and_update().clone();
-        let Some(tls) = current else {
+        let Some(identity) = current else {
             tokio::select! {
                 changed = material.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
@@ -95,17 +230,10 @@ pub async fn serve(
             continue;
         };
         info!(%listen, "cluster port ready (mutual TLS)");
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                &tls.identity.cert_pem,
-                &tls.identity.key_pem,
-            ))
-            .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem));
+        let config = server_config(&identity, &trust)?;
         let mut stop = material.clone();
         let mut stop_all = shutdown.clone();
         let served = Server::builder()
-            .tls_config(config)
-            .context("invalid TLS material for the cluster port")?
             .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -114,7 +242,7 @@ pub async fn serve(
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(incoming(listener.clone()), async move {
+            .serve_with_incoming_shutdown(incoming(listener.clone(), config), async move {
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = stop_all.changed() => {}
@@ -131,19 +259,22 @@ pub async fn serve(
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: WAL shipments are small and latency-bound,
-/// and tonic sets `TCP_NODELAY` only on listeners it binds itself. The listener outlives each
-/// server instance (see [`serve`]).
+/// Connections whose TLS handshake is done (see `ferry_proto::tls_accept`), with Nagle's
+/// algorithm off: WAL shipments are small and latency-bound. The listener outlives each server
+/// instance (see [`serve`]); this one's accepting stops with it.
 fn incoming(
-    listener: std::sync::Arc<tokio::net::TcpListener>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.and_then(|(stream, _)| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        });
-        Some((accepted, listener))
-    })
+    listener: Arc<tokio::net::TcpListener>,
+    config: Arc<rustls::ServerConfig>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_CONNECTIONS);
+    ferry_proto::tls_accept::spawn_handshakes(
+        listener,
+        TlsAcceptor::from(config),
+        tx,
+        MAX_HANDSHAKES,
+        CONNECT_TIMEOUT,
+    );
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|(stream, _)| Ok(stream))
 }
 
 /// Binds `listen`, retrying briefly: a server just stopped may still hold the port.
