@@ -13,6 +13,9 @@
 //!    [`READ_AFTER_WRITE`] with a warning that the write may not be visible here yet.
 //! 4. Otherwise a response to a replicated write carries `X-Vault-Index`.
 //!
+//! A forwarded request's response entry is written to this cluster's audit devices here, with
+//! the primary's response (the handler's response carried it as `audit::PendingAudit`).
+//!
 //! A forwarded request's handler has changed nothing here: a replicated write is refused before
 //! anything is stored, batches are atomic, and a local write (a token's use count) belongs to
 //! this cluster anyway.
@@ -195,17 +198,24 @@ pub async fn layer(
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     let scope = Arc::new(RequestScope::default());
     let request = Request::from_parts(parts, Body::from(body.clone()));
-    let response = SCOPE.scope(scope.clone(), next.run(request)).await;
+    let mut response = SCOPE.scope(scope.clone(), next.run(request)).await;
     if response.extensions().get::<MustForward>().is_none() {
         return with_index(response, &scope);
     }
+    // The response entry is written with what the client gets (see `audit`).
+    let pending = response
+        .extensions_mut()
+        .remove::<crate::audit::PendingAudit>();
     let Some(identity) = scope
         .authenticated
         .lock()
         .expect("scope lock poisoned")
         .take()
     else {
-        return response;
+        return match pending {
+            Some(p) => p.0.log_final_response(response).await,
+            None => response,
+        };
     };
     let mut headers = HashMap::new();
     if let Some(ct) = content_type.and_then(|v| v.to_str().map(str::to_owned).ok()) {
@@ -223,7 +233,11 @@ pub async fn layer(
         }),
         secondary_id: String::new(),
     };
-    forward(&state, request).await
+    let response = forward(&state, request).await;
+    match pending {
+        Some(p) => p.0.log_final_response(response).await,
+        None => response,
+    }
 }
 
 /// Sends a request to the primary and returns its response once this cluster has its write.

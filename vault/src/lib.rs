@@ -10,8 +10,11 @@
 //! [`transit_api`]), tokens ([`token`], [`token_api`]), ACL policies
 //! checked on every request ([`policy`], [`policy_api`]) for the operation and canonical path
 //! the request is parsed into once ([`request`]), and `sys/replication/...` proxied to
-//! the sidecar ([`replication_proxy`]).
+//! the sidecar ([`replication_proxy`]), and audit devices that log every request and response
+//! with its secrets hashed ([`audit`], [`audit_api`]).
 
+pub mod audit;
+pub mod audit_api;
 pub mod barrier;
 pub mod config;
 pub mod forwarding;
@@ -69,12 +72,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local = unseal::local_keyring(&storage, &root, initial_token)
         .await
         .context("failed to open the local keyring")?;
+    let audit = audit::Broker::load(&storage, &local)
+        .await
+        .context("failed to set up the audit devices")?;
     let state = Arc::new(ServerState {
         storage: storage.clone(),
         local,
         replicated: Arc::new(RwLock::new(None)),
         path_locks: Default::default(),
         mount_cache: Default::default(),
+        audit,
         root: root.clone(),
         sidecar_api: replication_proxy::SidecarApi::new(
             config
@@ -100,15 +107,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let listener = tls::TlsListener::new(listener, cert.server_config())
                 .with_context(|| format!("failed to listen on {}", config.listen))?;
             info!(listen = %config.listen, "ferry-vault API ready (TLS)");
-            axum::serve(listener, server::router(state))
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+            axum::serve(
+                listener,
+                server::router(state)
+                    .into_make_service_with_connect_info::<server::RemoteAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
         }
         None => {
             warn!(listen = %config.listen, "ferry-vault API ready WITHOUT TLS: tokens and secrets travel in clear; give --tls-cert-file and --tls-key-file");
-            axum::serve(listener, server::router(state))
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+            axum::serve(
+                listener,
+                server::router(state)
+                    .into_make_service_with_connect_info::<server::RemoteAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
         }
     }
     .context("the HTTP server failed");

@@ -1,8 +1,9 @@
 //! The HTTP API, Vault's conventions: `/v1/` paths, `X-Vault-Token`, JSON bodies, Vault's status
 //! codes and `{"errors": [...]}` bodies. One handler ([`dispatch`]) takes every request: the
 //! status endpoints, then authentication, then the family of the request's canonical path
-//! (`auth/token/`, `sys/mounts`, `sys/policies/acl`, `sys/replication/`, else the engine mounted
-//! there), each of which authorizes the operation it serves on that path.
+//! (`auth/token/`, `sys/mounts`, `sys/policies/acl`, `sys/audit`, `sys/replication/`, else the
+//! engine mounted there), each of which authorizes the operation it serves on that path. Every
+//! request past authentication is written to the audit devices before it runs (see `audit`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,30 @@ pub struct ServerState {
     pub sidecar_api: crate::replication_proxy::SidecarApi,
     /// The last mount table read, with the sealed bytes it came from.
     pub mount_cache: std::sync::Mutex<Option<(Vec<u8>, Arc<crate::mounts::MountTable>)>>,
+    /// This cluster's audit devices.
+    pub audit: crate::audit::Broker,
+}
+
+/// The client's address, from the connection (absent for a request a secondary forwarded).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for RemoteAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for RemoteAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
 }
 
 /// A fixed set of locks; a path always maps to the same one.
@@ -207,7 +232,8 @@ pub fn envelope_json(data: Value) -> Value {
     })
 }
 
-fn request_id() -> String {
+/// A new request id, in Vault's UUID form.
+pub(crate) fn request_id() -> String {
     let h = crate::token::random_hex(16);
     format!(
         "{}-{}-{}-{}-{}",
@@ -245,44 +271,87 @@ const STATUS_PATHS: [&str; 3] = ["/v1/sys/health", "/v1/sys/seal-status", "/v1/s
 /// 1. Vault's status endpoints ([`STATUS_PATHS`]) are answered at once.
 /// 2. The request is parsed once into its operation and canonical path ([`ApiRequest`]).
 /// 3. The caller is authenticated (403 without a valid token), except for the replication
-///    status reads Vault leaves open: nothing below tells a stranger what exists.
-/// 4. The handler of the path's family authorizes the operation on that path and serves it.
+///    status reads Vault leaves open: nothing below tells a stranger what exists. A refused
+///    token is audited with its error.
+/// 4. The request is written to the audit devices; when none writes it, it stops here (500).
+/// 5. The handler of the path's family authorizes the operation on that path and serves it,
+///    and the response is written to the same devices.
 async fn dispatch(
     State(state): Shared,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if STATUS_PATHS.contains(&uri.path()) {
         return status(&state, &method, &uri);
     }
+    let remote = extensions
+        .get::<axum::extract::ConnectInfo<RemoteAddr>>()
+        .map(|c| c.0.0);
     let served = async {
         let request = ApiRequest::parse(&method, &uri)?;
         let caller = if crate::replication_proxy::unauthenticated(&request) {
             None
         } else {
-            Some(authenticate(&state, &headers).await?)
+            match authenticate(&state, &headers).await {
+                Ok(caller) => Some(caller),
+                Err(e) => {
+                    let message = e.message.as_deref().unwrap_or_default();
+                    // Refused either way: a device that fails here changes nothing.
+                    let _ = crate::audit::log_request(&state, &request, None, &[], remote, message)
+                        .await;
+                    return Err(e);
+                }
+            }
         };
         let body = body?;
-        let path = request.path.as_str();
-        let Some((token, entry)) = caller else {
-            return crate::replication_proxy::handle(&state, &request, None, body).await;
-        };
-        if path.starts_with("auth/token/") {
-            crate::token_api::handle(&state, &request, token, entry, &body).await
-        } else if path == "sys/mounts" || path.starts_with("sys/mounts/") {
-            crate::mounts_api::handle(&state, &request, &entry, &body).await
-        } else if path == "sys/policies/acl" || path.starts_with("sys/policies/acl/") {
-            crate::policy_api::handle(&state, &request, &entry, &body).await
-        } else if path.starts_with("sys/replication/") {
-            crate::replication_proxy::handle(&state, &request, Some(&entry), body).await
-        } else {
-            // Everything else is a secrets engine's, by the mount table.
-            crate::mounts_api::logical(&state, &request, &entry, body).await
-        }
+        let audited = crate::audit::log_request(
+            &state,
+            &request,
+            caller.as_ref().map(|(t, e)| (t.as_str(), e)),
+            &body,
+            remote,
+            "",
+        )
+        .await?;
+        let response = route(&state, &request, caller, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+        Ok::<_, ApiError>(audited.log_response(response).await)
     };
     served.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The handler of the request's path family.
+async fn route(
+    state: &ServerState,
+    request: &ApiRequest,
+    caller: Option<(String, TokenEntry)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = request.path.as_str();
+    let Some((token, entry)) = caller else {
+        return crate::replication_proxy::handle(state, request, None, body).await;
+    };
+    if path.starts_with("auth/token/") {
+        crate::token_api::handle(state, request, token, entry, &body).await
+    } else if path == "sys/mounts" || path.starts_with("sys/mounts/") {
+        crate::mounts_api::handle(state, request, &entry, &body).await
+    } else if path == "sys/policies/acl" || path.starts_with("sys/policies/acl/") {
+        crate::policy_api::handle(state, request, &entry, &body).await
+    } else if path == "sys/audit"
+        || path.starts_with("sys/audit/")
+        || path.starts_with("sys/audit-hash/")
+    {
+        crate::audit_api::handle(state, request, &entry, &body).await
+    } else if path.starts_with("sys/replication/") {
+        crate::replication_proxy::handle(state, request, Some(&entry), body).await
+    } else {
+        // Everything else is a secrets engine's, by the mount table.
+        crate::mounts_api::logical(state, request, &entry, body).await
+    }
 }
 
 /// The unauthenticated status endpoints, by method.
