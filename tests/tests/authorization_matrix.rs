@@ -164,9 +164,16 @@ mod table {
         ("tokens",      S, "GET",    "/v1/auth/token/lookup-self?list=true",           "",            [Denied, Denied, Denied,      Denied,      NotFound]),
         ("tokens",      P, "POST",   "/v1/auth/token/lookup",                          VICTIM,        [Denied, Denied, Denied,      Denied,      Ok]),
         ("tokens",      S, "POST",   "/v1/auth/token/lookup",                          VICTIM,        [Denied, Denied, Denied,      Denied,      Ok]),
-        // A GET takes its parameters from the query.
+        // A GET takes its parameters from the query; without a token, a lookup is of the
+        // caller's own; an unknown token is refused as a permission (Vault's "bad token").
         ("tokens",      P, "GET",    "/v1/auth/token/lookup?token={victim}",           "",            [Denied, Denied, Denied,      Ok,          Ok]),
         ("tokens",      S, "GET",    "/v1/auth/token/lookup?token={victim}",           "",            [Denied, Denied, Denied,      Ok,          Ok]),
+        ("tokens",      P, "GET",    "/v1/auth/token/lookup",                          "",            [Denied, Denied, Denied,      Ok,          Ok]),
+        ("tokens",      S, "GET",    "/v1/auth/token/lookup",                          "",            [Denied, Denied, Denied,      Ok,          Ok]),
+        ("tokens",      P, "POST",   "/v1/auth/token/lookup",                          "{}",          [Denied, Denied, Denied,      Denied,      Ok]),
+        ("tokens",      S, "POST",   "/v1/auth/token/lookup",                          "{}",          [Denied, Denied, Denied,      Denied,      Ok]),
+        ("tokens",      P, "POST",   "/v1/auth/token/lookup",                          NO_SUCH_TOKEN, [Denied, Denied, Denied,      Denied,      Denied]),
+        ("tokens",      S, "POST",   "/v1/auth/token/lookup",                          NO_SUCH_TOKEN, [Denied, Denied, Denied,      Denied,      Denied]),
         ("tokens",      P, "POST",   "/v1/auth/token/revoke",                          NO_SUCH_TOKEN, [Denied, Denied, Denied,      Denied,      Ok]),
         ("tokens",      S, "POST",   "/v1/auth/token/revoke",                          NO_SUCH_TOKEN, [Denied, Denied, Denied,      Denied,      Ok]),
         // Listing accessors needs sudo besides list.
@@ -222,10 +229,6 @@ mod table {
     #[rustfmt::skip]
     pub const KNOWN_DIFFERENCES: &[KnownDifference] = &[
         // on  method  path                                  ferry-vault answers                                  why
-        (P, "GET",  "/v1/auth/token/lookup?token={victim}", [Denied, Denied, Denied, BadRequest, BadRequest],
-         "ferry-vault reads auth/token/lookup's token from the body only; Vault takes a GET's parameters from its query"),
-        (S, "GET",  "/v1/auth/token/lookup?token={victim}", [Denied, Denied, Denied, BadRequest, BadRequest],
-         "ferry-vault reads auth/token/lookup's token from the body only; Vault takes a GET's parameters from its query"),
         (P, "LIST", "/v1/auth/token/accessors",             [Denied, Denied, NotFound, Denied, NotFound],
          "ferry-vault has no auth/token/accessors (Vault: a list, with sudo)"),
         (S, "LIST", "/v1/auth/token/accessors",             [Denied, Denied, NotFound, Denied, NotFound],
