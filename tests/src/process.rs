@@ -87,3 +87,48 @@ impl Drop for Process {
         self.kill();
     }
 }
+
+/// The TCP ports process `pid` listens on (IPv4 and IPv6), read from `/proc`: the socket inodes
+/// among its open files, matched against the kernel's tables of listening sockets.
+pub fn tcp_listening_ports(pid: u32) -> anyhow::Result<std::collections::BTreeSet<u16>> {
+    let fds = Path::new("/proc").join(pid.to_string()).join("fd");
+    let mut inodes = std::collections::BTreeSet::new();
+    for fd in
+        std::fs::read_dir(&fds).with_context(|| format!("failed to list {}", fds.display()))?
+    {
+        // A descriptor closed since the listing has no link left: skip it.
+        let Ok(target) = std::fs::read_link(fd?.path()) else {
+            continue;
+        };
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text =
+            std::fs::read_to_string(table).with_context(|| format!("failed to read {table}"))?;
+        // `sl local_address rem_address st ... uid timeout inode`; state 0A is LISTEN.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state != "0A" || !inodes.contains(*inode) {
+                continue;
+            }
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                .with_context(|| format!("unreadable address {local:?} in {table}"))?;
+            ports.insert(port);
+        }
+    }
+    Ok(ports)
+}

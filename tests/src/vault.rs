@@ -176,6 +176,16 @@ impl VaultServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("vault.log")).unwrap_or_default()
     }
+
+    /// The process id, while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+
+    /// The loopback port of its API listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Writes `contents` to `path`, readable and writable by its owner only, as ferry-vault requires

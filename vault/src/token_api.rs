@@ -57,7 +57,7 @@ pub async fn handle(
         ("revoke-self", Write) => caller.revoke_self().await,
         ("create", Write) => caller.create(body, false).await,
         ("create-orphan", Write) => caller.create(body, true).await,
-        ("lookup", Read | Write) => caller.lookup(body).await,
+        ("lookup", Read | Write) => caller.lookup(request, body).await,
         ("lookup-accessor", Write) => caller.lookup_accessor(body).await,
         ("renew", Write) => caller.renew(body).await,
         ("revoke", Write) => caller.revoke(body).await,
@@ -168,6 +168,25 @@ struct TokenField {
     token: String,
     #[serde(default)]
     increment: Option<Value>,
+}
+
+/// The token `auth/token/lookup` looks up, as Vault chooses it: the `token` parameter, from
+/// the query of a GET (Vault reads a GET's parameters there) or from the body otherwise, and
+/// without one the caller's own token.
+fn lookup_target<'a>(
+    request: &'a ApiRequest,
+    body_token: &'a str,
+    caller_token: &'a str,
+) -> &'a str {
+    let given = match request.operation {
+        Operation::Read => request.query.get("token").map_or("", String::as_str),
+        _ => body_token,
+    };
+    if given.is_empty() {
+        caller_token
+    } else {
+        given
+    }
 }
 
 #[derive(Deserialize)]
@@ -294,19 +313,21 @@ impl<'s> Caller<'s> {
         Ok(auth_response(&token, &entry, warnings))
     }
 
-    async fn lookup(&self, body: &Bytes) -> ApiResult {
+    async fn lookup(&self, request: &ApiRequest, body: &Bytes) -> ApiResult {
         let req: TokenField = parse_body(body)?;
-        if req.token.is_empty() {
+        let token = lookup_target(request, &req.token, &self.token);
+        if token.is_empty() {
             return Err(bad("missing token to look up"));
         }
+        // As Vault: an unknown token is refused as a permission, not as a malformed request.
         let entry = self
             .state
             .tokens()
-            .lookup(&req.token)
+            .lookup(token)
             .await
             .map_err(internal)?
-            .ok_or_else(|| bad("bad token"))?;
-        Ok(envelope(lookup_data(&req.token, &entry)))
+            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "bad token"))?;
+        Ok(envelope(lookup_data(token, &entry)))
     }
 
     async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
@@ -476,6 +497,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_lookup_takes_a_gets_token_from_the_query_and_defaults_to_the_callers() {
+        let request = |method: &str, uri: &str| {
+            ApiRequest::parse(
+                &axum::http::Method::from_bytes(method.as_bytes()).unwrap(),
+                &uri.parse().unwrap(),
+            )
+            .unwrap()
+        };
+        let get = request("GET", "/v1/auth/token/lookup?token=hvs.other");
+        assert_eq!(lookup_target(&get, "", "hvs.caller"), "hvs.other");
+        // A GET has no body parameters, as in Vault.
+        let bare_get = request("GET", "/v1/auth/token/lookup");
+        assert_eq!(
+            lookup_target(&bare_get, "hvs.body", "hvs.caller"),
+            "hvs.caller"
+        );
+        let post = request("POST", "/v1/auth/token/lookup?token=hvs.query");
+        assert_eq!(lookup_target(&post, "hvs.body", "hvs.caller"), "hvs.body");
+        assert_eq!(lookup_target(&post, "", "hvs.caller"), "hvs.caller");
+        // A forwarded identity has no token: nothing to default to.
+        assert_eq!(lookup_target(&post, "", ""), "");
     }
 
     #[test]
