@@ -102,3 +102,67 @@ pub fn connect_unix(path: impl AsRef<Path>) -> Channel {
         }),
     )
 }
+
+/// Binds a Unix socket at `path` that only this user can open, with no moment at which anyone
+/// else could: it is bound inside a fresh directory of mode 0700 beside `path`, restricted to
+/// mode 0600, then renamed into place (a stale socket there is replaced). The directory that
+/// holds `path` must exist.
+pub fn bind_private_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("socket path {} has no file name", path.display()),
+        )
+    })?;
+    let private = dir.join(format!(
+        ".{}.binding-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left over by a run of this process id that died here: nobody else's.
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| {
+        let staged = private.join(name);
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_private_socket_is_the_owners_only_and_replaces_a_stale_one() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("ferry-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        std::fs::write(&socket, b"stale").unwrap();
+        let listener = bind_private_unix(&socket).unwrap();
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let client = tokio::net::UnixStream::connect(&socket);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+        // Nothing else is left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("api.sock")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

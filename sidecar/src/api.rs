@@ -187,20 +187,8 @@ fn bind_private(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         }
         Err(e) => return Err(e).with_context(|| format!("failed to inspect {}", dir.display())),
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("failed to remove the stale socket {}", socket.display())
-            });
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("failed to listen on {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("failed to restrict {}", socket.display()))?;
-    Ok(listener)
+    ferry_proto::bind_private_unix(socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))
 }
 
 /// Parses a JSON body; an empty body is `{}`. Unknown fields are refused by name.

@@ -208,24 +208,10 @@ async fn serve(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
     }
-    // A socket left by a previous run would make bind fail.
-    match std::fs::remove_file(&socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("failed to remove stale socket {}", socket.display()));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("failed to listen on {}", socket.display()))?;
     // Only this user (the server's container runs as the same one): the socket reaches every
     // stored value, and forwards requests to the primary for the identity a caller names.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("failed to restrict {}", socket.display()))?;
-    }
+    let listener = ferry_proto::bind_private_unix(&socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
     info!(socket = %socket.display(), "storage API ready");
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)

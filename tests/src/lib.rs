@@ -11,6 +11,7 @@ pub mod http;
 pub mod hvac;
 pub mod inspect;
 pub mod kube;
+pub mod member;
 pub mod operator;
 pub mod pki;
 pub mod ports;

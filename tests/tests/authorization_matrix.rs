@@ -514,9 +514,9 @@ async fn the_sidecars_sockets_are_private_and_nothing_else_listens() -> anyhow::
     ] {
         let storage = region.sidecar.socket();
         // Each socket, and whether its directory is private (0700) or only closed to writes by
-        // others. KNOWN GAP: the storage socket's directory, which ferry-vault's forward socket
-        // shares, is whatever the deployment gives: the sidecar neither creates it private nor
-        // checks it, as it does the admin socket's. Both sockets are 0600 once made.
+        // others. The storage socket's directory, which ferry-vault's forward socket shares, is
+        // the deployment's; both sockets are bound 0600 from the start (staged in a private
+        // directory and renamed into place, `ferry_proto::bind_private_unix`).
         for (socket, private_directory) in [
             (storage.clone(), false),
             (region.sidecar.api_socket(), true),

@@ -6,9 +6,9 @@
 use ferry_proto::forward::{ForwardedRequest, Identity};
 use ferry_proto::replication::ActivateRequest;
 use ferry_sidecar::replication::membership::NewMember;
-use ferry_sidecar::replication::pki::CertifiedKey;
 use ferry_sidecar::replication::token::TokenClaims;
 use ferry_sidecar::replication::transport::{TlsMaterial, client};
+use ferry_tests::member::TestMember;
 use ferry_tests::vault::VaultPair;
 use tonic::Code;
 
@@ -44,23 +44,8 @@ async fn a_forwarded_read_is_refused_even_from_an_activated_member() -> anyhow::
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
     // This test activates as "south" itself, as a secondary does: its own key, a CSR.
-    let member = NewMember::generate(&claims.cluster_id, "south")?;
-    let reply = client(&address, &anonymous)?
-        .activate(ActivateRequest {
-            token: token.clone(),
-            csr_pem: member.identity.csr_pem()?,
-            ca_cert_pem: member.ca.key.cert_pem.clone(),
-        })
-        .await?
-        .into_inner();
-    let tls = TlsMaterial {
-        ca_cert_pem: claims.ca_cert_pem.clone(),
-        identity: Some(CertifiedKey {
-            cert_pem: reply.client_cert_pem,
-            key_pem: member.identity.key_pem.clone(),
-        }),
-    };
-    let mut primary = client(&address, &tls)?;
+    let south = TestMember::activate(&token).await?;
+    let mut primary = south.client(&address)?;
     for method in ["GET", "LIST"] {
         let refused = primary
             .forward(as_root(method))

@@ -166,14 +166,8 @@ fn serve_forwarded(
     socket: &std::path::Path,
     routes: axum::Router,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("failed to remove a stale socket"),
-    }
-    let listener = tokio::net::UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let listener = ferry_proto::bind_private_unix(socket)
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
     let service =
         ferry_proto::forward::forwarding_server::ForwardingServer::new(forwarding::ForwardServer {
             routes,

@@ -125,6 +125,7 @@ impl Replication {
         ])
         .await?;
         self.adopt(Some(definition));
+        self.sign_own_epoch().await?;
         info!(%cluster_id, "enabled performance replication as primary");
         Ok(())
     }

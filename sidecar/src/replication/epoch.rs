@@ -16,16 +16,26 @@
 //!
 //! The secondaries' cluster addresses, which the check needs after a restart, are kept under
 //! [`SECONDARY_ADDRS_PATH`] (local), written when a heartbeat brings a new one.
+//!
+//! Only a primary can raise the epoch: every claim of a newer epoch must come with an
+//! [`EpochProof`](pb::EpochProof), a statement signed by the CA of the member that became primary
+//! at that epoch ([`sign_epoch`]), checked against that member's CA certificate in its record
+//! ([`Replication::proven_epoch`]). A primary makes its proof when it takes the role (enable,
+//! promotion, start-up); secondaries relay their primary's proof in their heartbeats, so that a
+//! former primary learns of the new one through any of them. A claim without a valid proof is
+//! refused and fences nothing: no other member, however authenticated, can stop the primary.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_proto::replication as pb;
 use tracing::{info, warn};
 
 use super::Replication;
-use super::definition::{ClusterDefinition, Mode};
+use super::definition::{ClusterDefinition, Mode, SECONDARIES_PREFIX, SecondaryRecord};
 use super::follower::probe;
+use super::pki::{PkiError, ReplicationCa, verify_by_ca_cert};
 use super::superseded::{self, Superseded, fenced_definition};
 use super::transport::TlsMaterial;
 use crate::core::WriteMode;
@@ -46,6 +56,26 @@ struct NewerPrimary {
     from: String,
     applied_stream_id: Vec<u8>,
     applied_index: u64,
+}
+
+/// What an epoch proof signs.
+fn epoch_statement(cluster_id: &str, member: &str, epoch: u64) -> Vec<u8> {
+    format!("ferry-epoch/v1\n{cluster_id}\n{member}\n{epoch}").into_bytes()
+}
+
+/// The proof that member `member` of replication set `cluster_id` is the primary of `epoch`,
+/// signed with its own CA `ca`.
+pub fn sign_epoch(
+    ca: &ReplicationCa,
+    cluster_id: &str,
+    member: &str,
+    epoch: u64,
+) -> Result<pb::EpochProof, PkiError> {
+    Ok(pb::EpochProof {
+        member_id: member.to_owned(),
+        epoch,
+        signature: ca.sign(&epoch_statement(cluster_id, member, epoch))?,
+    })
 }
 
 /// How far a newer primary applied this cluster's `own` stream before it was promoted, from
@@ -115,6 +145,75 @@ impl Replication {
             }
         }
         Ok(true)
+    }
+
+    /// The epoch `proof` proves, when it proves at least `epoch`: signed by the CA recorded for
+    /// its member. Otherwise why not.
+    pub(crate) async fn proven_epoch(
+        &self,
+        proof: Option<&pb::EpochProof>,
+        epoch: u64,
+    ) -> Result<u64, String> {
+        let proof = proof.ok_or("the claim carries no proof of its epoch")?;
+        if proof.epoch < epoch {
+            return Err(format!(
+                "the proof is for epoch {}, not {epoch}",
+                proof.epoch
+            ));
+        }
+        let definition = self.definition().ok_or("replication is not enabled here")?;
+        let member = &proof.member_id;
+        if super::definition::validate_secondary_id(member).is_err() {
+            return Err("the proof names no valid member".into());
+        }
+        let record: SecondaryRecord = self
+            .gateway
+            .get(&format!("{SECONDARIES_PREFIX}{member}"))
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .ok_or_else(|| format!("the proof names {member:?}, who is no member"))?;
+        let statement = epoch_statement(&definition.cluster_id, member, proof.epoch);
+        if !verify_by_ca_cert(&record.ca_cert_pem, &statement, &proof.signature) {
+            return Err(format!(
+                "the proof of epoch {} is not signed by member {member:?}",
+                proof.epoch
+            ));
+        }
+        Ok(proof.epoch)
+    }
+
+    /// The newest epoch proof this cluster holds: its own as a primary, its primary's as a
+    /// secondary.
+    pub(crate) fn epoch_proof(&self) -> Option<pb::EpochProof> {
+        self.epoch_proof
+            .lock()
+            .expect("proof lock poisoned")
+            .clone()
+    }
+
+    /// Keeps `proof` when it is for a newer epoch than the one held.
+    pub(crate) fn keep_epoch_proof(&self, proof: pb::EpochProof) {
+        let mut held = self.epoch_proof.lock().expect("proof lock poisoned");
+        if held.as_ref().is_none_or(|h| h.epoch < proof.epoch) {
+            *held = Some(proof);
+        }
+    }
+
+    /// As a primary (active or demoted), signs the proof of this cluster's current epoch.
+    pub(crate) async fn sign_own_epoch(&self) -> Result<(), StoreError> {
+        let Some(definition) = self.definition() else {
+            return Ok(());
+        };
+        if definition.mode != Mode::Primary {
+            return Ok(());
+        }
+        let ca = self.own_ca().await?;
+        let epoch = self.core.stream().epoch;
+        let proof = sign_epoch(&ca, &definition.cluster_id, &definition.secondary_id, epoch)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.keep_epoch_proof(proof);
+        Ok(())
     }
 
     /// Refuses replicated writes until [`Self::check_superseded`] has run, when this cluster is
@@ -198,18 +297,31 @@ impl Replication {
                 );
                 Vec::new()
             });
-        answers
-            .into_iter()
-            .filter_map(|(address, answer)| {
-                let reply = answer.ok()?;
-                (reply.active && reply.epoch > own).then(|| NewerPrimary {
-                    epoch: reply.epoch,
-                    from: address.clone(),
-                    applied_stream_id: reply.applied_stream_id,
-                    applied_index: reply.applied_index,
-                })
-            })
-            .max_by_key(|n| n.epoch)
+        let mut newest: Option<NewerPrimary> = None;
+        for (address, answer) in answers {
+            let Ok(reply) = answer else { continue };
+            if !reply.active || reply.epoch <= own {
+                continue;
+            }
+            match self
+                .proven_epoch(reply.epoch_proof.as_ref(), reply.epoch)
+                .await
+            {
+                Ok(epoch) if newest.as_ref().is_none_or(|n| n.epoch < epoch) => {
+                    newest = Some(NewerPrimary {
+                        epoch,
+                        from: address.clone(),
+                        applied_stream_id: reply.applied_stream_id,
+                        applied_index: reply.applied_index,
+                    });
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    warn!(peer = %address, epoch = reply.epoch, %why, "ignoring an unproven newer epoch");
+                }
+            }
+        }
+        newest
     }
 
     async fn stored_secondary_addrs(&self) -> BTreeMap<String, String> {

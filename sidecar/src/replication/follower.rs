@@ -267,6 +267,7 @@ fn heartbeat_request(replication: &Replication) -> pb::HeartbeatRequest {
         epoch: status.primary_epoch,
         last_remote_wal: status.last_remote_wal,
         sent_at_ms: super::unix_now_ms(),
+        epoch_proof: replication.epoch_proof(),
     }
 }
 
@@ -296,6 +297,10 @@ async fn note_heartbeat(
         {
             warn!(error = %e, "failed to store the primary's cluster addresses");
         }
+    }
+    // Relayed to a former primary in this cluster's heartbeats, should it still run.
+    if let Some(proof) = reply.epoch_proof.clone() {
+        replication.keep_epoch_proof(proof);
     }
     // A member joined or left: trust its CA, or no longer.
     let members_changed = !reply.member_cas_pem.is_empty()

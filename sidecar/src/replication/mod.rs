@@ -168,6 +168,8 @@ pub struct Replication {
     server: tonic::transport::Channel,
     /// Stops the renewal of the client certificate.
     stop_renewal: watch::Sender<bool>,
+    /// The newest epoch proof held (see `epoch`).
+    epoch_proof: Mutex<Option<ferry_proto::replication::EpochProof>>,
 }
 
 struct FollowerHandle {
@@ -220,6 +222,7 @@ impl Replication {
             primary: Mutex::new(None),
             server,
             stop_renewal: watch::Sender::new(false),
+            epoch_proof: Mutex::new(None),
         });
         tokio::spawn(membership::run_renewal(
             replication.clone(),
@@ -229,6 +232,9 @@ impl Replication {
             info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
         }
         replication.adopt(definition);
+        if let Err(e) = replication.sign_own_epoch().await {
+            warn!(error = %e, "cannot sign this primary's epoch proof: its secondaries cannot relay it");
+        }
         // Before the storage API opens: a primary superseded while it was down stays fenced.
         replication.check_superseded().await?;
         Ok(replication)

@@ -224,6 +224,21 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Whether `signature` over `message` verifies with the key of the CA certificate `ca_cert_pem`.
+pub fn verify_by_ca_cert(ca_cert_pem: &str, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(der) = pem_to_der(ca_cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    verify(
+        &cert.tbs_certificate.subject_pki.subject_public_key.data,
+        message,
+        signature,
+    )
+}
+
 fn ca_params(cluster_id: &str, member: &str) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = name(&format!("ferry replication CA {cluster_id} {member}"));
@@ -279,6 +294,9 @@ mod tests {
         assert!(!verify(&key, b"massage", &sig));
         let other = ReplicationCa::generate("c1", "west").unwrap();
         assert!(!verify(&other.public_key().unwrap(), b"message", &sig));
+        assert!(verify_by_ca_cert(&ca.key.cert_pem, b"message", &sig));
+        assert!(!verify_by_ca_cert(&other.key.cert_pem, b"message", &sig));
+        assert!(!verify_by_ca_cert("garbage", b"message", &sig));
     }
 
     #[test]

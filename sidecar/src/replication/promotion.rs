@@ -99,6 +99,14 @@ impl Replication {
             return Err(e.into());
         }
         self.core.set_stream(stream);
+        let proof = super::epoch::sign_epoch(
+            &ca,
+            &definition.cluster_id,
+            &definition.secondary_id,
+            stream.epoch,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        self.keep_epoch_proof(proof.clone());
         let old_primaries = super::resolver::candidates(self);
         let announcement = pb::AnnounceEpochRequest {
             secondary_id: definition.secondary_id.clone(),
@@ -106,6 +114,7 @@ impl Replication {
             primary_cluster_addr: self.config.cluster_addr.clone(),
             applied_index: applied.map_or(0, |a| a.index),
             applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
+            epoch_proof: Some(proof),
         };
         let tls = TlsMaterial::of(&definition);
         if drained == Drained::StillActive {

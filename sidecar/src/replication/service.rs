@@ -95,18 +95,42 @@ impl ReplicationService {
         Ok(record)
     }
 
-    /// A caller that knows a higher epoch than ours fences this primary.
-    async fn check_epoch(&self, epoch: u64, from: &str) -> Result<(), Status> {
+    /// A caller that knows a higher epoch than ours, and relays its proof, fences this primary.
+    /// An unproven claim is refused and fences nothing.
+    async fn check_epoch(
+        &self,
+        epoch: u64,
+        proof: Option<&pb::EpochProof>,
+        from: &str,
+    ) -> Result<(), Status> {
         let own = self.core().stream().epoch;
-        if epoch > own {
-            if let Err(e) = self.replication.fence_by_epoch(epoch, from, None).await {
-                warn!(error = %e, epoch, from, "failed to store a newer epoch; replicated writes stay refused");
-            }
-            return Err(Status::failed_precondition(format!(
-                "this cluster's epoch {own} is older than {epoch}: it no longer acts as primary"
-            )));
+        if epoch <= own {
+            return Ok(());
         }
-        Ok(())
+        // A secondary relays its primary's proof; a member claiming to be the primary itself
+        // announces, it does not heartbeat.
+        let proven = match proof {
+            Some(p) if p.member_id == from => {
+                Err("a heartbeat relays the caller's primary's proof, not its own".to_owned())
+            }
+            proof => self.replication.proven_epoch(proof, epoch).await,
+        };
+        match proven {
+            Ok(proven) => {
+                if let Err(e) = self.replication.fence_by_epoch(proven, from, None).await {
+                    warn!(error = %e, epoch = proven, from, "failed to store a newer epoch; replicated writes stay refused");
+                }
+                Err(Status::failed_precondition(format!(
+                    "this cluster's epoch {own} is older than {proven}: it no longer acts as primary"
+                )))
+            }
+            Err(why) => {
+                warn!(epoch, from, %why, "refused a claim of a newer epoch");
+                Err(Status::permission_denied(format!(
+                    "epoch {epoch} is not proven: {why}"
+                )))
+            }
+        }
     }
 
     fn own_address(&self) -> String {
@@ -249,7 +273,8 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.get_ref();
         self.authenticate(&request, &req.secondary_id).await?;
-        self.check_epoch(req.epoch, &req.secondary_id).await?;
+        self.check_epoch(req.epoch, req.epoch_proof.as_ref(), &req.secondary_id)
+            .await?;
         self.serves_wal()?;
         let now = unix_now_ms();
         let previous = self
@@ -287,6 +312,7 @@ impl ReplicationRpc for ReplicationService {
             applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
             applied_index: applied.map_or(0, |a| a.index),
             member_cas_pem: definition.member_cas_pem,
+            epoch_proof: self.replication.epoch_proof(),
         }))
     }
 
@@ -323,7 +349,14 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<Self::StreamWalsStream>, Status> {
         let req = request.get_ref();
         self.authenticate(&request, &req.secondary_id).await?;
-        self.check_epoch(req.epoch, &req.secondary_id).await?;
+        // A newer epoch is proven in heartbeats, which come first; here it only stops the call.
+        let own = self.core().stream().epoch;
+        if req.epoch > own {
+            return Err(Status::failed_precondition(format!(
+                "the secondary knows epoch {}, newer than this cluster's {own}",
+                req.epoch
+            )));
+        }
         self.serves_wal()?;
         let core = self.core();
         let stream = core.stream();
@@ -457,6 +490,18 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::AnnounceEpochResponse>, Status> {
         let req = request.get_ref();
         self.authenticate(&request, &req.secondary_id).await?;
+        // Only the new primary itself announces its epoch, with its proof.
+        let proven = match &req.epoch_proof {
+            Some(p) if p.member_id != req.secondary_id => Err(format!(
+                "the proof is {:?}'s, not the caller's",
+                p.member_id
+            )),
+            proof => self.replication.proven_epoch(proof.as_ref(), req.epoch).await,
+        }
+        .map_err(|why| {
+            warn!(from = %req.secondary_id, epoch = req.epoch, %why, "refused an epoch announcement");
+            Status::permission_denied(format!("epoch {} is not proven: {why}", req.epoch))
+        })?;
         let shipped_to = super::epoch::shipped_to(
             &self.core().stream(),
             &req.applied_stream_id,
@@ -464,7 +509,7 @@ impl ReplicationRpc for ReplicationService {
         );
         let fenced = self
             .replication
-            .fence_by_epoch(req.epoch, &req.primary_cluster_addr, shipped_to)
+            .fence_by_epoch(proven, &req.primary_cluster_addr, shipped_to)
             .await
             .map_err(|e| {
                 Status::unavailable(format!("failed to store epoch {}: {e}", req.epoch))
