@@ -9,6 +9,7 @@ use ferry_sidecar::keyspace::Keyspace;
 use ferry_sidecar::replication::pki::ReplicationCa;
 use ferry_sidecar::seal::{KeyEncryptionKey, is_sealed};
 use ferry_tests::etcd::EtcdServer;
+use ferry_tests::member::TestMember;
 use ferry_tests::region::{Region, primary_and_secondary};
 use ferry_tests::sidecar::TEST_KEK;
 use serde_json::{Value, json};
@@ -165,6 +166,52 @@ async fn client_certificates_are_short_lived_and_renewed_before_they_expire() ->
     assert!(
         status["last_error"].is_null(),
         "the secondary reports an error: {status}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_is_refused_and_its_ca_trusted_no_more() -> anyhow::Result<()> {
+    let primary = Region::start("west", &[]).await?;
+    primary.enable_primary().await?;
+    let address = primary.cluster_addr();
+    let alice = TestMember::activate(&primary.token("alice").await?).await?;
+    let mallory = TestMember::activate(&primary.token("mallory").await?).await?;
+    let heartbeat = |id: &str| ferry_proto::replication::HeartbeatRequest {
+        secondary_id: id.into(),
+        ..Default::default()
+    };
+    let mallory_ca = mallory.keys.ca.key.cert_pem.trim().to_owned();
+    let members = alice
+        .client(&address)?
+        .heartbeat(heartbeat("alice"))
+        .await?
+        .into_inner()
+        .member_cas_pem;
+    assert!(
+        members.contains(&mallory_ca),
+        "a new member's CA is not shared"
+    );
+
+    primary
+        .call("primary/revoke-secondary", json!({ "id": "mallory" }))
+        .await?
+        .ok()?;
+    let refused = mallory
+        .client(&address)?
+        .heartbeat(heartbeat("mallory"))
+        .await
+        .expect_err("a revoked member was answered");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let members = alice
+        .client(&address)?
+        .heartbeat(heartbeat("alice"))
+        .await?
+        .into_inner()
+        .member_cas_pem;
+    assert!(
+        !members.contains(&mallory_ca),
+        "a revoked member's CA is still shared"
     );
     Ok(())
 }

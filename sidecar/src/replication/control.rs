@@ -213,6 +213,11 @@ impl Replication {
         let g = &self.gateway;
         g.write(vec![g.op(format!("{SECONDARIES_PREFIX}{id}"), None)])
             .await?;
+        // Its CA is trusted no more, here and, from their next heartbeat, by the others.
+        let ca = self.own_ca().await?;
+        let members = self.stored_member_cas(&ca.key.cert_pem).await?;
+        self.store_definition_locked(|d| d.member_cas_pem = members)
+            .await?;
         self.peers.lock().expect("peers lock poisoned").remove(&id);
         info!(secondary_id = %id, "revoked a secondary");
         Ok(())
