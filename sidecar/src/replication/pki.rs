@@ -283,7 +283,38 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn ca() -> &'static ReplicationCa {
+        static CA: std::sync::OnceLock<ReplicationCa> = std::sync::OnceLock::new();
+        CA.get_or_init(|| ReplicationCa::generate("c1", "west").unwrap())
+    }
+
+    proptest! {
+        /// What a peer sends as a certificate signing request or a CA certificate, and what
+        /// a TLS peer presents, is refused when it is not one, and never panics.
+        #[test]
+        fn random_requests_and_certificates_are_refused(
+            text in ".{0,400}",
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let csr = format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n");
+            let cert = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+            for pem in [&text, &csr] {
+                prop_assert!(ca().sign_client(pem, "east", Duration::from_secs(60), 0).is_err());
+            }
+            for pem in [&text, &cert] {
+                prop_assert!(check_ca_cert(pem).is_err());
+                prop_assert!(validity_of(pem).is_err());
+                prop_assert!(!verify_by_ca_cert(pem, b"m", &bytes));
+            }
+            prop_assert!(key_fingerprint_of_cert(&bytes).is_err());
+        }
+    }
 
     #[test]
     fn signatures_verify_with_the_cas_key_only() {
