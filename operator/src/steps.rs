@@ -11,6 +11,7 @@ use crate::crd::{IssuedToken, ReplicationClusterStatus};
 use crate::decide::Step;
 use crate::token_secret::{self, NotOurs};
 use crate::vault_api::{VaultApi, VaultError};
+use ferry_proto::PRIMARY_UNREACHABLE;
 
 /// Runs one step; returns what it did, for the event.
 pub(crate) async fn act(
@@ -85,10 +86,10 @@ pub(crate) async fn act(
                     "promoted to primary after applying everything the old primary wrote".into(),
                 ),
                 Err(VaultError::Refused {
-                    status: 503,
                     message,
+                    code: Some(code),
                     ..
-                }) if *force && message.contains("cannot reach the primary") => {
+                }) if *force && code == PRIMARY_UNREACHABLE => {
                     vault.promote(true).await?;
                     Ok(format!("promoted to primary by force: {message}"))
                 }

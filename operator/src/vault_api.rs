@@ -34,6 +34,8 @@ pub enum VaultError {
         path: String,
         status: u16,
         message: String,
+        /// The sidecar's machine-readable `error_code`, when it gave one.
+        code: Option<String>,
     },
     /// The configuration given cannot make a client (bad address or CA bundle).
     #[error("{0}")]
@@ -183,6 +185,7 @@ impl VaultApi {
                 path: path.into(),
                 status,
                 message,
+                code: json["error_code"].as_str().map(str::to_owned),
             });
         }
         Ok(json)

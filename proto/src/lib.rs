@@ -39,6 +39,11 @@ pub mod replication {
     tonic::include_proto!("ferry.replication.v1");
 }
 
+/// The `error_code` the replication admin API gives (beside Vault's `errors`) when a planned
+/// promotion cannot reach the old primary: what an operator matches to fall back to a forced
+/// promotion, rather than the message's words. Nothing changed when it is given.
+pub const PRIMARY_UNREACHABLE: &str = "primary_unreachable";
+
 /// Where a server whose sidecar listens on `storage_socket` takes forwarded requests: beside it,
 /// `storage.sock` giving `storage.forward.sock`.
 pub fn forward_socket(storage_socket: &Path) -> PathBuf {

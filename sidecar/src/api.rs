@@ -42,6 +42,8 @@ type Shared = State<Arc<Replication>>;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// A machine-readable reason beside Vault's `errors`, for callers that act on it.
+    code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -49,13 +51,18 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
+            code: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "errors": [self.message] }))).into_response()
+        let body = match self.code {
+            Some(code) => json!({ "errors": [self.message], "error_code": code }),
+            None => json!({ "errors": [self.message] }),
+        };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -66,6 +73,12 @@ impl From<ControlError> for ApiError {
             ControlError::Unavailable(m) => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: m,
+                code: None,
+            },
+            ControlError::PrimaryUnreachable(m) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: m,
+                code: Some(ferry_proto::PRIMARY_UNREACHABLE),
             },
             ControlError::Storage(e) => e.into(),
         }
@@ -85,6 +98,7 @@ impl From<StoreError> for ApiError {
         Self {
             status,
             message: e.to_string(),
+            code: None,
         }
     }
 }
@@ -134,6 +148,7 @@ pub fn router(replication: Arc<Replication>) -> Router {
             ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: "unsupported path".into(),
+                code: None,
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

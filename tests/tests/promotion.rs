@@ -163,6 +163,13 @@ async fn a_forced_promotion_fences_the_old_primary_and_keeps_its_unshipped_write
     let reply = b.call("secondary/promote", json!({})).await?;
     assert_eq!(reply.status, 503, "the old primary cannot be reached");
     assert!(reply.error().contains("force=true"), "{}", reply.error());
+    // What an operator acts on is a code, not the message's words.
+    assert_eq!(
+        reply.body["error_code"],
+        ferry_proto::PRIMARY_UNREACHABLE,
+        "{}",
+        reply.body
+    );
     assert_eq!(b.status().await?["mode"], "secondary");
 
     b.call("secondary/promote", json!({ "force": true }))

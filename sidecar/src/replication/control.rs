@@ -42,6 +42,11 @@ pub enum ControlError {
     /// A peer could not be reached: a 503; nothing changed.
     #[error("{0}")]
     Unavailable(String),
+    /// A planned promotion could not reach the old primary: a 503 with the error code
+    /// [`ferry_proto::PRIMARY_UNREACHABLE`], on which the caller may decide to force; nothing
+    /// changed.
+    #[error("{0}")]
+    PrimaryUnreachable(String),
     /// Local storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),

@@ -178,7 +178,7 @@ impl Replication {
             }
             Err(e) => {
                 // A 503: the peer is the problem, and the operator may then force (only then).
-                return Err(ControlError::Unavailable(format!(
+                return Err(ControlError::PrimaryUnreachable(format!(
                     "cannot reach the primary at {address} ({}); demote it first, or promote with force=true to accept losing writes it has not shipped",
                     e.message()
                 )));
