@@ -7,9 +7,19 @@
 //! (a gRPC server waits for its open streams, which a secondary keeps open for ever), then the
 //! rest are aborted, so that a SIGTERM ends the process within seconds and the write fence is
 //! released while its lease is still alive.
+//!
+//! Tasks that come and go with the replication role (the follower, its resolver and
+//! heartbeats, certificate renewal, announcements, WAL shipments) are not the process's workers:
+//! they run under [`spawn_restarting`] (a panic is logged by name and the task starts again, so
+//! a bug cannot silently end replication) or [`spawn_reported`] (one-shot: a panic is logged by
+//! name). Neither uses a bare `tokio::spawn`, whose panics go unseen.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,6 +27,49 @@ use tracing::{error, info, warn};
 
 /// How long tasks have to stop after the shutdown signal before they are aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// The pause before a panicked [`spawn_restarting`] task starts again.
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs `make()` as the task `name` until it returns: when it panics, the panic is logged with
+/// the name and a fresh `make()` runs after [`RESTART_PAUSE`]. Aborting the handle stops it.
+pub fn spawn_restarting<F, Fut>(name: &'static str, make: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match AssertUnwindSafe(make()).catch_unwind().await {
+                Ok(()) => return,
+                Err(panic) => {
+                    error!(task = name, panic = %panic_message(&*panic), "task panicked; starting it again");
+                    tokio::time::sleep(RESTART_PAUSE).await;
+                }
+            }
+        }
+    })
+}
+
+/// Runs `task` once as the task `name`; a panic is logged with the name.
+pub fn spawn_reported(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+            error!(task = name, panic = %panic_message(&*panic), "task panicked");
+        }
+    })
+}
+
+/// The text of a panic's payload, when it has one.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
 
 /// Spawns named tasks and watches them.
 pub struct Supervisor {
@@ -42,7 +95,13 @@ impl Supervisor {
         name: &'static str,
         task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        self.tasks.spawn(async move { (name, task.await) });
+        self.tasks.spawn(async move {
+            let outcome = match AssertUnwindSafe(task).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(anyhow::anyhow!("panicked: {}", panic_message(&*panic))),
+            };
+            (name, outcome)
+        });
     }
 
     /// Begins shutdown: every task's signal fires.
@@ -107,9 +166,53 @@ fn describe(
             error!(task = name, error = %format!("{e:#}"), "task failed");
             Err(e.context(format!("task {name} failed")))
         }
+        // Panics are caught in the task and reported by name; this is an abort.
         Err(e) => {
-            error!(error = %e, "task panicked");
-            Err(anyhow::anyhow!("a task panicked: {e}"))
+            error!(error = %e, "task aborted");
+            Err(anyhow::anyhow!("a task was aborted: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_starts_again_and_a_finished_one_does_not() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let handle = spawn_restarting("flaky", move || {
+            let runs = counted.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("flaky failed");
+                }
+            }
+        });
+        handle.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, then done");
+    }
+
+    #[tokio::test]
+    async fn a_supervised_panic_is_a_failure_named_after_its_task() {
+        let mut supervisor = Supervisor::new();
+        supervisor.spawn("doomed", async { panic!("out of cheese") });
+        let failed = supervisor
+            .run_until(std::future::pending())
+            .await
+            .unwrap_err();
+        let text = format!("{failed:#}");
+        assert!(
+            text.contains("doomed") && text.contains("out of cheese"),
+            "{text}"
+        );
+        assert_eq!(
+            panic_message(&*Box::new("plain") as &(dyn Any + Send)),
+            "plain"
+        );
     }
 }

@@ -15,12 +15,13 @@ use tonic::Code;
 use tracing::info;
 
 use super::definition::{
-    CA_PATH, ClusterDefinition, DEFINITION_PATH, Mode, PRIMARY_ADDRS_PATH, SECONDARIES_PREFIX,
+    CA_PATH, ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH, SECONDARIES_PREFIX,
     SecondaryRecord, UnshippedRange, validate_secondary_id,
 };
 use super::follower::probe;
 use super::membership::{NewMember, member_cas_pem};
 use super::pki::{CertifiedKey, ReplicationCa};
+use super::role::Role;
 use super::token::{TokenClaims, TokenError};
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
 use super::{Replication, unix_now};
@@ -77,7 +78,7 @@ impl Replication {
         if let Some(d) = self.definition() {
             return Err(invalid(format!(
                 "replication is already enabled: this cluster is a performance {}",
-                role_name(&d)
+                d.role.name()
             )));
         }
         if !primary_cluster_addr.is_empty() {
@@ -107,14 +108,10 @@ impl Replication {
             is_primary: true,
         };
         let definition = ClusterDefinition {
-            mode: Mode::Primary,
+            role: Role::Primary,
             cluster_id: cluster_id.clone(),
             primary_cluster_addr,
             secondary_id: member.clone(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
             member_cas_pem: member_cas_pem(std::slice::from_ref(&record), &[]),
             identity,
             client_cert_pem,
@@ -233,11 +230,14 @@ impl Replication {
     pub async fn demote(self: &Arc<Self>) -> Result<u64, ControlError> {
         let _guard = self.control.lock().await;
         let mut definition = self.active_primary()?;
+        let demoted = definition
+            .role
+            .demote()
+            .map_err(|e| invalid(e.to_string()))?;
         self.core.set_write_mode(crate::core::WriteMode::Closed);
         // Settle whatever was already launched; nothing replicated launches after this.
         drop(self.core.commits.pause().await?);
-        definition.mode = Mode::Secondary;
-        definition.demoted = true;
+        definition.role = demoted;
         self.persist(Some(definition)).await?;
         let last = self.core.wal().last;
         info!(
@@ -279,7 +279,7 @@ impl Replication {
         if let Some(d) = self.definition() {
             return Err(invalid(format!(
                 "replication is already enabled: this cluster is a performance {}; use update-primary",
-                role_name(&d)
+                d.role.name()
             )));
         }
         let (definition, addrs, ca) = self.activate(&token).await?;
@@ -306,14 +306,28 @@ impl Replication {
     ) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
         self.require_kek()?;
-        let current = match self.definition() {
-            Some(d) if d.mode == Mode::Secondary => d,
-            _ => {
-                return Err(invalid(
-                    "this cluster is not a performance secondary (or a demoted primary)",
-                ));
-            }
+        let current = self.definition().ok_or_else(|| {
+            invalid("this cluster is not a performance secondary (or a demoted primary)")
+        })?;
+        // A former primary may hold writes the new primary never received: the first
+        // reconciliation keeps what it replaces aside instead of dropping it. When the new
+        // primary said how far it had applied this cluster's stream, only the keys written
+        // after that are kept aside.
+        let unshipped = if current.role.is_demoted() {
+            super::superseded::load(&self.core)
+                .await?
+                .and_then(|s| s.shipped_to)
+                .map(|after| UnshippedRange {
+                    after,
+                    through: self.core.wal().last,
+                })
+        } else {
+            None
         };
+        let role = current
+            .role
+            .follow(self.core.stream().epoch, unshipped)
+            .map_err(|e| invalid(e.to_string()))?;
         let (definition, addrs) = match (token, addrs) {
             (Some(token), None) if !token.trim().is_empty() => {
                 // Moving to another replication set would need a wipe: disable, then enable.
@@ -349,8 +363,6 @@ impl Replication {
                 require_active_primary(&current, &addrs).await?;
                 let definition = ClusterDefinition {
                     primary_cluster_addr: addrs[0].clone(),
-                    demoted: false,
-                    fenced_by_epoch: None,
                     ..current.clone()
                 };
                 (definition, addrs)
@@ -362,40 +374,21 @@ impl Replication {
             }
             _ => return Err(invalid("either token or update_primary_addrs is required")),
         };
-        // A former primary may hold writes the new primary never received: the first
-        // reconciliation keeps what it replaces aside instead of dropping it. When the new
-        // primary said how far it had applied this cluster's stream, only the keys written
-        // after that are kept aside.
-        let (keep_aside, unshipped) = if current.demoted {
-            let shipped_to = super::superseded::load(&self.core)
-                .await?
-                .and_then(|s| s.shipped_to);
-            let unshipped = shipped_to.map(|after| UnshippedRange {
-                after,
-                through: self.core.wal().last,
-            });
-            (Some(self.core.stream().epoch), unshipped)
-        } else {
-            (current.keep_aside_epoch, current.unshipped)
-        };
-        let definition = ClusterDefinition {
-            keep_aside_epoch: keep_aside,
-            unshipped,
-            ..definition
-        };
+        let definition = ClusterDefinition { role, ..definition };
         self.store_primary_addrs(addrs).await?;
         self.persist(Some(definition)).await?;
-        info!(keep_aside = ?keep_aside, "following a new primary");
+        info!(keep_aside = ?role.keep_aside(), "following a new primary");
         Ok(())
     }
 
     /// `performance/secondary/disable`: stop following; keep the data.
     pub async fn disable_secondary(self: &Arc<Self>) -> Result<(), ControlError> {
         let _guard = self.control.lock().await;
-        match self.definition() {
-            Some(d) if d.mode == Mode::Secondary => {}
-            _ => return Err(invalid("this cluster is not a performance secondary")),
-        }
+        self.definition()
+            .ok_or_else(|| invalid("this cluster is not a performance secondary"))?
+            .role
+            .check_secondary_disable()
+            .map_err(|e| invalid(e.to_string()))?;
         let g = &self.gateway;
         g.write(vec![g.op(CA_PATH.into(), None)]).await?;
         self.persist(None).await?;
@@ -416,7 +409,7 @@ impl Replication {
 
     fn active_primary(&self) -> Result<ClusterDefinition, ControlError> {
         match self.definition() {
-            Some(d) if d.mode == Mode::Primary && !d.demoted => Ok(d),
+            Some(d) if d.role.is_active_primary() => Ok(d),
             _ => Err(invalid("this cluster is not an active performance primary")),
         }
     }
@@ -522,14 +515,10 @@ impl Replication {
             addrs.push(address.clone());
         }
         let definition = ClusterDefinition {
-            mode: Mode::Secondary,
+            role: Role::Secondary { keep_aside: None },
             cluster_id: claims.cluster_id,
             primary_cluster_addr: address,
             secondary_id: claims.secondary_id,
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
             member_cas_pem: member_cas_pem(
                 &[],
                 &[&claims.ca_cert_pem, &reply.member_cas_pem, &ca.key.cert_pem],
@@ -560,14 +549,6 @@ fn error_chain(status: &tonic::Status) -> String {
         source = e.source();
     }
     out
-}
-
-fn role_name(d: &ClusterDefinition) -> &'static str {
-    match (d.mode, d.demoted) {
-        (Mode::Primary, _) => "primary",
-        (Mode::Secondary, true) => "secondary (demoted primary)",
-        (Mode::Secondary, false) => "secondary",
-    }
 }
 
 /// At least one of `addrs` must answer a heartbeat as an active primary of this replication

@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::pki::CertifiedKey;
+use super::role::Role;
 
 pub const DEFINITION_PATH: &str = "core/cluster/replicated/info";
 pub const DR_DEFINITION_PATH: &str = "core/cluster/replicated-dr/info";
@@ -33,44 +34,21 @@ pub const UNSHIPPED_PREFIX: &str = "core/local/unshipped/";
 /// Longest secondary id accepted.
 pub const MAX_SECONDARY_ID_BYTES: usize = 128;
 
-/// A cluster's replication role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Primary,
-    Secondary,
-}
-
 /// This cluster's replication role and identity, stored at [`DEFINITION_PATH`]. No definition
 /// means replication is disabled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterDefinition {
-    pub mode: Mode,
+    /// What this cluster does in the replication set (see `role`).
+    pub role: Role,
     /// The replication set's id, the same on the primary and all its secondaries.
     pub cluster_id: String,
     /// Primary: the address set at enable (may be empty). Secondary: the primary's address from
     /// its token or the last update-primary.
     pub primary_cluster_addr: String,
-    /// Secondary: the id its activation token named (kept through a demotion).
+    /// This cluster's member id: a secondary's, from its activation token; the first primary's,
+    /// `primary-<cluster id prefix>`. Kept through role changes.
     #[serde(default)]
     pub secondary_id: String,
-    /// A demoted primary: a secondary that follows no primary until update-primary.
-    #[serde(default)]
-    pub demoted: bool,
-    /// Why writes stopped, when a higher epoch was learned of.
-    #[serde(default)]
-    pub fenced_by_epoch: Option<u64>,
-    /// A former primary now following another: until its first reconciliation is done, every
-    /// replicated key that reconciliation replaces or deletes is copied first to the local path
-    /// `core/local/unshipped/e<epoch>/<path>`, so that writes the new primary never received are
-    /// kept for an operator to see rather than dropped.
-    #[serde(default)]
-    pub keep_aside_epoch: Option<u64>,
-    /// With `keep_aside_epoch`: the entries of this cluster's own WAL that the new primary never
-    /// applied, when known (from its announcement). Only keys those entries wrote are kept
-    /// aside; without it, every replaced key is.
-    #[serde(default)]
-    pub unshipped: Option<UnshippedRange>,
     /// Every member's CA certificate, PEM, concatenated: whom this cluster's cluster port
     /// trusts, as client and as server.
     pub member_cas_pem: String,
@@ -99,7 +77,7 @@ impl ClusterDefinition {
 
     /// Whether this cluster follows a primary.
     pub fn follows_primary(&self) -> bool {
-        self.mode == Mode::Secondary && !self.demoted && !self.primary_cluster_addr.is_empty()
+        self.role.is_secondary() && !self.primary_cluster_addr.is_empty()
     }
 }
 
@@ -108,14 +86,10 @@ impl ClusterDefinition {
     /// An active primary with placeholder identity, for unit tests of role logic.
     pub fn active_primary_for_tests() -> Self {
         Self {
-            mode: Mode::Primary,
+            role: Role::Primary,
             cluster_id: "c".into(),
             primary_cluster_addr: "127.0.0.1:1".into(),
             secondary_id: "primary-c".into(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
             member_cas_pem: String::new(),
             identity: CertifiedKey {
                 cert_pem: String::new(),

@@ -33,7 +33,7 @@ use ferry_proto::replication as pb;
 use tracing::{info, warn};
 
 use super::Replication;
-use super::definition::{ClusterDefinition, Mode, SECONDARIES_PREFIX, SecondaryRecord};
+use super::definition::{ClusterDefinition, SECONDARIES_PREFIX, SecondaryRecord};
 use super::follower::probe;
 use super::pki::{PkiError, ReplicationCa, verify_by_ca_cert};
 use super::superseded::{self, Superseded, fenced_definition};
@@ -88,9 +88,9 @@ pub fn shipped_to(own: &StreamState, applied_stream_id: &[u8], applied_index: u6
 pub fn write_mode_of(definition: Option<&ClusterDefinition>) -> WriteMode {
     match definition {
         None => WriteMode::Open,
-        Some(d) if d.mode == Mode::Primary && !d.demoted => WriteMode::Open,
-        Some(d) if d.follows_primary() => WriteMode::Secondary,
-        Some(_) => WriteMode::Closed,
+        // A secondary without a primary's address follows nobody: closed.
+        Some(d) if d.role.is_secondary() && !d.follows_primary() => WriteMode::Closed,
+        Some(d) => d.role.write_mode(),
     }
 }
 
@@ -205,7 +205,7 @@ impl Replication {
         let Some(definition) = self.definition() else {
             return Ok(());
         };
-        if definition.mode != Mode::Primary {
+        if !definition.role.ships_wal() {
             return Ok(());
         }
         let ca = self.own_ca().await?;
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(write_mode_of(Some(&fenced)), WriteMode::Closed);
         let following = ClusterDefinition {
             primary_cluster_addr: "127.0.0.1:1".into(),
-            demoted: false,
+            role: crate::replication::role::Role::Secondary { keep_aside: None },
             ..fenced
         };
         assert_eq!(write_mode_of(Some(&following)), WriteMode::Secondary);

@@ -95,11 +95,14 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
     };
     drop(definition);
     let targets = Arc::new(Targets::default());
-    tokio::spawn(resolver::run(
-        replication.clone(),
-        targets.clone(),
-        stop.clone(),
-    ));
+    let resolver = {
+        let (replication, targets, stop) = (replication.clone(), targets.clone(), stop.clone());
+        crate::tasks::spawn_restarting("resolver", move || {
+            resolver::run(replication.clone(), targets.clone(), stop.clone())
+        })
+    };
+    // The resolver lives as long as this follower, however it ends.
+    let _resolver = AbortOnDrop(resolver);
     let mut backoff = BACKOFF_MIN;
     loop {
         set_state(&replication, "connecting", "connecting");
@@ -163,12 +166,15 @@ async fn session(
     *replication.primary.lock().expect("primary lock poisoned") =
         Some((address.clone(), client.clone()));
     let (lost_tx, mut lost) = watch::channel(false);
-    let heartbeat = tokio::spawn(heartbeats(
-        replication.clone(),
-        client.clone(),
-        address.clone(),
-        lost_tx,
-    ));
+    let heartbeat = crate::tasks::spawn_reported(
+        "heartbeats",
+        heartbeats(
+            replication.clone(),
+            client.clone(),
+            address.clone(),
+            lost_tx,
+        ),
+    );
     // However the session ends, aborted included: no forwarding to it, no heartbeats.
     let _ended = SessionGuard {
         replication: replication.clone(),
@@ -180,6 +186,15 @@ async fn session(
         _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
     };
     result
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Ends a session's side effects when the session ends, however it ends.

@@ -41,6 +41,7 @@ pub mod pki;
 pub mod promotion;
 pub mod reconcile;
 pub mod resolver;
+pub mod role;
 pub mod service;
 pub mod snapshot;
 pub mod status;
@@ -224,12 +225,12 @@ impl Replication {
             stop_renewal: watch::Sender::new(false),
             epoch_proof: Mutex::new(None),
         });
-        tokio::spawn(membership::run_renewal(
-            replication.clone(),
-            replication.stop_renewal.subscribe(),
-        ));
+        let renewing = replication.clone();
+        crate::tasks::spawn_restarting("client-cert-renewal", move || {
+            membership::run_renewal(renewing.clone(), renewing.stop_renewal.subscribe())
+        });
         if let Some(d) = &definition {
-            info!(mode = ?d.mode, cluster_id = %d.cluster_id, demoted = d.demoted, "replication role loaded");
+            info!(role = ?d.role, cluster_id = %d.cluster_id, "replication role loaded");
         }
         replication.adopt(definition);
         if let Err(e) = replication.sign_own_epoch().await {
@@ -297,7 +298,10 @@ impl Replication {
 
     fn start_follower(self: &Arc<Self>) {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(follower::run(self.clone(), stopped));
+        let replication = self.clone();
+        let task = crate::tasks::spawn_restarting("follower", move || {
+            follower::run(replication.clone(), stopped.clone())
+        });
         *self.follower.lock().expect("follower lock poisoned") =
             Some(FollowerHandle { stop, task });
     }

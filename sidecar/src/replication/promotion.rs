@@ -14,8 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::Replication;
 use super::control::{ControlError, invalid, validate_address};
-use super::definition::{ClusterDefinition, Mode};
+use super::definition::ClusterDefinition;
 use super::follower::probe;
+use super::role::Role;
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
 use crate::wal::StreamState;
 use crate::wal::record::StreamId;
@@ -44,10 +45,13 @@ impl Replication {
         primary_cluster_addr: Option<String>,
     ) -> Result<Promotion, ControlError> {
         let _guard = self.control.lock().await;
-        let definition = match self.definition() {
-            Some(d) if d.mode == Mode::Secondary => d,
-            _ => return Err(invalid("only a performance secondary can be promoted")),
-        };
+        let definition = self
+            .definition()
+            .ok_or_else(|| invalid("only a performance secondary can be promoted"))?;
+        let promoting = definition
+            .role
+            .begin_promotion()
+            .map_err(|e| invalid(e.to_string()))?;
         if let Some(a) = primary_cluster_addr.as_deref().filter(|a| !a.is_empty()) {
             validate_address(a)?;
         }
@@ -81,7 +85,7 @@ impl Replication {
         // Stop following, and settle what the follower already launched, before this cluster
         // starts a new stream; if that fails, go back to following.
         self.adopt(Some(ClusterDefinition {
-            demoted: true,
+            role: promoting,
             ..definition.clone()
         }));
         let started = async {
@@ -129,21 +133,17 @@ impl Replication {
             .map_err(|e| invalid(e.to_string()))?;
         let member_cas_pem = self.stored_member_cas(&ca.key.cert_pem).await?;
         let promoted = ClusterDefinition {
-            mode: Mode::Primary,
+            role: Role::Primary,
             cluster_id: definition.cluster_id.clone(),
             primary_cluster_addr: primary_cluster_addr.unwrap_or_default(),
             secondary_id: definition.secondary_id.clone(),
-            demoted: false,
-            fenced_by_epoch: None,
-            keep_aside_epoch: None,
-            unshipped: None,
             member_cas_pem,
             identity: definition.identity.clone(),
             client_cert_pem,
         };
         self.persist(Some(promoted)).await?;
         info!(epoch = stream.epoch, stream_id = %stream.stream_id.to_hex(), "promoted to performance primary");
-        tokio::spawn(announce(tls, announcement, old_primaries));
+        crate::tasks::spawn_reported("announce-epoch", announce(tls, announcement, old_primaries));
         Ok(Promotion {
             epoch: stream.epoch,
             stream_id: stream.stream_id.to_hex(),

@@ -3,7 +3,7 @@
 //! fetched and written where they differ; local keys it lacks there are deleted), then the
 //! snapshot's index is stored as applied and the follower streams again.
 //!
-//! A former primary (`keep_aside_epoch` in its definition) copies what its first reconciliation
+//! A former primary (`Role::Secondary` with `keep_aside`) copies what its first reconciliation
 //! replaces to `core/local/unshipped/` first, so that writes it never shipped are kept.
 
 use std::collections::HashSet;
@@ -85,11 +85,10 @@ pub(super) async fn reconcile(replication: &Replication, client: &mut Client) ->
     report.conflicting_pages = conflicting.len() as u64;
     report.conflicting_subpages = subpages.len() as u64;
     let definition = replication.definition();
-    let keep_aside = match definition.as_ref().and_then(|d| d.keep_aside_epoch) {
-        Some(epoch) => Some(KeepAside {
-            epoch,
-            only: unshipped_keys(replication, definition.as_ref().and_then(|d| d.unshipped))
-                .await?,
+    let keep_aside = match definition.as_ref().and_then(|d| d.role.keep_aside()) {
+        Some(k) => Some(KeepAside {
+            epoch: k.epoch,
+            only: unshipped_keys(replication, k.unshipped).await?,
         }),
         None => None,
     };
@@ -121,8 +120,7 @@ pub(super) async fn reconcile(replication: &Replication, client: &mut Client) ->
     if keeping_aside {
         replication
             .store_definition(|d| {
-                d.keep_aside_epoch = None;
-                d.unshipped = None;
+                d.role = d.role.reconciled();
             })
             .await?;
     }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::definition::{Mode, SECONDARIES_PREFIX, SecondaryRecord};
+use super::definition::{SECONDARIES_PREFIX, SecondaryRecord};
 use super::pki::{check_ca_cert, key_fingerprint_of_cert};
 use super::snapshot::MerkleSnapshot;
 use super::token::{TokenClaims, TokenError};
@@ -59,7 +59,7 @@ impl ReplicationService {
     /// This cluster must be a writable primary.
     fn active_primary(&self) -> Result<(), Status> {
         match self.replication.definition() {
-            Some(d) if d.mode == Mode::Primary && !d.demoted => Ok(()),
+            Some(d) if d.role.is_active_primary() => Ok(()),
             _ => Err(Status::failed_precondition(
                 "this cluster is not an active performance primary",
             )),
@@ -70,7 +70,7 @@ impl ReplicationService {
     /// it has, so that its secondaries can drain it before one of them is promoted.
     fn serves_wal(&self) -> Result<(), Status> {
         match self.replication.definition() {
-            Some(d) if d.mode == Mode::Primary || d.demoted => Ok(()),
+            Some(d) if d.role.ships_wal() => Ok(()),
             _ => Err(Status::failed_precondition(
                 "this cluster is not a performance primary",
             )),
@@ -307,7 +307,7 @@ impl ReplicationRpc for ReplicationService {
             cluster_addrs: vec![self.own_address()],
             epoch: self.core().stream().epoch,
             last_wal: self.core().wal().last,
-            active: definition.mode == Mode::Primary && !definition.demoted,
+            active: definition.role.is_active_primary(),
             cluster_id: definition.cluster_id,
             applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
             applied_index: applied.map_or(0, |a| a.index),
@@ -323,7 +323,7 @@ impl ReplicationRpc for ReplicationService {
         self.authenticate(&request, &request.get_ref().secondary_id)
             .await?;
         let address = match self.replication.definition() {
-            Some(d) if d.mode == Mode::Primary && !d.demoted => self.own_address(),
+            Some(d) if d.role.is_active_primary() => self.own_address(),
             Some(d) if d.follows_primary() => {
                 let connected = self.replication.follower_status().connected_to.clone();
                 if connected.is_empty() {
@@ -394,7 +394,10 @@ impl ReplicationRpc for ReplicationService {
         }
         debug!(secondary_id = %req.secondary_id, after, "streaming WALs");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(ship(self.replication.clone(), stream.stream_id, after, tx));
+        crate::tasks::spawn_reported(
+            "ship-wals",
+            ship(self.replication.clone(), stream.stream_id, after, tx),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -474,13 +477,10 @@ impl ReplicationRpc for ReplicationService {
         let total = snapshot.keys_in(&req.subpages);
         info!(secondary_id = %req.secondary_id, subpages = wanted.len(), keys = total, "serving merkle-sync");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(super::sync_serve::serve_sync(
-            self.replication.clone(),
-            snapshot,
-            wanted,
-            total,
-            tx,
-        ));
+        crate::tasks::spawn_reported(
+            "serve-merkle-sync",
+            super::sync_serve::serve_sync(self.replication.clone(), snapshot, wanted, total, tx),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -605,8 +605,7 @@ async fn ship(
     let core = &replication.core;
     let mut committed = core.watch_committed();
     loop {
-        let still_primary =
-            matches!(replication.definition(), Some(d) if d.mode == Mode::Primary || d.demoted);
+        let still_primary = matches!(replication.definition(), Some(d) if d.role.ships_wal());
         if !still_primary || core.stream().stream_id != stream_id {
             let _ = tx
                 .send(Err(Status::failed_precondition(

@@ -4,7 +4,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::definition::Mode;
 use super::{PEER_EXPIRY, Replication};
 use crate::error::StoreError;
 use crate::wal::record::hex;
@@ -35,8 +34,8 @@ impl Replication {
                 json!(ferry_proto::time::rfc3339(until)),
             );
         }
-        let is_active_primary = definition.mode == Mode::Primary && !definition.demoted;
-        if is_active_primary || definition.demoted {
+        let is_active_primary = definition.role.is_active_primary();
+        if definition.role.ships_wal() {
             let records = self.secondary_records().await?;
             let peers = self.peers.lock().expect("peers lock poisoned").clone();
             let known: Vec<&str> = records
@@ -94,10 +93,10 @@ impl Replication {
             fields.insert("last_reconcile".into(), json!(report));
         }
         fields.insert("primary_last_wal".into(), json!(follower.primary_last_wal));
-        if definition.demoted {
+        if definition.role.is_demoted() {
             fields.insert("demoted".into(), json!(true));
         }
-        if let Some(epoch) = definition.fenced_by_epoch {
+        if let Some(epoch) = definition.role.fenced_by_epoch() {
             fields.insert("fenced_by_epoch".into(), json!(epoch));
         }
         if let Some(error) = &follower.last_error {

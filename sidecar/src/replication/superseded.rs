@@ -22,7 +22,7 @@
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use super::definition::{ClusterDefinition, Mode};
+use super::definition::ClusterDefinition;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::core::{Core, TXN_TIMEOUT, txn_response};
 use crate::error::StoreError;
@@ -88,13 +88,8 @@ pub fn fenced_definition(
     own_epoch: u64,
     epoch: u64,
 ) -> Option<ClusterDefinition> {
-    if epoch <= own_epoch || definition.mode != Mode::Primary || definition.demoted {
-        return None;
-    }
     Some(ClusterDefinition {
-        mode: Mode::Secondary,
-        demoted: true,
-        fenced_by_epoch: Some(epoch),
+        role: definition.role.fence(own_epoch, epoch)?,
         primary_cluster_addr: String::new(),
         ..definition.clone()
     })
@@ -232,9 +227,8 @@ mod tests {
     #[test]
     fn only_an_active_primary_of_an_older_epoch_is_fenced() {
         let fenced = fenced_definition(&primary(), 1, 2).expect("fenced");
-        assert_eq!(fenced.mode, Mode::Secondary);
-        assert!(fenced.demoted);
-        assert_eq!(fenced.fenced_by_epoch, Some(2));
+        assert_eq!(fenced.role.fenced_by_epoch(), Some(2));
+        assert_eq!(fenced.role.write_mode(), crate::core::WriteMode::Closed);
         assert!(!fenced.follows_primary());
         assert_eq!(fenced_definition(&primary(), 2, 2), None);
         assert_eq!(fenced_definition(&primary(), 3, 2), None);
