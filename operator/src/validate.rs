@@ -8,8 +8,8 @@ use crate::crd::{ReplicationClusterSpec, ReplicationMode, Role};
 
 /// The longest activation token lifetime, in hours: the sidecar refuses to issue a token for
 /// longer (720h, 30 days), so a longer `ttl` could never be reconciled.
-const MAX_TOKEN_TTL_HOURS: u64 = 720;
-const MAX_TOKEN_TTL_SECONDS: u64 = MAX_TOKEN_TTL_HOURS * 3600;
+const MAX_TOKEN_TTL_SECONDS: u64 = ferry_proto::MAX_ACTIVATION_TOKEN_TTL_SECONDS;
+const MAX_TOKEN_TTL_HOURS: u64 = MAX_TOKEN_TTL_SECONDS / 3600;
 
 /// Every problem found, each a sentence naming the field; empty when the spec is usable.
 pub fn problems(spec: &ReplicationClusterSpec) -> Vec<String> {

@@ -39,6 +39,10 @@ pub mod replication {
     tonic::include_proto!("ferry.replication.v1");
 }
 
+/// Longest lifetime an activation token may be given, in seconds (30 days, 720h): the sidecar
+/// refuses longer, and the operator refuses a spec asking for longer before it asks.
+pub const MAX_ACTIVATION_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
 /// The `error_code` the replication admin API gives (beside Vault's `errors`) when a planned
 /// promotion cannot reach the old primary: what an operator matches to fall back to a forced
 /// promotion, rather than the message's words. Nothing changed when it is given.

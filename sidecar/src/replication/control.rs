@@ -30,7 +30,8 @@ use crate::error::StoreError;
 /// Default lifetime of an activation token (Vault's).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 /// Longest lifetime an activation token may be given.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const MAX_TOKEN_TTL: Duration =
+    Duration::from_secs(ferry_proto::MAX_ACTIVATION_TOKEN_TTL_SECONDS);
 /// Most primary addresses accepted by update-primary.
 const MAX_PRIMARY_ADDRS: usize = 16;
 
