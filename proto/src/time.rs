@@ -2,7 +2,20 @@
 
 /// Unix seconds as an RFC 3339 UTC timestamp.
 pub fn rfc3339(secs: u64) -> String {
-    let secs = secs as i64;
+    let (date, time) = civil(secs);
+    format!("{date}T{time}Z")
+}
+
+/// Unix seconds and microseconds as an RFC 3339 UTC timestamp to the microsecond, as Vault's
+/// audit log writes it: `2026-12-05T09:30:00.123456Z`.
+pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
+    let (date, time) = civil(secs);
+    format!("{date}T{time}.{micros:06}Z")
+}
+
+/// The date (`YYYY-MM-DD`) and time of day (`hh:mm:ss`) of unix seconds, UTC.
+fn civil(secs: u64) -> (String, String) {
+    let secs = secs.min(i64::MAX as u64) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -14,11 +27,9 @@ pub fn rfc3339(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
     )
 }
 

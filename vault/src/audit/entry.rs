@@ -82,7 +82,7 @@ impl Hashing<'_> {
             "entity_id": "",
             "token_type": "service",
             "token_ttl": entry.ttl,
-            "token_issue_time": rfc3339(entry.creation_time, 0),
+            "token_issue_time": ferry_proto::time::rfc3339_micros(entry.creation_time, 0),
         })
     }
 
@@ -166,29 +166,7 @@ impl Hashing<'_> {
 /// `now` in RFC 3339, UTC, to the microsecond: `2026-12-05T09:30:00.123456Z`.
 pub fn format_time(now: SystemTime) -> String {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    rfc3339(since.as_secs(), since.subsec_micros())
-}
-
-/// Unix seconds and microseconds in RFC 3339, UTC (days to a civil date by Howard Hinnant's
-/// `civil_from_days`).
-fn rfc3339(secs: u64, micros: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
+    ferry_proto::time::rfc3339_micros(since.as_secs(), since.subsec_micros())
 }
 
 #[cfg(test)]
@@ -218,10 +196,16 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
         assert_eq!(
-            rfc3339(1_735_689_599, 999_999),
+            ferry_proto::time::rfc3339_micros(0, 0),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            ferry_proto::time::rfc3339_micros(951_782_400, 5),
+            "2000-02-29T00:00:00.000005Z"
+        );
+        assert_eq!(
+            ferry_proto::time::rfc3339_micros(1_735_689_599, 999_999),
             "2024-12-31T23:59:59.999999Z"
         );
         assert_eq!(
