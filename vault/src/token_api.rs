@@ -74,7 +74,8 @@ pub async fn handle(
         (
             "lookup-self" | "renew-self" | "revoke-self" | "create" | "create-orphan" | "lookup"
             | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor" | "revoke-orphan"
-            | "accessors" | "accessors/",
+            // Vault's pattern is `accessors/$`: without the slash, a read is of no route.
+            | "accessors/",
             _,
         ) => Err(request.unsupported()),
         _ => Err(request.no_handler()),
