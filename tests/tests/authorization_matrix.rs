@@ -191,9 +191,18 @@ mod table {
         ("policies",    S, "GET",    "/v1/sys/policies/acl",                           "",            [Denied, Denied, Denied,      Unsupported, Unsupported]),
         ("policies",    P, "DELETE", "/v1/sys/policies/acl/matrix-{cluster}",          "",            [Denied, Denied, Denied,      Denied,      Ok]),
         ("policies",    S, "DELETE", "/v1/sys/policies/acl/matrix-{cluster}",          "",            [Denied, Denied, Denied,      Denied,      Ok]),
-        // Vault's older path for the same policies.
+        // Vault's older path for the same policies: a GET of the directory lists too (a read
+        // of `sys/policy`, which no rule of the callers' names).
         ("policies",    P, "GET",    "/v1/sys/policy/matrix-read",                     "",            [Denied, Denied, Denied,      Ok,          Ok]),
         ("policies",    S, "GET",    "/v1/sys/policy/matrix-read",                     "",            [Denied, Denied, Denied,      Ok,          Ok]),
+        ("policies",    P, "LIST",   "/v1/sys/policy",                                 "",            [Denied, Denied, Ok,          Denied,      Ok]),
+        ("policies",    S, "LIST",   "/v1/sys/policy",                                 "",            [Denied, Denied, Ok,          Denied,      Ok]),
+        ("policies",    P, "GET",    "/v1/sys/policy",                                 "",            [Denied, Denied, Denied,      Denied,      Ok]),
+        ("policies",    S, "GET",    "/v1/sys/policy",                                 "",            [Denied, Denied, Denied,      Denied,      Ok]),
+        ("policies",    P, "POST",   "/v1/sys/policy/matrix-legacy-{cluster}",         POLICY,        [Denied, Denied, Denied,      Denied,      Ok]),
+        ("policies",    S, "POST",   "/v1/sys/policy/matrix-legacy-{cluster}",         POLICY,        [Denied, Denied, Denied,      Denied,      Ok]),
+        ("policies",    P, "DELETE", "/v1/sys/policy/matrix-legacy-{cluster}",         "",            [Denied, Denied, Denied,      Denied,      Ok]),
+        ("policies",    S, "DELETE", "/v1/sys/policy/matrix-legacy-{cluster}",         "",            [Denied, Denied, Denied,      Denied,      Ok]),
 
         ("mounts",      P, "GET",    "/v1/sys/mounts",                                 "",            [Denied, Denied, Denied,      Ok,          Ok]),
         ("mounts",      S, "GET",    "/v1/sys/mounts",                                 "",            [Denied, Denied, Denied,      Ok,          Ok]),
@@ -226,18 +235,8 @@ mod table {
         ("forwarding",  S, "GET",    "/v1/secret/data/matrix",                         "",            [Denied, Denied, Denied,      Ok,          Ok]),
     ];
 
-    #[rustfmt::skip]
-    pub const KNOWN_DIFFERENCES: &[KnownDifference] = &[
-        // on  method  path                                  ferry-vault answers                                  why
-        (P, "LIST", "/v1/auth/token/accessors",             [Denied, Denied, NotFound, Denied, NotFound],
-         "ferry-vault has no auth/token/accessors (Vault: a list, with sudo)"),
-        (S, "LIST", "/v1/auth/token/accessors",             [Denied, Denied, NotFound, Denied, NotFound],
-         "ferry-vault has no auth/token/accessors (Vault: a list, with sudo)"),
-        (P, "GET",  "/v1/sys/policy/matrix-read",           [Denied, Denied, Denied, NotFound, NotFound],
-         "ferry-vault serves policies under sys/policies/acl only, not Vault's older sys/policy"),
-        (S, "GET",  "/v1/sys/policy/matrix-read",           [Denied, Denied, Denied, NotFound, NotFound],
-         "ferry-vault serves policies under sys/policies/acl only, not Vault's older sys/policy"),
-    ];
+    /// None at present: every row answers as Vault.
+    pub const KNOWN_DIFFERENCES: &[KnownDifference] = &[];
 }
 
 /// Every path prefix a row asks, for the list-only and read-only policies.

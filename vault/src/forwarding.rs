@@ -329,14 +329,16 @@ fn primary_response(reply: ForwardedResponse, warning: Option<&str>) -> Response
 }
 
 /// Whether a secondary may have `path` executed here: what writes replicated storage (secrets
-/// engines, mounts, policies). Never `auth/` (tokens are local to each cluster) nor the rest
+/// engines, mounts, policies under either of Vault's paths). Never `auth/` (tokens are local to each cluster) nor the rest
 /// of `sys/` (replication roles, health): a forwarded identity acts only where it must.
 fn forwardable(path: &str) -> bool {
     let Some(path) = path.strip_prefix("/v1/") else {
         return false;
     };
     if let Some(sys) = path.strip_prefix("sys/") {
-        return sys.starts_with("mounts") || sys.starts_with("policies/acl/");
+        return sys.starts_with("mounts")
+            || sys.starts_with("policies/acl/")
+            || sys.starts_with("policy/");
     }
     !path.starts_with("auth/")
 }
@@ -371,7 +373,7 @@ impl Forwarding for ForwardServer {
         if !forwardable(path) {
             return Err(tonic::Status::permission_denied(format!(
                 "{path} is not executed for another cluster: only secrets engines, sys/mounts and \
-                 sys/policies are forwarded"
+                 the policies (sys/policies/acl, sys/policy) are forwarded"
             )));
         }
         let identity = r.identity.ok_or_else(|| {
@@ -436,6 +438,7 @@ mod tests {
             "/v1/transit/keys/k",
             "/v1/sys/mounts/x",
             "/v1/sys/policies/acl/p",
+            "/v1/sys/policy/p",
         ] {
             assert!(forwardable(path), "{path}");
         }
@@ -443,6 +446,7 @@ mod tests {
             "/v1/auth/token/create",
             "/v1/sys/replication/performance/primary/demote",
             "/v1/sys/health",
+            "/v1/sys/policyx",
             "/secret/data/a",
         ] {
             assert!(!forwardable(path), "{path}");

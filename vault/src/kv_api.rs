@@ -15,23 +15,46 @@ use crate::kv::{
     version_path,
 };
 use crate::mounts::Mount;
-use crate::request::{ApiRequest, Operation};
+use crate::request::{ApiRequest, Operation, WriteKind};
 use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::unseal::unix_now;
 
-/// The capabilities that allow `operation` on `<mount>/<rest>`, any one of them: the
-/// operation's own, but `update` alone for the version changes (`delete/`, `undelete/` and
-/// `destroy/` change versions that exist; they never create).
-pub fn needed(operation: Operation, rest: &str) -> &'static [&'static str] {
-    let section = rest.split_once('/').map_or(rest, |(s, _)| s);
-    match (section, operation) {
-        ("delete" | "undelete" | "destroy", Operation::Write) => &["update"],
-        _ => operation.capabilities(),
+/// The secret whose existence decides how a write on `<mount>/<rest>` is authorized: Vault's
+/// KV v2 has an existence check on `data/<path>` and `metadata/<path>`, true while the
+/// secret's metadata exists (even with every version deleted or destroyed), and none on
+/// `config`, `delete/`, `undelete/` and `destroy/`, whose writes are updates
+/// (vault-plugin-secrets-kv `path_data.go` `dataExistenceCheck`, `path_metadata.go`
+/// `metadataExistenceCheck`).
+pub fn existence_subject(rest: &str) -> Option<&str> {
+    match rest.split_once('/') {
+        Some(("data" | "metadata", path)) => Some(path),
+        _ => None,
     }
 }
 
-/// `<mount>/<rest>` of `request`, once the caller has been authorized for [`needed`] on the
-/// request's path (`mounts_api::logical` does it).
+/// How a write on `<mount>/<rest>` is authorized ([`existence_subject`]). A path the handler
+/// will refuse (400) is checked as an update and never read: the caller learns it is malformed
+/// only once authorized.
+pub async fn write_kind(
+    state: &ServerState,
+    mount: &Mount,
+    rest: &str,
+) -> Result<WriteKind, ApiError> {
+    let Some(path) = existence_subject(rest).filter(|p| validate_path(p).is_ok()) else {
+        return Ok(WriteKind::Update);
+    };
+    let kv = Kv {
+        state,
+        keyring: state.keyring()?,
+        root: mount.storage_root(),
+    };
+    Ok(WriteKind::of(kv.load_metadata(path).await?.is_some()))
+}
+
+/// `<mount>/<rest>` of `request`, once the caller has been authorized on the request's path
+/// (`mounts_api::logical` does it, a write by its [`write_kind`]). A create and an update run
+/// the same way, as in Vault: the secret may have been created or removed since the check
+/// (Vault accepts that race too).
 pub async fn serve(
     state: &ServerState,
     mount: &Mount,
@@ -381,4 +404,29 @@ impl Kv<'_> {
 
 fn not_found() -> ApiError {
     ApiError::not_found()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_and_metadata_writes_are_checked_for_existence_and_nothing_else() {
+        assert_eq!(existence_subject("data/app"), Some("app"));
+        assert_eq!(existence_subject("data/team/app"), Some("team/app"));
+        assert_eq!(existence_subject("metadata/app"), Some("app"));
+        // Malformed: checked as an update (`write_kind` does not read), refused by the handler.
+        assert_eq!(existence_subject("data/"), Some(""));
+        for rest in [
+            "config",
+            "delete/app",
+            "undelete/app",
+            "destroy/app",
+            "data",
+            "metadata",
+            "subkeys/app",
+        ] {
+            assert_eq!(existence_subject(rest), None, "{rest}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use tracing::info;
 use crate::barrier::Keyring;
 use crate::mounts::{Engine, MOUNTS_PATH, Mount, MountError, MountTable, normalize_path};
 use crate::policy_api::{authorize, authorize_request};
-use crate::request::{ApiRequest, Operation};
+use crate::request::{ApiRequest, Operation, WriteKind};
 use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::storage::{Storage, StorageError};
 use crate::token::TokenEntry;
@@ -100,8 +100,14 @@ impl ServerState {
 }
 
 /// Every path the server does not serve itself: the engine mounted there serves it. The ACL
-/// check comes before the mount is looked up, so a caller learns whether a mount exists only
-/// where its policies let it act.
+/// check comes before the mount is looked up for serving, so a caller learns whether a mount
+/// exists only where its policies let it act.
+///
+/// A write is authorized as Vault's existence check decides (see `request`): the engine reads
+/// whether its target exists first, and only then is the caller authorized for `create` or
+/// `update`. A caller with neither is refused alike whether the target exists or not; one with
+/// only one of them learns it, as in Vault. Existence may change between the check and the
+/// write (a concurrent create or delete); Vault accepts that race, and so does ferry-vault.
 pub async fn logical(
     state: &ServerState,
     request: &ApiRequest,
@@ -110,11 +116,16 @@ pub async fn logical(
 ) -> Result<Response, ApiError> {
     let (table, _) = state.mount_table().await?;
     let routed = table.route(&request.path);
-    let needed = match routed {
-        Some((mount, rest)) if mount.engine == Engine::Kv => {
-            crate::kv_api::needed(request.operation, rest)
-        }
-        _ => request.operation.capabilities(),
+    let kind = match (request.operation, routed) {
+        (Operation::Write, Some((mount, rest))) => match mount.engine {
+            Engine::Kv => crate::kv_api::write_kind(state, mount, rest).await?,
+            Engine::Transit => crate::transit_api::write_kind(state, mount, rest).await?,
+        },
+        _ => WriteKind::Update,
+    };
+    let needed = match request.operation {
+        Operation::Write => kind.capabilities(),
+        other => other.capabilities(),
     };
     authorize(state, entry, request.operation, &request.path, needed).await?;
     let Some((mount, rest)) = routed else {
@@ -128,7 +139,7 @@ pub async fn logical(
     };
     match mount.engine {
         Engine::Kv => crate::kv_api::serve(state, mount, request, rest, body).await,
-        Engine::Transit => crate::transit_api::serve(state, mount, request, rest, body).await,
+        Engine::Transit => crate::transit_api::serve(state, mount, request, rest, kind, body).await,
     }
 }
 

@@ -1,5 +1,8 @@
-//! `sys/policies/acl/...` (read, write, list, delete) and the authorisation every request goes
-//! through, on the request's canonical path and operation (see `request`). Policies are
+//! `sys/policies/acl/...` (read, write, list, delete), Vault's older `sys/policy/...` for the
+//! same policies, and the authorisation every request goes through, on the request's canonical
+//! path and operation (see `request`). A policy write is an update whether the policy exists or
+//! not: Vault has no existence check on either path (`vault/logical_system_paths.go`
+//! `policyPaths`). Policies are
 //! replicated (`sys/policy/<name>`, sealed by the replicated keyring); they are loaded for each
 //! request, so a policy written on the primary applies on a secondary as soon as it is
 //! replicated.
@@ -8,12 +11,12 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
 use crate::policy::{Policy, capabilities, default_policy, list_capabilities, parse};
 use crate::request::{ApiRequest, Operation};
-use crate::server::{ApiError, ServerState, envelope, parse_body};
+use crate::server::{ApiError, ServerState, envelope, envelope_json, parse_body};
 use crate::token::TokenEntry;
 
 const POLICY_PREFIX: &str = "sys/policy/";
@@ -102,8 +105,37 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `sys/policies/acl/` (list) and `sys/policies/acl/<name>` (read, write, delete), for an
-/// authenticated caller.
+/// Which of Vault's two policy APIs a request uses: they serve the same policies in slightly
+/// different shapes (`vault/logical_system.go`, `handlePolicies*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PolicyApi {
+    /// `sys/policies/acl`: a list is a `LIST`; a read answers `policy`; a write takes `policy`.
+    Acl,
+    /// `sys/policy`: a `GET` of the directory lists too; a read answers `rules`; a write takes
+    /// `policy` or, deprecated, `rules`.
+    Legacy,
+}
+
+/// The API and the policy name (empty for the directory) of a request path, if it is one of
+/// the policy APIs'.
+fn policy_route(path: &str) -> Option<(PolicyApi, &str)> {
+    for (api, directory) in [
+        (PolicyApi::Acl, "sys/policies/acl"),
+        (PolicyApi::Legacy, "sys/policy"),
+    ] {
+        if let Some(rest) = path.strip_prefix(directory) {
+            match rest.strip_prefix('/') {
+                Some(name) => return Some((api, name)),
+                None if rest.is_empty() => return Some((api, "")),
+                None => {}
+            }
+        }
+    }
+    None
+}
+
+/// `sys/policies/acl/` and `sys/policy/` (list) and `sys/policies/acl/<name>` and
+/// `sys/policy/<name>` (read, write, delete), for an authenticated caller.
 pub async fn handle(
     state: &ServerState,
     request: &ApiRequest,
@@ -112,12 +144,13 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     authorize_request(state, entry, request).await?;
     let keyring = state.keyring()?;
-    let name = request
-        .under("sys/policies/acl/")
-        .or_else(|| (request.path == "sys/policies/acl").then_some(""))
-        .ok_or_else(|| request.no_handler())?;
+    let (api, name) = policy_route(&request.path).ok_or_else(|| request.no_handler())?;
     if name.is_empty() {
-        if request.operation != Operation::List {
+        let listed = match api {
+            PolicyApi::Acl => request.operation == Operation::List,
+            PolicyApi::Legacy => matches!(request.operation, Operation::List | Operation::Read),
+        };
+        if !listed {
             return Err(request.unsupported());
         }
         let mut keys = state.storage.list(POLICY_PREFIX).await?;
@@ -144,19 +177,32 @@ pub async fn handle(
                         .text
                 }
             };
-            Ok(envelope(
-                json!({ "name": name, "policy": text, "rules": text }),
-            ))
+            Ok(envelope(match api {
+                PolicyApi::Acl => json!({ "name": name, "policy": text, "rules": text }),
+                PolicyApi::Legacy => json!({ "name": name, "rules": text }),
+            }))
         }
         Operation::Write => {
             #[derive(Deserialize)]
             struct Write {
                 policy: Option<String>,
+                rules: Option<String>,
             }
             let req: Write = parse_body(body)?;
-            let text = req.policy.ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "'policy' parameter not supplied")
-            })?;
+            let mut warnings = Vec::new();
+            let text = match (api, req.policy.filter(|p| !p.is_empty()), req.rules) {
+                (_, Some(policy), _) => policy,
+                (PolicyApi::Legacy, None, Some(rules)) if !rules.is_empty() => {
+                    warnings.push("'rules' is deprecated, please use 'policy' instead");
+                    rules
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "'policy' parameter not supplied or empty",
+                    ));
+                }
+            };
             if matches!(name, "root" | "default") {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -174,7 +220,12 @@ pub async fn handle(
                 .storage
                 .put(&key, keyring.seal(&key, text.as_bytes()))
                 .await?;
-            Ok(StatusCode::NO_CONTENT.into_response())
+            if warnings.is_empty() {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            let mut answer = envelope_json(Value::Null);
+            answer["warnings"] = json!(warnings);
+            Ok(axum::Json(answer).into_response())
         }
         Operation::Delete => {
             if matches!(name, "root" | "default") {
@@ -190,5 +241,26 @@ pub async fn handle(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Operation::List => Err(request.unsupported()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_policy_apis_route_to_a_name_or_their_directory() {
+        use PolicyApi::{Acl, Legacy};
+        assert_eq!(policy_route("sys/policies/acl"), Some((Acl, "")));
+        assert_eq!(policy_route("sys/policies/acl/"), Some((Acl, "")));
+        assert_eq!(policy_route("sys/policies/acl/ops"), Some((Acl, "ops")));
+        assert_eq!(policy_route("sys/policy"), Some((Legacy, "")));
+        assert_eq!(policy_route("sys/policy/"), Some((Legacy, "")));
+        assert_eq!(policy_route("sys/policy/ops"), Some((Legacy, "ops")));
+        // A name with a slash is routed whole, and refused by `validate_name`.
+        assert_eq!(policy_route("sys/policy/a/b"), Some((Legacy, "a/b")));
+        assert_eq!(policy_route("sys/policyx"), None);
+        assert_eq!(policy_route("sys/policies/aclx"), None);
+        assert_eq!(policy_route("sys/policies"), None);
     }
 }

@@ -7,6 +7,12 @@
 //! `POST` and `PUT` write; `DELETE` deletes. `?list=` means nothing on any other method: a
 //! `POST ...?list=true` is a write, for the ACL and for the handler alike.
 //!
+//! A write is authorized as Vault authorizes it, by its [`WriteKind`]: on a path whose backend
+//! has an existence check (KV v2 `data/` and `metadata/`, transit `encrypt/`), as `create` when
+//! the target does not exist and as `update` when it does; on every other path as `update`
+//! (Vault's `CheckToken`, `vault/request_handling.go`). The engines say which of their paths
+//! have the check (`kv_api::existence_subject`, `transit_api::existence_subject`).
+//!
 //! The canonical path is the one string that is authorized and dispatched:
 //!
 //! * `/v1/` is removed and the rest is kept as sent. Percent-escapes are not decoded, so an
@@ -30,9 +36,33 @@ use crate::server::ApiError;
 pub enum Operation {
     Read,
     List,
-    /// Create or update (`POST`, `PUT`).
+    /// Create or update (`POST`, `PUT`): which one is the [`WriteKind`].
     Write,
     Delete,
+}
+
+/// What a write is authorized as, after Vault's existence check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// The path has an existence check and its target does not exist: `create`.
+    Create,
+    /// The target exists, or the path has no existence check: `update`.
+    Update,
+}
+
+impl WriteKind {
+    /// The kind of a write whose existence check found `exists`.
+    pub fn of(exists: bool) -> Self {
+        if exists { Self::Update } else { Self::Create }
+    }
+
+    /// The capability that allows a write of this kind: only that one.
+    pub fn capabilities(self) -> &'static [&'static str] {
+        match self {
+            Self::Create => &["create"],
+            Self::Update => &["update"],
+        }
+    }
 }
 
 impl Operation {
@@ -60,12 +90,14 @@ impl Operation {
         }
     }
 
-    /// The capabilities that allow this operation, any one of them.
+    /// The capabilities that allow this operation on a path without an existence check, any
+    /// one of them: there a write is an update, as in Vault. Where a path has the check, a
+    /// write needs its [`WriteKind`]'s capability instead.
     pub fn capabilities(self) -> &'static [&'static str] {
         match self {
             Self::Read => &["read"],
             Self::List => &["list"],
-            Self::Write => &["create", "update"],
+            Self::Write => WriteKind::Update.capabilities(),
             Self::Delete => &["delete"],
         }
     }
@@ -295,8 +327,17 @@ mod tests {
     fn each_operation_needs_its_own_capability() {
         assert_eq!(Operation::Read.capabilities(), ["read"]);
         assert_eq!(Operation::List.capabilities(), ["list"]);
-        assert_eq!(Operation::Write.capabilities(), ["create", "update"]);
+        // Without an existence check a write is an update: `create` alone never allows it.
+        assert_eq!(Operation::Write.capabilities(), ["update"]);
         assert_eq!(Operation::Delete.capabilities(), ["delete"]);
+    }
+
+    #[test]
+    fn a_write_is_a_create_only_where_its_target_does_not_exist() {
+        assert_eq!(WriteKind::of(false), WriteKind::Create);
+        assert_eq!(WriteKind::of(true), WriteKind::Update);
+        assert_eq!(WriteKind::Create.capabilities(), ["create"]);
+        assert_eq!(WriteKind::Update.capabilities(), ["update"]);
     }
 
     #[test]

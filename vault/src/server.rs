@@ -1,9 +1,10 @@
 //! The HTTP API, Vault's conventions: `/v1/` paths, `X-Vault-Token`, JSON bodies, Vault's status
 //! codes and `{"errors": [...]}` bodies. One handler ([`dispatch`]) takes every request: the
 //! status endpoints, then authentication, then the family of the request's canonical path
-//! (`auth/token/`, `sys/mounts`, `sys/policies/acl`, `sys/audit`, `sys/replication/`, else the
-//! engine mounted there), each of which authorizes the operation it serves on that path. Every
-//! request past authentication is written to the audit devices before it runs (see `audit`).
+//! (`auth/token/`, `sys/mounts`, `sys/policies/acl` and `sys/policy`, `sys/audit`,
+//! `sys/replication/`, else the engine mounted there), each of which authorizes the operation
+//! it serves on that path. Every request past authentication is written to the audit devices
+//! before it runs (see `audit`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -339,7 +340,11 @@ async fn route(
         crate::token_api::handle(state, request, token, entry, &body).await
     } else if path == "sys/mounts" || path.starts_with("sys/mounts/") {
         crate::mounts_api::handle(state, request, &entry, &body).await
-    } else if path == "sys/policies/acl" || path.starts_with("sys/policies/acl/") {
+    } else if path == "sys/policies/acl"
+        || path.starts_with("sys/policies/acl/")
+        || path == "sys/policy"
+        || path.starts_with("sys/policy/")
+    {
         crate::policy_api::handle(state, request, &entry, &body).await
     } else if path == "sys/audit"
         || path.starts_with("sys/audit/")

@@ -231,6 +231,15 @@ impl TokenStore<'_> {
             .ok_or_else(|| StorageError::Failed(format!("token entry {path} is unreadable")))
     }
 
+    /// Every accessor of the index, sorted: those of live tokens and those of tokens that
+    /// expired and have not been seen since (see [`Self::by_accessor`] for which is which).
+    pub async fn accessors(&self) -> Result<Vec<String>, StorageError> {
+        let mut accessors = self.storage.list(ACCESSOR_PREFIX).await?;
+        accessors.retain(|a| !a.ends_with('/'));
+        accessors.sort();
+        Ok(accessors)
+    }
+
     /// The `<h>` and live entry of the token an accessor names.
     pub async fn by_accessor(
         &self,

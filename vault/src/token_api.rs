@@ -9,6 +9,8 @@
 //!   `sudo` on `auth/token/create`, `create-orphan` needs only its own path's `update`;
 //! * `revoke`, `revoke-self` and `revoke-accessor` revoke the token's subtree; `revoke-orphan`
 //!   (`sudo`) revokes the token alone and orphans its children;
+//! * `LIST accessors` (`list` and `sudo`: a root path of Vault's token store) lists the
+//!   accessors of the live tokens, at most [`MAX_LISTED_ACCESSORS`] of them;
 //! * TTLs follow [`crate::token::ttl`]: a default instead of forever, `explicit_max_ttl`, and
 //!   renewals capped by the max TTL counted from creation, with Vault's warnings.
 
@@ -27,6 +29,11 @@ use crate::storage::StorageError;
 use crate::token::ttl::{self, CreateRequest, Grant, RenewRequest, SystemLimits, TtlError};
 use crate::token::{MAX_TREE_DEPTH, TokenEntry, new_token, token_hash, validate_accessor};
 use crate::unseal::unix_now;
+
+/// Most accessors `LIST auth/token/accessors` answers with. Vault lists every one; ferry-vault
+/// refuses (400) a list of more, rather than build an answer without bound, and each listed
+/// accessor costs a lookup (its token must be live).
+pub const MAX_LISTED_ACCESSORS: usize = 10_000;
 
 /// The system's token TTLs: Vault's defaults (no `sys/auth/token/tune` yet).
 const LIMITS: SystemLimits = SystemLimits::VAULT_DEFAULTS;
@@ -50,8 +57,9 @@ pub async fn handle(
         token,
         entry,
     };
-    use Operation::{Read, Write};
+    use Operation::{List, Read, Write};
     match (call, request.operation) {
+        ("accessors/", List) => caller.list_accessors(request).await,
         ("lookup-self", Read | Write) => caller.lookup_self(),
         ("renew-self", Write) => caller.renew_self(body).await,
         ("revoke-self", Write) => caller.revoke_self().await,
@@ -65,7 +73,9 @@ pub async fn handle(
         ("revoke-orphan", Write) => caller.revoke_orphan(body).await,
         (
             "lookup-self" | "renew-self" | "revoke-self" | "create" | "create-orphan" | "lookup"
-            | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor" | "revoke-orphan",
+            | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor" | "revoke-orphan"
+            // Vault's pattern is `accessors/$`: without the slash, a read is of no route.
+            | "accessors/",
             _,
         ) => Err(request.unsupported()),
         _ => Err(request.no_handler()),
@@ -328,6 +338,44 @@ impl<'s> Caller<'s> {
             .map_err(internal)?
             .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "bad token"))?;
         Ok(envelope(lookup_data(token, &entry)))
+    }
+
+    /// `LIST auth/token/accessors` (Vault's `tokenStoreAccessorList`): `keys` holds the
+    /// accessor of every live token of this cluster; 404 when there is none, as for any empty
+    /// list. The caller needs `sudo` besides the `list` already checked.
+    async fn list_accessors(&self, request: &ApiRequest) -> ApiResult {
+        authorize(
+            self.state,
+            &self.entry,
+            Operation::List,
+            &request.path,
+            &["sudo"],
+        )
+        .await?;
+        let store = self.state.tokens();
+        let indexed = store.accessors().await.map_err(internal)?;
+        if indexed.len() > MAX_LISTED_ACCESSORS {
+            return Err(bad(format!(
+                "cannot list {} token accessors: the limit is {MAX_LISTED_ACCESSORS}",
+                indexed.len()
+            )));
+        }
+        let mut keys = Vec::with_capacity(indexed.len());
+        for accessor in indexed {
+            // An accessor whose token expired unseen is swept here rather than listed.
+            if store
+                .by_accessor(&accessor)
+                .await
+                .map_err(internal)?
+                .is_some()
+            {
+                keys.push(accessor);
+            }
+        }
+        if keys.is_empty() {
+            return Err(ApiError::not_found());
+        }
+        Ok(envelope(json!({ "keys": keys })))
     }
 
     async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::barrier::Keyring;
 use crate::mounts::Mount;
-use crate::request::{ApiRequest, Operation};
+use crate::request::{ApiRequest, Operation, WriteKind};
 use crate::server::{ApiError, ServerState, envelope, parse_body};
 use crate::transit::TransitKey;
 use crate::unseal::unix_now;
@@ -20,15 +20,47 @@ use crate::unseal::unix_now;
 const MAX_BATCH: usize = 1000;
 const MAX_NAME_BYTES: usize = 128;
 
+/// The key whose existence decides how a write on `<mount>/<rest>` is authorized: Vault's
+/// transit has an existence check on `encrypt/<name>` alone (`path_encrypt.go`
+/// `pathEncryptExistenceCheck`), so encrypting with a key that does not exist yet, which
+/// creates it, needs `create`, and with one that exists `update`. `keys/<name>` has none
+/// (`path_keys.go` serves only an update there): creating a key needs `update`, as do
+/// `keys/<name>/config`, `keys/<name>/rotate`, `decrypt/` and `rewrap/`.
+pub fn existence_subject(rest: &str) -> Option<&str> {
+    match rest.split_once('/') {
+        Some(("encrypt", name)) if !name.is_empty() && !name.contains('/') => Some(name),
+        _ => None,
+    }
+}
+
+/// How a write on `<mount>/<rest>` is authorized ([`existence_subject`]); a malformed name is
+/// checked as an update, without a read, and refused by the handler.
+pub async fn write_kind(
+    state: &ServerState,
+    mount: &Mount,
+    rest: &str,
+) -> Result<WriteKind, ApiError> {
+    let Some(name) = existence_subject(rest).filter(|n| validate_name(n).is_ok()) else {
+        return Ok(WriteKind::Update);
+    };
+    let t = Transit {
+        state,
+        keyring: state.keyring()?,
+        root: mount.storage_root(),
+    };
+    Ok(WriteKind::of(t.load(name).await?.is_some()))
+}
+
 /// `<mount>/<rest>` of `request`, once the caller has been authorized for the request's
-/// operation on its path (`mounts_api::logical` does it). `rest` is used as it came: a trailing
-/// slash names another path (`keys/k/` is not the key `k`), except on a list, whose path always
-/// ends with one.
+/// operation on its path, a write as `kind` (`mounts_api::logical` does it). `rest` is used as
+/// it came: a trailing slash names another path (`keys/k/` is not the key `k`), except on a
+/// list, whose path always ends with one.
 pub async fn serve(
     state: &ServerState,
     mount: &Mount,
     request: &ApiRequest,
     rest: &str,
+    kind: WriteKind,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = Transit {
@@ -47,7 +79,7 @@ pub async fn serve(
         (["keys", name], Delete) if named(name) => t.delete(name).await,
         (["keys", name, "config"], Write) if named(name) => t.config(name, &body).await,
         (["keys", name, "rotate"], Write) if named(name) => t.rotate(name).await,
-        (["encrypt", name], Write) if named(name) => t.encrypt(name, &body).await,
+        (["encrypt", name], Write) if named(name) => t.encrypt(name, kind, &body).await,
         (["decrypt", name], Write) if named(name) => t.decrypt(name, &body).await,
         (["rewrap", name], Write) if named(name) => t.rewrap(name, &body).await,
         (["keys"] | ["keys", ""], _) => Err(request.unsupported()),
@@ -72,6 +104,11 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 fn internal(message: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+}
+
+/// Vault's 400 for a key that does not exist.
+fn not_found_key(name: &str) -> ApiError {
+    bad(format!("encryption key not found: {name}"))
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -166,9 +203,7 @@ impl Transit<'_> {
     }
 
     async fn load_existing(&self, name: &str) -> Result<TransitKey, ApiError> {
-        self.load(name)
-            .await?
-            .ok_or_else(|| bad(format!("encryption key not found: {name}")))
+        self.load(name).await?.ok_or_else(|| not_found_key(name))
     }
 
     async fn store(&self, key: &TransitKey) -> Result<(), ApiError> {
@@ -283,11 +318,19 @@ impl Transit<'_> {
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
-    async fn encrypt(&self, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    /// Encrypts with `name`. As in Vault, a create (the key did not exist when the caller was
+    /// authorized) makes the key if it still does not exist; an update never does, so a key
+    /// deleted since the check is "not found" rather than created for a caller without `create`.
+    async fn encrypt(
+        &self,
+        name: &str,
+        kind: WriteKind,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let req: Request = parse_body(body)?;
-        // Like Vault, encrypting with a key that does not exist yet creates it.
         let key = match self.load(name).await? {
             Some(k) => k,
+            None if kind == WriteKind::Update => return Err(not_found_key(name)),
             None => {
                 let _lock = self.state.path_locks.lock(&self.path(name)).await;
                 match self.load(name).await? {
@@ -339,5 +382,27 @@ impl Transit<'_> {
             let again = key.encrypt(&plain, &ctx).map_err(|e| e.0)?;
             Ok(json!({ "ciphertext": again, "key_version": key.latest_version }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_encrypt_writes_are_checked_for_existence() {
+        assert_eq!(existence_subject("encrypt/orders"), Some("orders"));
+        for rest in [
+            "keys/orders",
+            "keys/orders/config",
+            "keys/orders/rotate",
+            "decrypt/orders",
+            "rewrap/orders",
+            "encrypt/",
+            "encrypt/orders/",
+            "encrypt",
+        ] {
+            assert_eq!(existence_subject(rest), None, "{rest}");
+        }
     }
 }
