@@ -7,7 +7,7 @@
 #   scripts/render-operator-rbac.sh --stdout # print it
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-helm="${FERRY_HELM:-${FERRY_CACHE:-$HOME/.cache/ferry}/helm/v33/helm}"
+helm="${FERRY_HELM:-${FERRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}/helm/v33/helm}"
 [ -x "$helm" ] || { echo "render-operator-rbac: $helm is missing: run make setup" >&2; exit 1; }
 render() {
   cat <<'HEADER'
