@@ -192,3 +192,67 @@ async fn rendered_charts_pass_server_side_dry_run_on_kubernetes_1_20() -> anyhow
     );
     Ok(())
 }
+
+/// The keys the ferry chart generates are generated once: `helm upgrade` (which looks the live
+/// Secrets up) keeps their values, and `helm uninstall` leaves them, as it leaves nothing else.
+/// Installed for real on the API server (no controllers run there, so no pod starts: only the
+/// objects matter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
+    let helm = tool("FERRY_HELM", "helm/v33/helm");
+    let kubectl = tool("FERRY_KUBECTL", "kubectl/v33/kubectl");
+    let kube = KubeApiServer::start().await?;
+    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
+    let helm_run = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec![kubeconfig.as_str(), "--namespace", NAMESPACE];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = run(&helm, &all)?;
+        anyhow::ensure!(ok, "helm {} failed:\n{stdout}{stderr}", args.join(" "));
+        Ok(stdout)
+    };
+    let secrets = || -> anyhow::Result<String> {
+        let (ok, stdout, stderr) = run(
+            &kubectl,
+            &[
+                &kubeconfig,
+                "--namespace",
+                NAMESPACE,
+                "get",
+                "secrets",
+                // The chart's own, not Helm's release records.
+                "--selector=app.kubernetes.io/part-of=ferry",
+                "--output=jsonpath={range .items[*]}{.metadata.name}={.data}{\"\\n\"}{end}",
+            ],
+        )?;
+        anyhow::ensure!(ok, "kubectl get secrets failed: {stderr}");
+        Ok(stdout)
+    };
+    helm_run(&["install", "ferry", "charts/ferry", "--create-namespace"])?;
+    let installed = secrets()?;
+    for name in [
+        "ferry-root-key=",
+        "ferry-key-encryption-key=",
+        "ferry-root-token=",
+    ] {
+        assert!(
+            installed.contains(name),
+            "no {name} after install:\n{installed}"
+        );
+    }
+    helm_run(&["upgrade", "ferry", "charts/ferry", "--set", "replicas=2"])?;
+    assert_eq!(
+        secrets()?,
+        installed,
+        "helm upgrade changed the generated keys"
+    );
+    helm_run(&["uninstall", "ferry"])?;
+    assert_eq!(
+        secrets()?,
+        installed,
+        "helm uninstall removed the kept Secrets"
+    );
+    // Installed again, the region finds its keys.
+    helm_run(&["install", "ferry", "charts/ferry"])?;
+    assert_eq!(secrets()?, installed, "a reinstall changed the kept keys");
+    Ok(())
+}
