@@ -50,7 +50,7 @@ for pair in "$@"; do
   if ldd_out="$(ldd "$src" 2>&1)"; then
     while read -r lib; do
       copy_from_root "$lib"
-    done < <(printf '%s\n' "$ldd_out" | grep -oE '(^|=> )/[^ ]+' | sed 's/^=> //' | sort -u)
+    done < <(printf '%s\n' "$ldd_out" | grep -oE '(^[[:space:]]*|=> )/[^ ]+' | sed -E 's/^[[:space:]]*(=> )?//' | sort -u)
   elif ! printf '%s' "$ldd_out" | grep -q 'not a dynamic executable'; then
     echo "image-rootfs: ldd $src failed: $ldd_out" >&2
     exit 1

@@ -48,7 +48,7 @@ owner_of() {
   echo "images: no Debian package owns $path (ldd of a binary): cannot take it from Debian" >&2
   exit 1
 }
-libraries_of() { ldd "$1" 2>/dev/null | grep -oE '(^|=> )/[^ ]+' | sed 's/^=> //' || true; }
+libraries_of() { ldd "$1" 2>/dev/null | grep -oE '(^[[:space:]]*|=> )/[^ ]+' | sed -E 's/^[[:space:]]*(=> )?//' || true; }
 
 # etcd-server for etcd, coreutils for `install` (the ferry pods' init containers copy the key
 # files with it: see charts/ferry/templates/statefulset.yaml), ca-certificates for the bundle.
@@ -62,20 +62,24 @@ for binary in "$release/ferry-vault" "$release/ferry-sidecar" "$release/ferry-op
 done
 mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
 
-# The version installed here (what ldd saw), else the candidate. Downloads are kept.
+# The version installed here (what ldd saw), else the candidate. Downloads are kept; when the
+# mirror no longer has the installed version, the candidate is taken and a marker remembers it,
+# so that later runs do not ask again.
+apt_download() { (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$@"); }
 fetched_apt_lists=""
 for pkg in "${packages[@]}"; do
   ver="$(dpkg-query -W -f '${Version}' "$pkg" 2>/dev/null || true)"
   [ -n "$ver" ] || ver="$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')"
   file_ver="${ver//:/%3a}"
-  if ! compgen -G "$debs/${pkg}_${file_ver}_*.deb" >/dev/null; then
-    echo "images: apt-get download $pkg=$ver"
-    if ! (cd "$debs" && apt-get download -qq "$pkg=$ver" 2>/dev/null); then
-      # The installed version may have left the mirror: take the candidate after a refresh.
-      if [ -z "$fetched_apt_lists" ]; then apt-get update -qq || true; fetched_apt_lists=1; fi
-      (cd "$debs" && apt-get download -qq "$pkg") ||
-        { echo "images: apt-get download $pkg failed" >&2; exit 1; }
-    fi
+  compgen -G "$debs/${pkg}_${file_ver}_*.deb" >/dev/null && continue
+  marker="$debs/${pkg}_${file_ver}.unavailable"
+  [ -f "$marker" ] && compgen -G "$debs/${pkg}_*.deb" >/dev/null && continue
+  echo "images: apt-get download $pkg=$ver"
+  if ! apt_download "$pkg=$ver" 2>/dev/null; then
+    if [ -z "$fetched_apt_lists" ]; then apt-get update -qq || true; fetched_apt_lists=1; fi
+    echo "images: $pkg=$ver is not on the mirror; taking its candidate version"
+    apt_download "$pkg" || { echo "images: apt-get download $pkg failed" >&2; exit 1; }
+    touch "$marker"
   fi
 done
 # Only the newest download of each package counts.
