@@ -118,6 +118,11 @@ fn example_values_render_a_region_for_old_and_current_kubernetes() {
                 "-f",
                 &values,
             ]);
+            // Valid YAML, without duplicate keys (which some parsers refuse and others merge).
+            let parsed: Result<Vec<serde_json::Value>, _> = serde_saphyr::from_multiple(&yaml);
+            if let Err(e) = parsed {
+                panic!("{region} on Kubernetes {kube}: the rendered YAML does not parse: {e}");
+            }
             let objects = objects(&yaml);
             for (api, kind, name) in [
                 ("apps/v1", "StatefulSet", "ferry"),
