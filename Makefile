@@ -5,7 +5,7 @@ CARGO ?= cargo
 # nextest runs each test in its own process with a timeout; plain cargo test is the fallback.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all setup build demo lint test unit bench fresh-check clean
+.PHONY: all setup build images demo lint test unit bench fresh-check clean
 
 all: build
 
@@ -19,6 +19,13 @@ setup:
 build: setup
 	$(CARGO) build --workspace --bins
 
+## The images (ferry, ferry-operator, etcd) as OCI/docker-archive tarballs under target/images/,
+## from the release binaries and Debian packages, with no registry or Docker daemon; incremental.
+## `ctr images import` and `docker load` take them. See scripts/images.sh; users build the
+## same images from the Dockerfile.
+images: setup
+	@scripts/images.sh
+
 ## Two regions on this machine (etcd, ferry-sidecar and ferry-vault each; west the primary, east
 ## its secondary), a short tour with hvac, then up until Ctrl-C. Ports and options: scripts/demo.sh.
 demo: setup
@@ -29,8 +36,9 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Every test: lints, unit and property tests, integration tests on real etcd servers.
-test: setup lint
+## Every test: lints, unit and property tests, integration tests on real etcd servers, the
+## images' structure and the charts.
+test: setup lint images
 	$(CARGO) build --workspace --bins
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast

