@@ -70,6 +70,23 @@ impl VaultServer {
         root_token: &str,
         tls: Option<(CertFiles, &Path)>,
     ) -> anyhow::Result<Self> {
+        let mut server = Self::spawn_with(sidecar, root_key, root_token, tls)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Launches ferry-vault for `sidecar` without waiting for it: for tests of start-up order.
+    /// [`Self::wait_ready`] then waits for it to serve.
+    pub fn spawn(sidecar: &Sidecar, root_key: &str, root_token: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(sidecar, root_key, root_token, None)
+    }
+
+    fn spawn_with(
+        sidecar: &Sidecar,
+        root_key: &str,
+        root_token: &str,
+        tls: Option<(CertFiles, &Path)>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         write_owner_only(&dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
@@ -87,7 +104,6 @@ impl VaultServer {
             api,
         };
         server.launch()?;
-        server.wait_ready().await?;
         Ok(server)
     }
 
@@ -113,7 +129,7 @@ impl VaultServer {
         Ok(())
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let api = self.api.clone();
         let process = &mut self.process;
         wait_for(

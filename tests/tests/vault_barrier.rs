@@ -129,3 +129,28 @@ async fn a_root_key_file_others_may_access_stops_start_up() -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_vault_started_before_its_sidecar_waits_for_it() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start()?;
+    let mut sidecar =
+        Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    // As in a pod whose containers start together: the sidecar is not serving yet.
+    sidecar.stop()?;
+    let mut vault = VaultServer::spawn(&sidecar, &"22".repeat(32), ROOT_TOKEN)?;
+    ferry_tests::wait_for(
+        "ferry-vault to wait for the storage socket",
+        std::time::Duration::from_secs(30),
+        || {
+            let log = vault.log();
+            async move {
+                log.contains("waiting for the sidecar's storage socket")
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    sidecar.restart().await?;
+    vault.wait_ready().await?;
+    Ok(())
+}

@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty()),
         None => None,
     };
+    wait_for_sidecar(&config.storage_socket).await?;
     let storage = Storage::connect(&config.storage_socket);
     let local = unseal::local_keyring(&storage, &root, initial_token)
         .await
@@ -158,6 +159,36 @@ pub(crate) fn check_owner_only(path: &std::path::Path, what: &str) -> anyhow::Re
         );
     }
     Ok(())
+}
+
+/// How long start-up waits for the sidecar's storage socket: in a pod both containers start
+/// together, and the sidecar opens its socket only once it has recovered.
+const SIDECAR_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits until the sidecar answers on `socket`, saying so now and then; an error naming the
+/// socket after [`SIDECAR_WAIT`].
+async fn wait_for_sidecar(socket: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut reported: Option<std::time::Instant> = None;
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() >= SIDECAR_WAIT => {
+                anyhow::bail!(
+                    "the sidecar's storage socket {} did not answer within {}s: {e}",
+                    socket.display(),
+                    SIDECAR_WAIT.as_secs()
+                );
+            }
+            Err(e) => {
+                if reported.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(5)) {
+                    info!(socket = %socket.display(), error = %e, "waiting for the sidecar's storage socket");
+                    reported = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Serves requests forwarded by secondaries (through the sidecar) on `socket`, which only this
