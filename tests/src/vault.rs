@@ -70,10 +70,22 @@ impl VaultServer {
         root_token: &str,
         tls: Option<(CertFiles, &Path)>,
     ) -> anyhow::Result<Self> {
+        Self::start_on(sidecar, root_key, root_token, tls, free_port()).await
+    }
+
+    /// [`Self::start_with`] on the loopback port `port` (a node's sidecar is told this address
+    /// with `--api-addr` before the server starts). Ready once it is unsealed and active, or a
+    /// performance standby.
+    pub async fn start_on(
+        sidecar: &Sidecar,
+        root_key: &str,
+        root_token: &str,
+        tls: Option<(CertFiles, &Path)>,
+        port: u16,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         write_owner_only(&dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
-        let port = free_port();
         let api = match &tls {
             Some((_, ca)) => JsonClient::https(format!("https://127.0.0.1:{port}"), ca)?,
             None => JsonClient::new(format!("http://127.0.0.1:{port}")),
@@ -126,9 +138,9 @@ impl VaultServer {
                     if let Some(status) = exited {
                         return Some(Err(anyhow::anyhow!("ferry-vault exited: {status}")));
                     }
-                    // 200: initialised, unsealed and active.
+                    // 200: initialised, unsealed and active; 473: a performance standby.
                     let health = api.get("/v1/sys/health").await.ok()?;
-                    (health.status == 200).then_some(Ok(()))
+                    matches!(health.status, 200 | 473).then_some(Ok(()))
                 }
             },
         )
@@ -180,6 +192,14 @@ impl VaultServer {
     /// The process id, while the server runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the server.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("ferry-vault is not running")?
+            .signal(signal)
     }
 
     /// The loopback port of its API listener.
