@@ -153,18 +153,17 @@ impl NodeApi {
         Role::of(self.0.fence.is_held(), self.0.activated.get().is_some())
     }
 
-    /// Why a write (or an admin call of the active node) is refused here; `None` once active.
-    fn refusal(&self) -> Option<Status> {
-        match self.role() {
-            Role::Active => None,
-            Role::Activating => Some(
-                StoreError::Unavailable(format!(
-                    "this node ({}) took the write fence and is recovering; it serves writes in a moment",
-                    self.0.me.node_id
-                ))
-                .into(),
-            ),
-            Role::Standby => Some(self.0.fence.refusal().into()),
+    /// Why a write (or an admin call of the active node) is refused by a node that has not
+    /// activated: it is recovering after taking the fence, or it is a standby.
+    fn refusal(&self) -> Status {
+        if self.0.fence.is_held() {
+            StoreError::Unavailable(format!(
+                "this node ({}) took the write fence and is recovering; it serves writes in a moment",
+                self.0.me.node_id
+            ))
+            .into()
+        } else {
+            self.0.fence.refusal().into()
         }
     }
 
@@ -245,21 +244,21 @@ impl Storage for NodeApi {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<WriteResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Storage::put(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Storage::delete(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 
     async fn batch(&self, req: Request<BatchRequest>) -> Result<Response<WriteResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Storage::batch(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 }
@@ -289,7 +288,7 @@ impl Admin for NodeApi {
     ) -> Result<Response<ReindexResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Admin::reindex(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 
@@ -299,7 +298,7 @@ impl Admin for NodeApi {
     ) -> Result<Response<CheckMerkleResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Admin::check_merkle(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 
@@ -309,7 +308,7 @@ impl Admin for NodeApi {
     ) -> Result<Response<ReadWalResponse>, Status> {
         match self.0.activated.get() {
             Some(a) => Admin::read_wal(&a.gateway, req).await,
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 
@@ -327,7 +326,7 @@ impl Forwarding for NodeApi {
         match self.0.activated.get() {
             Some(a) => Forwarding::forward(&a.forwarder, req).await,
             // The server forwards to the active node itself, over HTTP.
-            None => Err(self.refusal().expect("not activated")),
+            None => Err(self.refusal()),
         }
     }
 }
