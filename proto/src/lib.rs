@@ -48,6 +48,15 @@ pub const MAX_ACTIVATION_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
 /// promotion, rather than the message's words. Nothing changed when it is given.
 pub const PRIMARY_UNREACHABLE: &str = "primary_unreachable";
 
+/// How a performance standby's sidecar refuses a write: `FAILED_PRECONDITION` whose message
+/// starts with this, carrying the active node in the metadata below.
+pub const NOT_ACTIVE_PREFIX: &str = "not active";
+/// The gRPC metadata key naming the active node's id on a not-active refusal.
+pub const ACTIVE_NODE_METADATA: &str = "x-ferry-active-node";
+/// The gRPC metadata key giving the active node's ferry-vault API address on a not-active
+/// refusal (absent when the active node did not advertise one).
+pub const ACTIVE_API_ADDR_METADATA: &str = "x-ferry-active-api-addr";
+
 /// Where a server whose sidecar listens on `storage_socket` takes forwarded requests: beside it,
 /// `storage.sock` giving `storage.forward.sock`.
 pub fn forward_socket(storage_socket: &Path) -> PathBuf {

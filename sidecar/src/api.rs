@@ -10,9 +10,13 @@
 //!
 //! Errors follow Vault: a status code and `{"errors": ["..."]}`. Bad input and calls that do not
 //! fit the cluster's role are 400 and change nothing; an unreachable peer is 503.
+//!
+//! The socket is served for the node's whole life ([`NodeRouter`]): replication runs only on the
+//! active node, so until this node is active `status` answers with its node role and the active
+//! node, and every other call is refused (503, `error_code` `not_active`) naming the active node.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,9 +30,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tower::ServiceExt;
 use tracing::info;
 
 use crate::error::StoreError;
+use crate::node::NodeApi;
 use crate::replication::Replication;
 use crate::replication::control::{ControlError, DEFAULT_TOKEN_TTL};
 
@@ -89,9 +95,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             StoreError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            StoreError::Unavailable(_) | StoreError::ShuttingDown | StoreError::FenceLost(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StoreError::Unavailable(_)
+            | StoreError::ShuttingDown
+            | StoreError::FenceLost(_)
+            | StoreError::NotActive { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -155,15 +162,83 @@ pub fn router(replication: Arc<Replication>) -> Router {
         .with_state(replication)
 }
 
+/// The `error_code` of a call a standby refuses because only the active node serves it.
+pub const NOT_ACTIVE: &str = "not_active";
+
+/// The API across the node's switch from standby to active: the standby's answers until
+/// [`NodeRouter::activate`], then [`router`].
+#[derive(Clone)]
+pub struct NodeRouter {
+    node: NodeApi,
+    active: Arc<OnceLock<Router>>,
+}
+
+impl NodeRouter {
+    pub fn new(node: NodeApi) -> Self {
+        Self {
+            node,
+            active: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Serves every route from now on, with `replication`.
+    pub fn activate(&self, replication: Arc<Replication>) {
+        let _ = self.active.set(router(replication));
+    }
+}
+
+async fn node_route(State(api): State<NodeRouter>, request: axum::extract::Request) -> Response {
+    if let Some(router) = api.active.get() {
+        return match router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+    }
+    let leader = api.node.leader();
+    let node = leader.node.unwrap_or_default();
+    let active = leader.active;
+    let path = request.uri().path();
+    if request.method() == axum::http::Method::GET
+        && matches!(
+            path,
+            "/v1/sys/replication/status" | "/v1/sys/replication/performance/status"
+        )
+    {
+        return data(json!({
+            "node_role": leader.role,
+            "node_id": node.node_id,
+            "active_node": active.map(|a| json!({
+                "node_id": a.node_id,
+                "api_addr": a.api_addr,
+                "cluster_addr": a.cluster_addr,
+            })),
+        }));
+    }
+    let active = active.map_or_else(
+        || "no node holds the write fence yet".to_owned(),
+        |a| format!("the active node is {} at {}", a.node_id, a.api_addr),
+    );
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "this node ({}) is a performance standby ({}): only the active node serves replication; {active}",
+            node.node_id, leader.role
+        ),
+        code: Some(NOT_ACTIVE),
+    }
+    .into_response()
+}
+
 /// Serves the API on the Unix socket `socket` until `shutdown`.
 pub async fn serve(
     socket: PathBuf,
-    replication: Arc<Replication>,
+    api: NodeRouter,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let listener = bind_private(&socket)?;
     info!(socket = %socket.display(), "replication API ready");
-    axum::serve(listener, router(replication))
+    let app = Router::new().fallback(node_route).with_state(api);
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         })

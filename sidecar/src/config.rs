@@ -178,6 +178,11 @@ pub struct Config {
     #[arg(long, env = "FERRY_CLUSTER_ADDR")]
     pub cluster_addr: Option<String>,
 
+    /// Where clients reach this node's ferry-vault (`http://10.0.0.5:8200`). The active node
+    /// writes it into the write fence; performance standbys forward writes there.
+    #[arg(long, env = "FERRY_API_ADDR", default_value = "")]
+    pub api_addr: String,
+
     /// The key-encryption key that seals the private keys this sidecar stores (the replication
     /// CA, this cluster's identity): a file holding 32 bytes as 64 hex digits, readable by its
     /// owner only, the same in every region of a replication set. Replication cannot be
@@ -275,6 +280,22 @@ impl Config {
         }
     }
 
+    /// The address other clusters reach this node's cluster port at.
+    pub fn advertised_cluster_addr(&self) -> String {
+        self.cluster_addr
+            .clone()
+            .unwrap_or_else(|| self.cluster_listen.to_string())
+    }
+
+    /// This node as the write fence names its holder.
+    pub fn fence_holder(&self) -> crate::fence::FenceHolder {
+        crate::fence::FenceHolder {
+            node_id: self.node_id.clone(),
+            api_addr: self.api_addr.clone(),
+            cluster_addr: self.advertised_cluster_addr(),
+        }
+    }
+
     pub fn replication(
         &self,
         kek: Option<std::sync::Arc<crate::seal::KeyEncryptionKey>>,
@@ -282,10 +303,7 @@ impl Config {
         crate::replication::ReplicationConfig {
             kek,
             cluster_listen: self.cluster_listen,
-            cluster_addr: self
-                .cluster_addr
-                .clone()
-                .unwrap_or_else(|| self.cluster_listen.to_string()),
+            cluster_addr: self.advertised_cluster_addr(),
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             forward_socket: ferry_proto::forward_socket(&self.storage_socket),
             apply_delay: Duration::from_millis(self.debug_apply_delay_ms),

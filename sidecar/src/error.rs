@@ -11,6 +11,13 @@ pub enum StoreError {
     /// This sidecar no longer holds the cluster's write fence; nothing was written.
     #[error("write fence lost: {0}")]
     FenceLost(String),
+    /// This node is a performance standby: another node holds the write fence and is the
+    /// cluster's active node. Nothing was written; the write belongs on `active`.
+    #[error("not active: {message}")]
+    NotActive {
+        message: String,
+        active: crate::fence::FenceHolder,
+    },
     /// etcd could not be reached or refused the operation; nothing was written.
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
@@ -40,6 +47,18 @@ impl From<StoreError> for tonic::Status {
         use tonic::Status;
         let msg = e.to_string();
         match e {
+            StoreError::NotActive { active, .. } => {
+                let mut status = Status::failed_precondition(msg);
+                for (name, value) in [
+                    (ferry_proto::ACTIVE_NODE_METADATA, active.node_id),
+                    (ferry_proto::ACTIVE_API_ADDR_METADATA, active.api_addr),
+                ] {
+                    if let Ok(value) = value.parse() {
+                        status.metadata_mut().insert(name, value);
+                    }
+                }
+                status
+            }
             StoreError::InvalidArgument(_) => Status::invalid_argument(msg),
             StoreError::FenceLost(_) | StoreError::ReadOnly(_) => Status::failed_precondition(msg),
             StoreError::Unavailable(_) | StoreError::ShuttingDown => Status::unavailable(msg),

@@ -14,13 +14,20 @@
 //! rewritten under this node's lease, which only this node's unanswered rotation can have
 //! done, and adopts its revision. Keep-alives do not change a key's mod revision.
 //!
-//! A node waits at start-up until the fence is free. A node that loses it (its lease expired
-//! while it stalled, or while etcd was unreachable) refuses writes until it takes the fence
-//! again: [`Fence::retake`] creates the key under a new lease once nobody holds it, which is a
-//! new generation (a new mod revision, so nothing sent under the old one can commit). Whoever
-//! drives the retake brings the node's state back in step with etcd before writes resume, as a
-//! restart would (see `reopen`). While another node holds the fence, this one keeps refusing.
-//! Leader election among several nodes of one cluster comes later.
+//! The fence is also how the nodes of one cluster elect their **active** node: whoever holds it
+//! is active, every other node is a performance standby (see `node`). The key's value is the
+//! holder's [`FenceHolder`] record (JSON: node id, the API address its ferry-vault serves, its
+//! cluster address), so that a standby can name the active node and forward writes to it. A
+//! value that is not such a record (a fence written by an older sidecar) reads as a bare node id.
+//!
+//! A fence starts out not held ([`Fence::new`]); [`Fence::retake`] takes it when nobody holds
+//! it: the key is created under a new lease, which is a new generation (a new mod revision, so
+//! nothing sent under an earlier one can commit). A standby calls it every 500 ms until it
+//! succeeds; a node that loses the fence (its lease expired while it stalled, or while etcd was
+//! unreachable) refuses writes and calls it the same way. Whoever drives the retake brings the
+//! node's state back in step with etcd before writes resume, as a restart would (see `reopen`,
+//! and `recovery` at start-up). While another node holds the fence, this one refuses writes and
+//! remembers who holds it ([`Fence::active_holder`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -29,17 +36,50 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::core::TXN_TIMEOUT;
 use crate::error::StoreError;
 
-/// The write fence held by this node.
+/// Who holds the fence: the value of the fence key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceHolder {
+    pub node_id: String,
+    /// Where clients reach the holder's ferry-vault (`http://10.0.0.5:8200`); empty when the
+    /// holder was not told.
+    #[serde(default)]
+    pub api_addr: String,
+    /// The holder's cluster port address, as other clusters reach it.
+    #[serde(default)]
+    pub cluster_addr: String,
+}
+
+impl FenceHolder {
+    /// The record as the fence key stores it.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a fence holder serialises")
+    }
+
+    /// Reads a fence key's value: a record, or (written by an older sidecar) a bare node id.
+    pub fn decode(value: &[u8]) -> Self {
+        serde_json::from_slice(value).unwrap_or_else(|_| Self {
+            node_id: String::from_utf8_lossy(value).into_owned(),
+            ..Self::default()
+        })
+    }
+}
+
+/// The cluster's write fence, as this node sees it: held by this node, or not.
 #[derive(Debug)]
 pub struct Fence {
     key: String,
     node_id: String,
+    /// This node's record, as it writes it into the key.
+    value: String,
+    /// The last other holder this node saw while it did not hold the fence.
+    other_holder: Mutex<Option<FenceHolder>>,
     ttl_seconds: i64,
     /// The lease the fence key is under; a retake replaces it.
     lease: AtomicI64,
@@ -53,42 +93,74 @@ pub struct Fence {
 }
 
 impl Fence {
-    /// Acquires the fence at `key` for `node_id`, waiting while another node holds it.
+    /// The fence at `key` as `holder` would write it, not held yet: [`Self::retake`] takes it.
+    pub fn new(key: String, holder: FenceHolder, ttl_seconds: i64) -> Self {
+        Self {
+            key,
+            node_id: holder.node_id.clone(),
+            value: holder.encode(),
+            other_holder: Mutex::new(None),
+            ttl_seconds,
+            lease: AtomicI64::new(0),
+            revision: AtomicI64::new(0),
+            held: AtomicBool::new(false),
+            lost_reason: Mutex::new(None),
+            rotation: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Takes the fence at `key` for `node_id` (a holder with no addresses), waiting while
+    /// another node holds it.
     pub async fn acquire(
         client: &Client,
         key: String,
         node_id: String,
         ttl_seconds: i64,
     ) -> Result<Self, StoreError> {
-        let mut announced = false;
-        loop {
-            // A fresh lease per attempt: one granted before a long wait would expire unused.
-            let lease = client.lease_client().grant(ttl_seconds, None).await?.id();
-            match take(client, &key, &node_id, lease).await? {
-                Taken::Yes(revision) => {
-                    info!(%key, node = %node_id, revision, "acquired write fence");
-                    return Ok(Self {
-                        key,
-                        node_id,
-                        ttl_seconds,
-                        lease: AtomicI64::new(lease),
-                        revision: AtomicI64::new(revision),
-                        held: AtomicBool::new(true),
-                        lost_reason: Mutex::new(None),
-                        rotation: tokio::sync::Mutex::new(()),
-                    });
-                }
-                Taken::HeldBy(holder) => {
-                    let _ = client.lease_client().revoke(lease).await;
-                    if !announced {
-                        info!(%key, %holder, "waiting for the write fence");
-                        announced = true;
-                    }
-                }
-            }
-            // The holder's lease expires within its TTL if it is gone; poll well inside that.
+        let holder = FenceHolder {
+            node_id,
+            ..FenceHolder::default()
+        };
+        let fence = Self::new(key, holder, ttl_seconds);
+        // The holder's lease expires within its TTL if it is gone; poll well inside that.
+        while !fence.retake(client).await? {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        Ok(fence)
+    }
+
+    /// The node that holds the fence when this one does not, as last seen; `None` while this
+    /// node holds it, or when nobody was seen holding it.
+    pub fn active_holder(&self) -> Option<FenceHolder> {
+        if self.is_held() {
+            return None;
+        }
+        self.other_holder.lock().expect("fence lock").clone()
+    }
+
+    /// The error a write gets while this node does not hold the fence: [`StoreError::NotActive`]
+    /// naming the active node when another node is known to hold it, else `FenceLost`.
+    pub fn refusal(&self) -> StoreError {
+        match self.active_holder() {
+            Some(active) => StoreError::NotActive {
+                message: format!(
+                    "this node ({}) does not hold the cluster's write fence; the active node is {}{}",
+                    self.node_id,
+                    active.node_id,
+                    if active.api_addr.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {}", active.api_addr)
+                    }
+                ),
+                active,
+            },
+            None => self.lost_error(),
+        }
+    }
+
+    fn note_other_holder(&self, holder: Option<FenceHolder>) {
+        *self.other_holder.lock().expect("fence lock") = holder;
     }
 
     /// The compare every fenced transaction carries, or `FenceLost`.
@@ -145,9 +217,10 @@ impl Fence {
         let current = crate::etcd::get(&mut kv, &self.key).await?;
         let ours = current.as_ref().is_some_and(|kv| {
             kv.mod_revision() == self.revision.load(Ordering::SeqCst)
-                && kv.value() == self.node_id.as_bytes()
+                && kv.value() == self.value.as_bytes()
         });
         if !ours {
+            self.note_other_holder(current.as_ref().map(|kv| FenceHolder::decode(kv.value())));
             self.mark_lost(holder(current.as_ref()));
         }
         Ok(ours)
@@ -160,7 +233,7 @@ impl Fence {
         let old = self.compare()?;
         let put = TxnOp::put(
             self.key.as_str(),
-            self.node_id.as_str(),
+            self.value.as_str(),
             Some(PutOptions::new().with_lease(self.lease())),
         );
         let txn = Txn::new()
@@ -184,7 +257,7 @@ impl Fence {
         }
         match first_got(resp) {
             // Only this node writes under its lease: an earlier rotation landed unanswered.
-            Some(kv) if kv.lease() == self.lease() && kv.value() == self.node_id.as_bytes() => {
+            Some(kv) if kv.lease() == self.lease() && kv.value() == self.value.as_bytes() => {
                 let revision = kv.mod_revision();
                 self.revision.store(revision, Ordering::SeqCst);
                 info!(
@@ -195,6 +268,7 @@ impl Fence {
                 Ok(())
             }
             other => {
+                self.note_other_holder(other.as_ref().map(|kv| FenceHolder::decode(kv.value())));
                 self.mark_lost(holder(other.as_ref()));
                 Err(self.lost_error())
             }
@@ -263,9 +337,10 @@ impl Fence {
         }
     }
 
-    /// After the fence was lost: takes it again under a new lease when nobody holds it (or only
-    /// this node's own earlier generation does). Returns whether this node holds it now;
-    /// `false` while another node does.
+    /// Takes the fence under a new lease when nobody holds it (or only this node's own earlier
+    /// generation does): at start-up, on a standby, and after the fence was lost. Returns
+    /// whether this node holds it now; `false` while another node does (noted as the active
+    /// node).
     ///
     /// The caller must keep every write path quiet until its state is back in step with etcd:
     /// from here on, this node's transactions commit again.
@@ -274,22 +349,32 @@ impl Fence {
         if self.is_held() {
             return Ok(true);
         }
+        // A plain read first: a standby polls, and a held fence needs no lease grant.
+        if let Some(current) = crate::etcd::get(&mut client.kv_client(), &self.key).await? {
+            let current = FenceHolder::decode(current.value());
+            if current.node_id != self.node_id {
+                self.note_other_holder(Some(current));
+                return Ok(false);
+            }
+        }
         let lease = client
             .lease_client()
             .grant(self.ttl_seconds, None)
             .await?
             .id();
-        match take(client, &self.key, &self.node_id, lease).await {
+        match take(client, &self.key, &self.node_id, &self.value, lease).await {
             Ok(Taken::Yes(revision)) => {
                 let mut lost_reason = self.lost_reason.lock().expect("fence lock");
                 self.lease.store(lease, Ordering::SeqCst);
                 self.revision.store(revision, Ordering::SeqCst);
                 *lost_reason = None;
+                self.note_other_holder(None);
                 self.held.store(true, Ordering::SeqCst);
-                info!(key = %self.key, node = %self.node_id, revision, "retook the write fence under a new lease");
+                info!(key = %self.key, node = %self.node_id, revision, "took the write fence under a new lease");
                 Ok(true)
             }
-            Ok(Taken::HeldBy(_)) => {
+            Ok(Taken::HeldBy(holder)) => {
+                self.note_other_holder(holder);
                 let _ = client.lease_client().revoke(lease).await;
                 Ok(false)
             }
@@ -321,20 +406,27 @@ fn first_got(resp: TxnResponse) -> Option<KeyValue> {
 fn holder(current: Option<&KeyValue>) -> String {
     current.map_or_else(
         || "nobody holds it (the lease expired)".to_string(),
-        |kv| format!("held by {}", String::from_utf8_lossy(kv.value())),
+        |kv| format!("held by {}", FenceHolder::decode(kv.value()).node_id),
     )
 }
 
 enum Taken {
     Yes(i64),
-    HeldBy(String),
+    /// Another node holds it (`None`: the key vanished between the compare and the read).
+    HeldBy(Option<FenceHolder>),
 }
 
-/// One attempt to take the fence under `lease`: create the key if absent; reclaim it if an
-/// earlier run of this same node holds it.
-async fn take(client: &Client, key: &str, node_id: &str, lease: i64) -> Result<Taken, StoreError> {
+/// One attempt to take the fence under `lease`, writing `value`: create the key if absent;
+/// reclaim it if an earlier run of this same node holds it.
+async fn take(
+    client: &Client,
+    key: &str,
+    node_id: &str,
+    value: &str,
+    lease: i64,
+) -> Result<Taken, StoreError> {
     let mut kv = client.kv_client();
-    let put = TxnOp::put(key, node_id, Some(PutOptions::new().with_lease(lease)));
+    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([put])
@@ -344,11 +436,11 @@ async fn take(client: &Client, key: &str, node_id: &str, lease: i64) -> Result<T
         return Ok(Taken::Yes(resp.header().map_or(0, |h| h.revision())));
     }
     let Some(holder) = first_got(resp) else {
-        return Ok(Taken::HeldBy("(gone)".into()));
+        return Ok(Taken::HeldBy(None));
     };
-    let holder_id = String::from_utf8_lossy(holder.value()).into_owned();
-    if holder_id != node_id || holder.lease() == lease {
-        return Ok(Taken::HeldBy(holder_id));
+    let holder_record = FenceHolder::decode(holder.value());
+    if holder_record.node_id != node_id || holder.lease() == lease {
+        return Ok(Taken::HeldBy(Some(holder_record)));
     }
     // Our previous run (killed before its lease expired): take it back.
     let txn = Txn::new()
@@ -361,5 +453,28 @@ async fn take(client: &Client, key: &str, node_id: &str, lease: i64) -> Result<T
     kv.txn(txn).await?;
     let _ = client.lease_client().revoke(holder.lease()).await;
     info!(%key, "reclaimed the write fence from this node's previous run");
-    Box::pin(take(client, key, node_id, lease)).await
+    Box::pin(take(client, key, node_id, value, lease)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_record_round_trips_and_a_bare_node_id_still_reads() {
+        let holder = FenceHolder {
+            node_id: "west-2".into(),
+            api_addr: "http://10.0.0.5:8200".into(),
+            cluster_addr: "10.0.0.5:8201".into(),
+        };
+        assert_eq!(FenceHolder::decode(holder.encode().as_bytes()), holder);
+        // A fence written by an older sidecar holds the bare node id.
+        assert_eq!(
+            FenceHolder::decode(b"west-1"),
+            FenceHolder {
+                node_id: "west-1".into(),
+                ..FenceHolder::default()
+            }
+        );
+    }
 }

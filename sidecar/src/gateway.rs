@@ -1,16 +1,18 @@
-//! The storage gateway's operations: reads straight from etcd, writes through the committer.
+//! The storage gateway's operations: reads straight from etcd ([`read`], [`list`], which a
+//! standby serves too), writes through the committer.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcd_client::KvClient;
 use tokio::sync::oneshot;
 
 use crate::commit::{Pending, Source, WriteOp, validate};
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::etcd::{Scan, get, scan};
-use crate::keyspace::prefix_end;
+use crate::keyspace::{Keyspace, prefix_end};
 use crate::list::{child_of, skip_folder};
 use crate::path::{validate_key, validate_prefix};
 
@@ -41,10 +43,13 @@ impl Gateway {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        validate_key(key, self.core.limits.max_key_bytes)
-            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-        let found = get(&mut self.core.kv(), &self.core.keyspace.data(key)).await?;
-        Ok(found.map(|kv| kv.into_key_value().1))
+        read(
+            &mut self.core.kv(),
+            &self.core.keyspace,
+            self.core.limits.max_key_bytes,
+            key,
+        )
+        .await
     }
 
     /// Validates `ops` and commits them atomically; returns the WAL index that carries them.
@@ -65,7 +70,7 @@ impl Gateway {
 
     async fn commit(&self, ops: Vec<WriteOp>, source: Source) -> Result<u64, StoreError> {
         if !self.core.fence.is_held() {
-            return Err(self.core.fence.lost_error());
+            return Err(self.core.fence.refusal());
         }
         let (reply, outcome) = oneshot::channel();
         self.core
@@ -77,45 +82,71 @@ impl Gateway {
 
     /// The direct children of `prefix`, Vault style, read at one etcd revision.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        validate_prefix(prefix, self.core.limits.max_key_bytes)
-            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-        let ks = &self.core.keyspace;
-        let end = prefix_end(&ks.data(prefix));
-        let mut kv = self.core.kv();
-        let mut children: Vec<String> = Vec::new();
-        let mut from = ks.data(prefix).into_bytes();
-        let mut revision = 0;
-        loop {
-            // Read until the first folder, then jump past its subtree.
-            let mut jump = None;
-            revision = scan(
-                &mut kv,
-                from.clone(),
-                end.clone(),
-                Scan {
-                    revision,
-                    keys_only: true,
-                    page: LIST_PAGE,
-                },
-                |kv| {
-                    let Some(child) = ks.path_of(kv.key()).and_then(|p| child_of(prefix, p)) else {
-                        return Ok(ControlFlow::Continue(()));
-                    };
-                    if children.last().map(String::as_str) != Some(child) {
-                        children.push(child.to_owned());
-                    }
-                    if child.ends_with('/') {
-                        jump = Some(ks.data(&skip_folder(prefix, child)).into_bytes());
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    Ok(ControlFlow::Continue(()))
-                },
-            )
-            .await?;
-            match jump {
-                Some(next) => from = next,
-                None => return Ok(children),
-            }
+        list(
+            &mut self.core.kv(),
+            &self.core.keyspace,
+            self.core.limits.max_key_bytes,
+            prefix,
+        )
+        .await
+    }
+}
+
+/// Reads the value at storage path `key` straight from etcd (a standby reads this way too).
+pub async fn read(
+    kv: &mut KvClient,
+    ks: &Keyspace,
+    max_key_bytes: usize,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    validate_key(key, max_key_bytes).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+    let found = get(kv, &ks.data(key)).await?;
+    Ok(found.map(|kv| kv.into_key_value().1))
+}
+
+/// The direct children of `prefix`, Vault style, read at one etcd revision.
+pub async fn list(
+    kv: &mut KvClient,
+    ks: &Keyspace,
+    max_key_bytes: usize,
+    prefix: &str,
+) -> Result<Vec<String>, StoreError> {
+    validate_prefix(prefix, max_key_bytes)
+        .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+    let end = prefix_end(&ks.data(prefix));
+    let mut children: Vec<String> = Vec::new();
+    let mut from = ks.data(prefix).into_bytes();
+    let mut revision = 0;
+    loop {
+        // Read until the first folder, then jump past its subtree.
+        let mut jump = None;
+        revision = scan(
+            kv,
+            from.clone(),
+            end.clone(),
+            Scan {
+                revision,
+                keys_only: true,
+                page: LIST_PAGE,
+            },
+            |kv| {
+                let Some(child) = ks.path_of(kv.key()).and_then(|p| child_of(prefix, p)) else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                if children.last().map(String::as_str) != Some(child) {
+                    children.push(child.to_owned());
+                }
+                if child.ends_with('/') {
+                    jump = Some(ks.data(&skip_folder(prefix, child)).into_bytes());
+                    return Ok(ControlFlow::Break(()));
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+        match jump {
+            Some(next) => from = next,
+            None => return Ok(children),
         }
     }
 }

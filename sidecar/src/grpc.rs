@@ -6,9 +6,9 @@ use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_server::Storage;
 use ferry_proto::storage::{
     BatchRequest, CheckMerkleRequest, CheckMerkleResponse, DeleteRequest, GetRequest, GetResponse,
-    ListRequest, ListResponse, PutRequest, ReadWalRequest, ReadWalResponse, ReindexRequest,
-    ReindexResponse, StatusRequest, StatusResponse, WalEntry as PbWalEntry, WalOperation,
-    WriteResponse,
+    LeaderRequest, LeaderResponse, ListRequest, ListResponse, PutRequest, ReadWalRequest,
+    ReadWalResponse, ReindexRequest, ReindexResponse, StatusRequest, StatusResponse,
+    WalEntry as PbWalEntry, WalOperation, WriteResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -109,6 +109,10 @@ impl Admin for Gateway {
             startup_index_seconds: core.startup.index_seconds,
             startup_redo_entries: core.startup.redo_entries,
             merkle_memory_bytes: memory as u64,
+            role: crate::node::Role::of(core.fence.is_held(), true)
+                .as_str()
+                .into(),
+            active: None,
         }))
     }
 
@@ -136,6 +140,16 @@ impl Admin for Gateway {
             phantom_key_hashes: report.phantom_key_hashes,
             index_root: report.index_root,
             scan_root: report.scan_root,
+        }))
+    }
+
+    /// Served by the node's API (`node::NodeApi`), which knows the role; the gateway alone
+    /// only knows whether it holds the fence.
+    async fn leader(&self, _: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let role = crate::node::Role::of(self.core().fence.is_held(), true);
+        Ok(Response::new(LeaderResponse {
+            role: role.as_str().into(),
+            ..LeaderResponse::default()
         }))
     }
 

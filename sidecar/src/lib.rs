@@ -5,7 +5,8 @@
 //! writes every update in one etcd transaction with its WAL entry under the cluster's write fence
 //! ([`commit`], [`committer`], [`fence`]), keeps a merkle index of the replicated keys in memory ([`merkle`]),
 //! flushes it in the background ([`flusher`]), recovers it after a crash ([`recovery`]), and
-//! trims the WAL within its retention limits ([`wal::gc`]). It replicates between clusters
+//! trims the WAL within its retention limits ([`wal::gc`]). One node of a cluster is active (it
+//! holds the fence); the others serve reads as performance standbys until they take it ([`node`]). It replicates between clusters
 //! ([`replication`]) over the cluster port, and serves Vault's `sys/replication` API ([`api`]).
 //!
 //! Layering: [`path`], [`list`], [`codec`], [`merkle`] and [`wal::record`] are pure logic; the
@@ -28,6 +29,7 @@ pub mod grpc;
 pub mod keyspace;
 pub mod list;
 pub mod merkle;
+pub mod node;
 pub mod path;
 pub mod recovery;
 pub mod reindex;
@@ -46,7 +48,7 @@ use ferry_proto::forward::forwarding_server::ForwardingServer;
 use ferry_proto::storage::admin_server::AdminServer;
 use ferry_proto::storage::storage_server::StorageServer;
 use tokio_stream::wrappers::UnixListenerStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::committer::{CommitQueue, Committer};
 use crate::config::Config;
@@ -54,6 +56,7 @@ use crate::core::Core;
 use crate::fence::Fence;
 use crate::gateway::Gateway;
 use crate::keyspace::Keyspace;
+use crate::node::NodeApi;
 use crate::path::PathClassifier;
 use crate::tasks::Supervisor;
 use crate::wal::gc::Retention;
@@ -63,27 +66,37 @@ const MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// Largest gRPC request accepted: a full batch plus framing.
 const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
-/// Runs the sidecar until SIGTERM or SIGINT, or until a task fails.
+/// Runs the sidecar until SIGTERM or SIGINT, or until a task fails: serves the storage API as
+/// a performance standby until it takes the write fence, then recovers and serves as the active
+/// node (the phases are described in [`node`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let geometry = config.geometry()?;
     let keyspace = Keyspace::for_cluster(&config.cluster);
     let classes = PathClassifier::new(&config.local_prefixes);
+    let mut stop = Box::pin(shutdown_signal()?);
 
     let etcd_tls = config.etcd_tls()?;
     let kek = config.key_encryption_key()?;
     let client = etcd_connect::connect(&config.etcd_endpoints, etcd_tls.as_ref()).await?;
-    let fence = Arc::new(
-        Fence::acquire(
-            &client,
-            keyspace.fence(),
-            config.node_id.clone(),
-            config.fence_ttl_seconds,
-        )
-        .await
-        .context("failed to acquire the write fence")?,
+    let fence = Arc::new(Fence::new(
+        keyspace.fence(),
+        config.fence_holder(),
+        config.fence_ttl_seconds,
+    ));
+    let node = NodeApi::new(
+        client.clone(),
+        keyspace.clone(),
+        config.limits().max_key_bytes,
+        fence.clone(),
+        config.fence_holder(),
     );
-    // Keep the lease alive from now on: recovery can take longer than its TTL.
+    let admin_api = api::NodeRouter::new(node.clone());
+    // One try before serving anything: a lone node is never seen as a standby.
+    if let Err(e) = fence.retake(&client).await {
+        warn!(error = %e, "failed to try the write fence; trying again");
+    }
     let mut supervisor = Supervisor::new();
+    // The lease is kept alive whenever the fence is held: recovery can take longer than its TTL.
     {
         let (fence, client, shutdown) =
             (fence.clone(), client.clone(), supervisor.shutdown_signal());
@@ -91,6 +104,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             fence.keep_alive(client, shutdown).await
         });
     }
+    supervisor.spawn(
+        "storage-api",
+        serve(
+            node.clone(),
+            config.storage_socket.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    supervisor.spawn(
+        "replication-api",
+        api::serve(
+            config.api_socket(),
+            admin_api.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+
+    // Standby until the fence is ours.
+    let standby = async {
+        tokio::select! {
+            taken = wait_for_fence(&fence, &client) => Some(taken),
+            _ = &mut stop => None,
+        }
+    };
+    match supervisor.watch_while(standby).await {
+        Ok(Some(())) => {}
+        Ok(None) => return supervisor.run_until(async {}).await,
+        Err(e) => {
+            let _ = supervisor.run_until(async {}).await;
+            return Err(e);
+        }
+    }
+
     let recovered = recovery::recover(
         &client,
         &keyspace,
@@ -172,25 +218,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             supervisor.shutdown_signal(),
         ),
     );
-    supervisor.spawn(
-        "replication-api",
-        api::serve(
-            config.api_socket(),
-            replication.clone(),
-            supervisor.shutdown_signal(),
-        ),
+    admin_api.activate(replication.clone());
+    node.activate(
+        gateway,
+        replication::forward::Forwarder::new(replication.clone()),
     );
-    supervisor.spawn(
-        "storage-api",
-        serve(
-            gateway,
-            replication::forward::Forwarder::new(replication.clone()),
-            config.storage_socket.clone(),
-            supervisor.shutdown_signal(),
-        ),
-    );
+    info!(node = %config.node_id, "active: serving writes");
 
-    let result = supervisor.run_until(shutdown_signal()).await;
+    let result = supervisor.run_until(stop).await;
     replication.shutdown();
     if core.fence.is_held() {
         core.fence.release(&core.client).await;
@@ -198,9 +233,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The standby phase: tries to take the fence every [`node::STANDBY_POLL`] until it holds it.
+async fn wait_for_fence(fence: &Fence, client: &etcd_client::Client) {
+    let mut announced = None;
+    loop {
+        match fence.retake(client).await {
+            Ok(true) => return,
+            Ok(false) => {
+                let holder = fence.active_holder().map(|h| h.node_id);
+                if announced != Some(holder.clone()) {
+                    info!(
+                        active = holder.as_deref().unwrap_or("(none)"),
+                        "standby: serving reads, waiting for the write fence"
+                    );
+                    announced = Some(holder);
+                }
+            }
+            Err(e) => warn!(error = %e, "standby: failed to try the write fence; trying again"),
+        }
+        tokio::time::sleep(node::STANDBY_POLL).await;
+    }
+}
+
 async fn serve(
-    gateway: Gateway,
-    forwarder: replication::forward::Forwarder,
+    node: NodeApi,
     socket: std::path::PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -215,14 +271,12 @@ async fn serve(
     info!(socket = %socket.display(), "storage API ready");
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
+        .add_service(StorageServer::new(node.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(AdminServer::new(node.clone()))
         .add_service(
-            StorageServer::new(gateway.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+            ForwardingServer::new(node.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        .add_service(AdminServer::new(gateway))
-        .add_service(
-            ForwardingServer::new(forwarder.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(ConsistencyServer::new(forwarder))
+        .add_service(ConsistencyServer::new(node))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             let _ = shutdown.changed().await;
         })
@@ -232,11 +286,16 @@ async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; the handlers are installed before it returns, so that a
+/// signal during start-up is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("failed to install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("failed to install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("failed to install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -166,7 +166,7 @@ async fn load_stream(
     Ok(stream)
 }
 
-async fn wal_position(
+pub(crate) async fn wal_position(
     kv: &mut etcd_client::KvClient,
     keyspace: &Keyspace,
 ) -> Result<WalPosition, StoreError> {

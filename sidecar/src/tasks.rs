@@ -105,6 +105,19 @@ impl Supervisor {
     }
 
     /// Begins shutdown: every task's signal fires.
+    /// Runs `work` while watching the tasks: its output, or the failure of a task that ended
+    /// first (a task ending at all is a failure: see the module header). After an error the
+    /// caller stops the rest with [`Self::run_until`].
+    pub async fn watch_while<T>(&mut self, work: impl Future<Output = T>) -> anyhow::Result<T> {
+        tokio::select! {
+            out = work => Ok(out),
+            Some(done) = self.tasks.join_next() => match describe(done) {
+                Ok(name) => Err(anyhow::anyhow!("task {name} stopped unexpectedly")),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
     }

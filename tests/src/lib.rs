@@ -12,6 +12,7 @@ pub mod hvac;
 pub mod inspect;
 pub mod kube;
 pub mod member;
+pub mod nodes;
 pub mod operator;
 pub mod pki;
 pub mod ports;

@@ -169,11 +169,15 @@ impl Sidecar {
                 if !present {
                     return None;
                 }
+                // Ready once it serves as the active node or as a standby (not while it is
+                // recovering after taking the fence).
                 admin
                     .status(StatusRequest {})
                     .await
                     .ok()
-                    .map(|r| Ok(r.into_inner()))
+                    .map(|r| r.into_inner())
+                    .filter(|s| s.role == "active" || s.role == "standby")
+                    .map(Ok)
             }
         })
         .await;
@@ -210,6 +214,15 @@ impl Sidecar {
     }
 
     /// Waits until every dirty merkle subpage is flushed and the checkpoint is the last WAL index.
+    /// Waits until this sidecar is its cluster's active node.
+    pub async fn wait_active(&self, timeout: Duration) -> anyhow::Result<StatusResponse> {
+        wait_for("the sidecar to become the active node", timeout, || async {
+            let status = self.status().await.ok()?;
+            (status.role == "active").then_some(status)
+        })
+        .await
+    }
+
     pub async fn wait_flushed(&self) -> anyhow::Result<StatusResponse> {
         self.wait_status("the merkle index to be flushed", |s| {
             s.merkle_dirty_subpages == 0 && s.merkle_checkpoint == s.last_wal

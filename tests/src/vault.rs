@@ -70,7 +70,20 @@ impl VaultServer {
         root_token: &str,
         tls: Option<(CertFiles, &Path)>,
     ) -> anyhow::Result<Self> {
-        let mut server = Self::spawn_with(sidecar, root_key, root_token, tls)?;
+        Self::start_on(sidecar, root_key, root_token, tls, free_port()).await
+    }
+
+    /// [`Self::start_with`] on the loopback port `port` (a node's sidecar is told this address
+    /// with `--api-addr` before the server starts). Ready once it is unsealed and active, or a
+    /// performance standby.
+    pub async fn start_on(
+        sidecar: &Sidecar,
+        root_key: &str,
+        root_token: &str,
+        tls: Option<(CertFiles, &Path)>,
+        port: u16,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self::spawn_on(sidecar, root_key, root_token, tls, port)?;
         server.wait_ready().await?;
         Ok(server)
     }
@@ -78,19 +91,19 @@ impl VaultServer {
     /// Launches ferry-vault for `sidecar` without waiting for it: for tests of start-up order.
     /// [`Self::wait_ready`] then waits for it to serve.
     pub fn spawn(sidecar: &Sidecar, root_key: &str, root_token: &str) -> anyhow::Result<Self> {
-        Self::spawn_with(sidecar, root_key, root_token, None)
+        Self::spawn_on(sidecar, root_key, root_token, None, free_port())
     }
 
-    fn spawn_with(
+    fn spawn_on(
         sidecar: &Sidecar,
         root_key: &str,
         root_token: &str,
         tls: Option<(CertFiles, &Path)>,
+        port: u16,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-vault-").tempdir()?;
         write_owner_only(&dir.path().join("root.key"), root_key)?;
         std::fs::write(dir.path().join("root.token"), root_token)?;
-        let port = free_port();
         let api = match &tls {
             Some((_, ca)) => JsonClient::https(format!("https://127.0.0.1:{port}"), ca)?,
             None => JsonClient::new(format!("http://127.0.0.1:{port}")),
@@ -142,9 +155,9 @@ impl VaultServer {
                     if let Some(status) = exited {
                         return Some(Err(anyhow::anyhow!("ferry-vault exited: {status}")));
                     }
-                    // 200: initialised, unsealed and active.
+                    // 200: initialised, unsealed and active; 473: a performance standby.
                     let health = api.get("/v1/sys/health").await.ok()?;
-                    (health.status == 200).then_some(Ok(()))
+                    matches!(health.status, 200 | 473).then_some(Ok(()))
                 }
             },
         )
@@ -196,6 +209,14 @@ impl VaultServer {
     /// The process id, while the server runs.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the server.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("ferry-vault is not running")?
+            .signal(signal)
     }
 
     /// The loopback port of its API listener.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ferry_proto::storage::{GetRequest, PutRequest};
-use ferry_sidecar::fence::Fence;
+use ferry_sidecar::fence::{Fence, FenceHolder};
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 use ferry_tests::wait_for;
@@ -89,11 +89,15 @@ async fn a_rotation_is_atomic_and_a_retry_adopts_an_unanswered_one() -> anyhow::
 
     // What a rotation that landed without its answer reaching node a leaves behind.
     let unanswered = a.compare()?;
+    let holder = FenceHolder {
+        node_id: "node-a".into(),
+        ..FenceHolder::default()
+    };
     client
         .kv_client()
         .put(
             key.as_str(),
-            "node-a",
+            holder.encode(),
             Some(PutOptions::new().with_lease(created.lease())),
         )
         .await?;
@@ -181,8 +185,11 @@ async fn a_stalled_sidecar_loses_its_fence_to_another_node() -> anyhow::Result<(
     .await?;
 
     // a stalls past its lease; b takes over, recovers and serves.
+    let standby = b.wait_ready().await?;
+    assert_eq!(standby.role, "standby");
+    assert!(!standby.fence_held);
     a.signal("STOP")?;
-    let status = b.wait_ready().await?;
+    let status = b.wait_active(Duration::from_secs(30)).await?;
     assert!(status.fence_held);
     assert_eq!(status.last_wal, 1, "b recovered a's WAL");
     let mut sb = b.storage();

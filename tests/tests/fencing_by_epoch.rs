@@ -134,7 +134,10 @@ async fn a_primary_whose_lease_ran_out_in_a_stall_takes_its_free_fence_again() -
     // Nobody else took the fence: writes resume without a restart.
     first_acknowledged_put(&a, "logical/after", RESUME_WITHIN).await?;
     let fence = fence_in_etcd(&a).await?.context("no fence key")?;
-    assert_eq!(fence.value_str()?, a.sidecar.options().node_id);
+    assert_eq!(
+        ferry_sidecar::fence::FenceHolder::decode(fence.value()).node_id,
+        a.sidecar.options().node_id
+    );
     assert_still_the_primary(&a).await
 }
 

@@ -11,6 +11,9 @@
 //!    body and the identity) to the primary through the sidecar and returns the primary's
 //!    response as it came, once this cluster has applied the state it names, or after
 //!    [`READ_AFTER_WRITE`] with a warning that the write may not be visible here yet.
+//!    On a performance standby any write is refused (the response is marked
+//!    [`MustForward::Active`]): the layer sends the request as the client sent it, token
+//!    included, to the cluster's active node over HTTP (see `ha`) and returns its answer.
 //! 4. Otherwise a response to a replicated write carries `X-Vault-Index`.
 //!
 //! A forwarded request's response entry is written to this cluster's audit devices here, with
@@ -55,6 +58,9 @@ const INDEX_HEADER: &str = "x-vault-index";
 const NOT_VISIBLE_YET: &str = "the request was forwarded to the primary and succeeded there, \
     but this cluster had not received the write after 2s: it may not be visible here yet";
 
+const NOT_VISIBLE_ON_NODE: &str = "the request was forwarded to the active node and succeeded \
+    there, but this node did not see the write after 2s: it may not be visible here yet";
+
 tokio::task_local! {
     static SCOPE: Arc<RequestScope>;
 }
@@ -74,9 +80,14 @@ impl RequestScope {
     }
 }
 
-/// Marks a response whose request must be forwarded to the primary.
-#[derive(Clone, Copy, Debug)]
-pub struct MustForward;
+/// Marks a response whose request must be forwarded, and where to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MustForward {
+    /// A replicated write on a performance secondary: to the primary, through the sidecar.
+    Primary,
+    /// Any write on a performance standby: to the cluster's active node, over HTTP (see `ha`).
+    Active,
+}
 
 /// The identity of a forwarded request being executed here, if this is one.
 pub fn forwarded_identity() -> Option<TokenEntry> {
@@ -196,16 +207,28 @@ pub async fn layer(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+    // Kept for forwarding to the active node, which gets the request as the client sent it.
+    let client_headers = parts.headers.clone();
     let scope = Arc::new(RequestScope::default());
     let request = Request::from_parts(parts, Body::from(body.clone()));
     let mut response = SCOPE.scope(scope.clone(), next.run(request)).await;
-    if response.extensions().get::<MustForward>().is_none() {
+    let Some(&to) = response.extensions().get::<MustForward>() else {
         return with_index(response, &scope);
-    }
+    };
     // The response entry is written with what the client gets (see `audit`).
     let pending = response
         .extensions_mut()
         .remove::<crate::audit::PendingAudit>();
+    if to == MustForward::Active {
+        let response =
+            crate::ha::forward_to_active(&state, &method, &path_and_query, &client_headers, body)
+                .await;
+        let response = hold_for_write(&state, response).await;
+        return match pending {
+            Some(p) => p.0.log_final_response(response).await,
+            None => response,
+        };
+    }
     let Some(identity) = scope
         .authenticated
         .lock()
@@ -283,6 +306,51 @@ async fn forward(state: &ServerState, request: ForwardedRequest) -> Response {
         }
     }
     primary_response(reply, warning)
+}
+
+/// The active node's answer to a forwarded request, once this node sees the write it names
+/// (at once, normally: the nodes share etcd), else with a warning.
+async fn hold_for_write(state: &ServerState, response: Response) -> Response {
+    let Some(written) = response
+        .headers()
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| decode_index(v).ok())
+    else {
+        return response;
+    };
+    match state
+        .storage
+        .wait_for_state(written, READ_AFTER_WRITE)
+        .await
+    {
+        Ok(true) => response,
+        outcome => {
+            if let Err(e) = outcome {
+                warn!(error = %e, "could not wait for a write the active node made");
+            }
+            let (parts, body) = response.into_parts();
+            let Ok(body) = axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await else {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "the active node's answer is over the size limit",
+                );
+            };
+            let headers = parts
+                .headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            primary_response(
+                ForwardedResponse {
+                    status: parts.status.as_u16().into(),
+                    headers,
+                    body: body.to_vec(),
+                },
+                Some(NOT_VISIBLE_ON_NODE),
+            )
+        }
+    }
 }
 
 /// The primary's response as it came, with `warning` added to its `warnings`.

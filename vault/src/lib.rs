@@ -18,6 +18,7 @@ pub mod audit_api;
 pub mod barrier;
 pub mod config;
 pub mod forwarding;
+pub mod ha;
 pub mod kv;
 pub mod kv_api;
 pub mod mounts;
@@ -84,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mount_cache: Default::default(),
         audit,
         root: root.clone(),
+        active_client: ha::ActiveClient::default(),
         sidecar_api: replication_proxy::SidecarApi::new(
             config
                 .sidecar_api_socket

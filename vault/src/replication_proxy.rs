@@ -20,6 +20,8 @@ use crate::server::{ApiError, ServerState};
 use crate::token::TokenEntry;
 
 /// How long the sidecar may take to answer (promotion drains for up to 30 s).
+/// The `error_code` of a call the sidecar of a standby refuses (the sidecar's `api::NOT_ACTIVE`).
+const NOT_ACTIVE: &str = "not_active";
 const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer accepted from the sidecar.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -65,6 +67,19 @@ impl SidecarApi {
             .await
             .map_err(|e| unavailable(e.to_string()))?
             .to_bytes();
+        // A standby's sidecar serves only the status: the active node serves the rest.
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["error_code"] == NOT_ACTIVE)
+        {
+            return Err(ApiError {
+                forward: Some(crate::forwarding::MustForward::Active),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node is a performance standby: only the active node serves replication",
+                )
+            });
+        }
         Ok((
             status,
             [(axum::http::header::CONTENT_TYPE, "application/json")],

@@ -37,6 +37,8 @@ pub struct ServerState {
     /// Serialise read-modify-write cycles on one KV path (striped by path hash).
     pub path_locks: PathLocks,
     pub sidecar_api: crate::replication_proxy::SidecarApi,
+    /// How a performance standby forwards to its cluster's active node.
+    pub active_client: crate::ha::ActiveClient,
     /// The last mount table read, with the sealed bytes it came from.
     pub mount_cache: std::sync::Mutex<Option<(Vec<u8>, Arc<crate::mounts::MountTable>)>>,
     /// This cluster's audit devices.
@@ -132,8 +134,9 @@ type Shared = State<Arc<ServerState>>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: Option<String>,
-    /// The request needs a replicated write this cluster refuses: forward it to the primary.
-    pub forward: bool,
+    /// The request needs a write this node refuses: forward it to the primary (a replicated
+    /// write on a secondary) or to the cluster's active node (any write on a standby).
+    pub forward: Option<crate::forwarding::MustForward>,
 }
 
 impl ApiError {
@@ -141,7 +144,7 @@ impl ApiError {
         Self {
             status,
             message: Some(message.into()),
-            forward: false,
+            forward: None,
         }
     }
 
@@ -150,7 +153,7 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             message: None,
-            forward: false,
+            forward: None,
         }
     }
 }
@@ -159,10 +162,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let errors: Vec<String> = self.message.into_iter().collect();
         let mut response = (self.status, axum::Json(json!({ "errors": errors }))).into_response();
-        if self.forward {
-            response
-                .extensions_mut()
-                .insert(crate::forwarding::MustForward);
+        if let Some(to) = self.forward {
+            response.extensions_mut().insert(to);
         }
         response
     }
@@ -174,10 +175,17 @@ impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> Self {
         match e {
             crate::storage::StorageError::ReadOnly(m) => Self {
-                forward: true,
+                forward: Some(crate::forwarding::MustForward::Primary),
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("this cluster cannot write replicated storage: {m}"),
+                )
+            },
+            crate::storage::StorageError::NotActive { message, .. } => Self {
+                forward: Some(crate::forwarding::MustForward::Active),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this node cannot write storage: {message}"),
                 )
             },
             crate::storage::StorageError::Failed(m) => {
@@ -265,7 +273,12 @@ pub fn routes(state: Arc<ServerState>) -> Router {
 
 /// Vault's status endpoints, answered without a token and before anything else, as Vault's own
 /// HTTP handlers do (they look at the method only: `?list=` means nothing there).
-const STATUS_PATHS: [&str; 3] = ["/v1/sys/health", "/v1/sys/seal-status", "/v1/sys/init"];
+const STATUS_PATHS: [&str; 4] = [
+    "/v1/sys/health",
+    "/v1/sys/seal-status",
+    "/v1/sys/init",
+    "/v1/sys/leader",
+];
 
 /// Every request:
 ///
@@ -286,7 +299,7 @@ async fn dispatch(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if STATUS_PATHS.contains(&uri.path()) {
-        return status(&state, &method, &uri);
+        return status(&state, &method, &uri).await;
     }
     let remote = extensions
         .get::<axum::extract::ConnectInfo<RemoteAddr>>()
@@ -353,6 +366,9 @@ async fn route(
         crate::audit_api::handle(state, request, &entry, &body).await
     } else if path.starts_with("sys/replication/") {
         crate::replication_proxy::handle(state, request, Some(&entry), body).await
+    } else if path == "sys/ha-status" && request.operation == crate::request::Operation::Read {
+        crate::policy_api::authorize_request(state, &entry, request).await?;
+        crate::ha::ha_status(state).await
     } else {
         // Everything else is a secrets engine's, by the mount table.
         crate::mounts_api::logical(state, request, &entry, body).await
@@ -360,9 +376,10 @@ async fn route(
 }
 
 /// The unauthenticated status endpoints, by method.
-fn status(state: &ServerState, method: &Method, uri: &Uri) -> Response {
+async fn status(state: &ServerState, method: &Method, uri: &Uri) -> Response {
     match (uri.path(), method) {
-        ("/v1/sys/health", &Method::GET | &Method::HEAD) => health(state, uri),
+        ("/v1/sys/health", &Method::GET | &Method::HEAD) => health(state, uri).await,
+        ("/v1/sys/leader", &Method::GET) => crate::ha::leader(state).await,
         ("/v1/sys/seal-status", &Method::GET) => seal_status(state),
         ("/v1/sys/init", &Method::GET) => init_status(),
         (path, _) => error(
@@ -375,10 +392,10 @@ fn status(state: &ServerState, method: &Method, uri: &Uri) -> Response {
 /// `sys/health`, with Vault's status codes and the query parameters that change them:
 /// `activecode` (200), `sealedcode` (503), `uninitcode` (501), `standbycode` (429),
 /// `performancestandbycode` (473) and `drsecondarycode` (472), and `standbyok` /
-/// `perfstandbyok`, which answer a standby with the active code. Every node of a ferry-vault
-/// cluster is active for now (standbys come later), so only the active and sealed codes are
-/// ever sent; the others are still checked.
-fn health(s: &ServerState, uri: &Uri) -> Response {
+/// `perfstandbyok`, which answer a standby (or a performance standby) with the active code.
+/// The node's role comes from its sidecar ([`crate::ha::NodeRole`]); the DR and uninitialised
+/// codes are checked but never sent.
+async fn health(s: &ServerState, uri: &Uri) -> Response {
     let query = match Query::<HashMap<String, String>>::try_from_uri(uri) {
         Ok(Query(q)) => q,
         Err(e) => {
@@ -416,33 +433,43 @@ fn health(s: &ServerState, uri: &Uri) -> Response {
     let checked = (|| {
         let active = code("activecode", 200)?;
         let sealed = code("sealedcode", 503)?;
-        for (name, default) in [
-            ("uninitcode", 501),
-            ("standbycode", 429),
-            ("performancestandbycode", 473),
-            ("drsecondarycode", 472),
-        ] {
+        for (name, default) in [("uninitcode", 501), ("drsecondarycode", 472)] {
             code(name, default)?;
         }
-        flag("standbyok")?;
-        flag("perfstandbyok")?;
-        Ok::<_, ApiError>((active, sealed))
+        Ok::<_, ApiError>((
+            active,
+            sealed,
+            code("standbycode", 429)?,
+            code("performancestandbycode", 473)?,
+            flag("standbyok")?,
+            flag("perfstandbyok")?,
+        ))
     })();
-    let (active, sealed_code) = match checked {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    let (active, sealed_code, standby_code, perf_standby_code, standby_ok, perf_standby_ok) =
+        match checked {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
     let sealed = s.sealed();
+    let leader = s.storage.leader().await.ok();
+    let role = crate::ha::NodeRole::of(leader.as_ref());
     let body = json!({
         "initialized": true,
         "sealed": sealed,
-        "standby": false,
-        "performance_standby": false,
+        "standby": role != crate::ha::NodeRole::Active,
+        "performance_standby": role == crate::ha::NodeRole::PerformanceStandby,
         "replication_dr_mode": "disabled",
         "server_time_utc": crate::unseal::unix_now(),
         "version": VERSION,
     });
-    let status = if sealed { sealed_code } else { active };
+    let status = match role {
+        _ if sealed => sealed_code,
+        crate::ha::NodeRole::Active => active,
+        crate::ha::NodeRole::PerformanceStandby if perf_standby_ok => active,
+        crate::ha::NodeRole::PerformanceStandby => perf_standby_code,
+        crate::ha::NodeRole::Standby if standby_ok => active,
+        crate::ha::NodeRole::Standby => standby_code,
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -484,8 +511,10 @@ pub async fn authenticate(
         .ok_or_else(denied)?
         .to_owned();
     let store = state.tokens();
-    let internal = |e: crate::storage::StorageError| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    // A use counted on a performance standby is a write: the request goes to the active node.
+    let internal = |e: crate::storage::StorageError| match e {
+        crate::storage::StorageError::NotActive { .. } => e.into(),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut entry = store
         .lookup(&token)

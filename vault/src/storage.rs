@@ -9,10 +9,12 @@ use ferry_proto::forward::forwarding_client::ForwardingClient;
 use ferry_proto::forward::{
     ForwardedRequest, ForwardedResponse, ReplicatedState, WaitForStateRequest,
 };
+use ferry_proto::storage::admin_client::AdminClient;
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_client::StorageClient;
 use ferry_proto::storage::{
-    BatchRequest, DeleteRequest, GetRequest, ListRequest, Operation, PutRequest, WriteResponse,
+    BatchRequest, DeleteRequest, GetRequest, LeaderRequest, LeaderResponse, ListRequest, Operation,
+    PutRequest, WriteResponse,
 };
 use thiserror::Error;
 use tonic::transport::Channel;
@@ -23,6 +25,13 @@ pub enum StorageError {
     /// A replicated write on a cluster that does not accept them (a performance secondary).
     #[error("{0}")]
     ReadOnly(String),
+    /// Any write on a performance standby: the cluster's active node (whose ferry-vault
+    /// address is given when it advertised one) must serve the request.
+    #[error("{message}")]
+    NotActive {
+        message: String,
+        active_api_addr: Option<String>,
+    },
     #[error("storage: {0}")]
     Failed(String),
 }
@@ -31,6 +40,18 @@ impl From<tonic::Status> for StorageError {
     fn from(s: tonic::Status) -> Self {
         if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with("read-only") {
             StorageError::ReadOnly(s.message().to_owned())
+        } else if s.code() == tonic::Code::FailedPrecondition
+            && s.message().starts_with(ferry_proto::NOT_ACTIVE_PREFIX)
+        {
+            StorageError::NotActive {
+                message: s.message().to_owned(),
+                active_api_addr: s
+                    .metadata()
+                    .get(ferry_proto::ACTIVE_API_ADDR_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned),
+            }
         } else {
             StorageError::Failed(s.message().to_owned())
         }
@@ -41,6 +62,7 @@ impl From<tonic::Status> for StorageError {
 #[derive(Clone)]
 pub struct Storage {
     client: StorageClient<Channel>,
+    admin: AdminClient<Channel>,
     forwarding: ForwardingClient<Channel>,
     consistency: ConsistencyClient<Channel>,
 }
@@ -63,10 +85,21 @@ impl Storage {
         let channel = ferry_proto::connect_unix(socket);
         Self {
             client: StorageClient::new(channel.clone()),
+            admin: AdminClient::new(channel.clone()),
             forwarding: ForwardingClient::new(channel.clone())
                 .max_decoding_message_size(crate::forwarding::MAX_MESSAGE_BYTES),
             consistency: ConsistencyClient::new(channel),
         }
+    }
+
+    /// This node's role in its cluster and the active node, as the sidecar knows them.
+    pub async fn leader(&self) -> Result<LeaderResponse, StorageError> {
+        Ok(self
+            .admin
+            .clone()
+            .leader(LeaderRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Sends a request this cluster cannot execute to the primary, through the sidecar.

@@ -88,8 +88,13 @@ struct Caller<'s> {
     entry: TokenEntry,
 }
 
+/// A storage failure is a 500, except a write a performance standby refuses: that request is
+/// forwarded to the active node.
 fn internal(e: StorageError) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    match e {
+        StorageError::NotActive { .. } => e.into(),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn bad(message: impl Into<String>) -> ApiError {

@@ -27,6 +27,34 @@ pub async fn local_keyring(
     root: &Key,
     initial_token: Option<String>,
 ) -> anyhow::Result<Keyring> {
+    let mut warned = false;
+    loop {
+        match open_or_create_local_keyring(storage, root, initial_token.clone()).await {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<StorageError>(),
+                    Some(StorageError::NotActive { .. })
+                ) =>
+            {
+                // A standby of a cluster whose active node has not initialised it yet.
+                if !warned {
+                    warn!(
+                        "a performance standby: waiting for the active node to initialise the cluster"
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn open_or_create_local_keyring(
+    storage: &Storage,
+    root: &Key,
+    initial_token: Option<String>,
+) -> anyhow::Result<Keyring> {
     if let Some(sealed) = storage.get(LOCAL_KEYRING).await? {
         return Keyring::open_with_root(root, LOCAL_KEYRING, &sealed).with_context(|| {
             format!("the root key does not open {LOCAL_KEYRING}: wrong key file?")
@@ -89,6 +117,15 @@ pub async fn replicated_keyring(storage: &Storage, root: &Key) -> anyhow::Result
             Err(StorageError::ReadOnly(_)) => {
                 if !warned {
                     warn!("a performance secondary: waiting for the keyring from the primary");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(StorageError::NotActive { .. }) => {
+                if !warned {
+                    warn!(
+                        "a performance standby: waiting for the active node to create the keyring"
+                    );
                     warned = true;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
