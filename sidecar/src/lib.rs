@@ -91,10 +91,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.fence_holder(),
     );
     let admin_api = api::NodeRouter::new(node.clone());
-    // One try before serving anything: a lone node is never seen as a standby.
-    if let Err(e) = fence.retake(&client).await {
-        warn!(error = %e, "failed to try the write fence; trying again");
-    }
+    // One try before serving anything: a lone node is never seen as a standby. An etcd that
+    // refuses this node (bad credentials, say) stops start-up here with the reason, rather than
+    // leaving a standby that retries for ever.
+    fence
+        .retake(&client)
+        .await
+        .context("failed to acquire the write fence")?;
     let mut supervisor = Supervisor::new();
     // The lease is kept alive whenever the fence is held: recovery can take longer than its TTL.
     {
