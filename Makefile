@@ -10,8 +10,9 @@ NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 all: build
 
 ## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, libprotobuf-dev,
-## curl, ...), the hvac venv and the kube-apiserver the operator tests run (built once from Debian's
-## source, then cached).
+## curl, ...), the hvac venv, the kube-apiserver the operator tests run and the kubelet, kube-proxy,
+## controller manager, scheduler, containerd and images of the real-node tests (built once from
+## Debian's source and packages, then cached).
 setup:
 	@scripts/setup.sh
 

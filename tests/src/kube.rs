@@ -17,7 +17,7 @@
 //! for, and a failure carries the server's log tail.
 
 mod apply;
-mod pki;
+pub(crate) mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -330,7 +330,7 @@ fn apiserver_command(
 /// The kube-apiserver binary: `FERRY_KUBE_APISERVER`, else the last line that
 /// `scripts/kube-apiserver.sh` prints. Resolved once per test process, so servers starting
 /// together never run the script twice.
-fn apiserver_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn apiserver_binary() -> anyhow::Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
         .get_or_init(|| find_apiserver_binary().map_err(|e| format!("{e:#}")))
@@ -375,7 +375,7 @@ fn find_apiserver_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Writes a one-context kubeconfig that authenticates with a bearer token.
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca_pem: &str,
@@ -402,7 +402,7 @@ fn write_kubeconfig(
 }
 
 /// Creates `object`; an existing one (409 Conflict) is left as it is.
-async fn create_if_missing<K>(api: &Api<K>, object: &K) -> kube::Result<()>
+pub(crate) async fn create_if_missing<K>(api: &Api<K>, object: &K) -> kube::Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod hvac;
 pub mod inspect;
 pub mod kube;
+pub mod kube_node;
 pub mod member;
 pub mod nodes;
 pub mod operator;

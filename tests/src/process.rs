@@ -34,6 +34,11 @@ impl Process {
         })
     }
 
+    /// The name it was started under (for logs and lookups).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -16,7 +16,7 @@ use rcgen::{
 };
 
 /// The files a kube-apiserver reads at start-up, and what clients need to talk to it.
-pub(super) struct Credentials {
+pub(crate) struct Credentials {
     /// PEM of the CA that signed the serving certificate.
     pub ca_pem: String,
     /// The bearer token of the `system:masters` user.
@@ -32,6 +32,12 @@ pub(super) struct Credentials {
 impl Credentials {
     /// Generates a fresh set and writes it under `dir`.
     pub fn generate(dir: &Path) -> anyhow::Result<Self> {
+        Self::generate_for(dir, &["127.0.0.1", "localhost"])
+    }
+
+    /// Like [`Self::generate`], with the serving certificate valid for `names` (IP addresses
+    /// and DNS names): a real node's API server is reached at its node and Service addresses.
+    pub fn generate_for(dir: &Path, names: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
 
@@ -53,7 +59,7 @@ impl Credentials {
 
         let serving_key = KeyPair::generate().context("failed to generate the serving key")?;
         let mut serving_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
         serving_params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");

@@ -1,0 +1,170 @@
+//! The region's persistent network and mount namespaces, and commands run inside them.
+//!
+//! `ip netns exec` would not do: it remounts /sys for the namespace and so hides the cgroup
+//! mounts that kubelet and runc need. Instead `unshare --net=FILE --mount=FILE` makes both
+//! namespaces and pins them to files under the region's directory (bind-mounted onto itself and
+//! made private first, as a mount namespace's file must not be visible inside that namespace),
+//! and a setup script inside prepares the mount namespace once:
+//!
+//! * /sys is a fresh sysfs (this network namespace's devices), with the cgroup tree bound back;
+//! * the host-wide sysctls kubelet writes (`vm.overcommit_memory`, `kernel.panic`,
+//!   `kernel.panic_on_oops`) are files of the region's, bind-mounted over /proc/sys, holding
+//!   what kubelet wants, so the host's values are never touched;
+//! * /run and /var/log are the region's (containerd shim sockets, kubelet's pod logs), and so
+//!   is /var/lib/cni (CNI results), so nothing of a region lands on the host;
+//! * `/` is made rshared, as kubelet expects for volume mount propagation: its peers exist only
+//!   in this namespace;
+//! * the loopback is up, bridge `node0` holds the node address, and the namespace forwards.
+//!
+//! Everything then runs through [`Namespaces::command`], which puts the process into the
+//! region's cgroup and `nsenter`s both namespaces before `exec`: the PID the harness holds is
+//! the daemon's own. Dropping unmounts the pinning files; once the region's processes are gone
+//! the namespaces, and every mount made inside, go with them.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+/// Runs inside the new namespaces with `$1` the region directory and `$2` the node address.
+const SETUP_SCRIPT: &str = r#"
+set -eu
+d=$1
+node_cidr=$2
+mkdir -p "$d/mnt/cgroup" "$d/mnt/sysctl" "$d/mnt/var-log" "$d/mnt/var-lib-cni"
+mount --rbind /sys/fs/cgroup "$d/mnt/cgroup"
+mount -t sysfs sysfs /sys
+mount --move "$d/mnt/cgroup" /sys/fs/cgroup
+for setting in vm/overcommit_memory=1 kernel/panic=10 kernel/panic_on_oops=1; do
+  key=${setting%=*}
+  file="$d/mnt/sysctl/$(echo "$key" | tr / .)"
+  echo "${setting#*=}" > "$file"
+  mount --bind "$file" "/proc/sys/$key"
+done
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount --bind "$d/mnt/var-log" /var/log
+mount --bind "$d/mnt/var-lib-cni" /var/lib/cni
+mount --make-rshared /
+ip link set lo up
+ip link add node0 type bridge
+ip addr add "$node_cidr" dev node0
+ip link set node0 up
+echo 1 > /proc/sys/net/ipv4/ip_forward
+"#;
+
+/// Puts the process into the cgroups (`$1`, `:`-separated `cgroup.procs` files), then either
+/// enters the namespaces `$2` and `$3` or, with empty ones, stays on the host; then `exec`s
+/// the rest of the arguments.
+const WRAPPER_SCRIPT: &str = r#"
+procs=$1 net=$2 mnt=$3
+shift 3
+IFS=:
+for f in $procs; do echo $$ > "$f" || exit 125; done
+unset IFS
+if [ -n "$net" ]; then exec nsenter --net="$net" --mount="$mnt" -- "$@"; fi
+exec "$@"
+"#;
+
+/// A network and a mount namespace pinned to files; unpinned on drop.
+pub struct Namespaces {
+    pin_dir: PathBuf,
+    net: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Namespaces {
+    /// Creates the namespaces for a region whose files live in `region_dir`, with the node
+    /// address `node_cidr` on `node0`.
+    pub fn create(region_dir: &Path, node_cidr: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all("/var/lib/cni").context("failed to create /var/lib/cni")?;
+        let pin_dir = region_dir.join("ns");
+        std::fs::create_dir_all(&pin_dir)?;
+        run(Command::new("mount")
+            .arg("--bind")
+            .arg(&pin_dir)
+            .arg(&pin_dir))?;
+        let namespaces = Self {
+            net: pin_dir.join("net"),
+            mnt: pin_dir.join("mnt"),
+            pin_dir,
+        };
+        run(Command::new("mount")
+            .arg("--make-private")
+            .arg(&namespaces.pin_dir))?;
+        std::fs::write(&namespaces.net, "")?;
+        std::fs::write(&namespaces.mnt, "")?;
+        run(Command::new("unshare")
+            .arg(format!("--net={}", namespaces.net.display()))
+            .arg(format!("--mount={}", namespaces.mnt.display()))
+            .arg("--propagation=private")
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg(SETUP_SCRIPT)
+            .arg("sh")
+            .arg(region_dir)
+            .arg(node_cidr))
+        .context("failed to set up the region's namespaces")?;
+        Ok(namespaces)
+    }
+
+    /// A command that runs `program` inside the namespaces, in the cgroups of `procs`.
+    pub fn command(&self, procs: &[PathBuf], program: impl AsRef<OsStr>) -> Command {
+        wrapped(procs, Some(self), program)
+    }
+
+    /// The network namespace file, for `nsenter --net=`.
+    pub fn net(&self) -> &Path {
+        &self.net
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for file in [&self.net, &self.mnt, &self.pin_dir] {
+            if let Err(e) = run(Command::new("umount").arg(file)) {
+                eprintln!("kube-node: {e:#}; detaching it");
+                let _ = run(Command::new("umount").arg("--lazy").arg(file));
+            }
+        }
+    }
+}
+
+/// A command that runs `program` in the cgroups of `procs`, inside `namespaces` if given, else
+/// on the host.
+pub fn wrapped(
+    procs: &[PathBuf],
+    namespaces: Option<&Namespaces>,
+    program: impl AsRef<OsStr>,
+) -> Command {
+    let procs = procs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(WRAPPER_SCRIPT).arg("sh").arg(procs);
+    match namespaces {
+        Some(ns) => command.arg(&ns.net).arg(&ns.mnt),
+        None => command.arg("").arg(""),
+    };
+    command.arg(program);
+    command
+}
+
+/// Runs a short command to completion; fails with its output when it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("failed to run {command:?}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{command:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

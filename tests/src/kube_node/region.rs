@@ -1,0 +1,813 @@
+//! [`KubeRegion`]: one region's single-node cluster, started in order and stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, ServiceAccount};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::Api;
+use tempfile::TempDir;
+
+use super::cgroup::RegionCgroup;
+use super::namespaces::{Namespaces, run};
+use super::plan::{self, APISERVER_PORT, CLUSTER_DOMAIN, RegionPlan};
+use crate::kube::pki::Credentials;
+use crate::kube::{client_from_kubeconfig, create_if_missing, write_kubeconfig};
+use crate::ports::free_port;
+use crate::process::Process;
+
+/// From the start of the first process to a Ready node with DNS answering. Warm, it takes
+/// about 20 s; two regions starting together on two cores take longer.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+/// Bound on each readiness probe, so a hung connection cannot eat the whole budget.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// The StorageClass of the local PersistentVolumes the harness creates (the default class).
+pub const LOCAL_STORAGE_CLASS: &str = "local";
+/// How many local PersistentVolumes a region starts with.
+const INITIAL_VOLUMES: usize = 4;
+
+/// Regions of this test process are numbered from 1: see [`RegionPlan`].
+static NEXT_INDEX: AtomicU8 = AtomicU8::new(1);
+
+/// A single-node Kubernetes cluster in its own network and mount namespaces and cgroup.
+///
+/// Dropping it kills every process it started (by PID, in reverse order), then everything left
+/// in its cgroup (pods, shims), removes the cgroups, unpins the namespaces and deletes its
+/// directory.
+pub struct KubeRegion {
+    name: String,
+    plan: RegionPlan,
+    // Stopped in reverse start order by `Drop`; the fields below drop after them, in order.
+    processes: Vec<Process>,
+    cgroup: RegionCgroup,
+    namespaces: Namespaces,
+    kubeconfig: PathBuf,
+    tools: &'static NodeTools,
+    dir: TempDir,
+}
+
+/// Where the binaries and images are.
+#[derive(Debug)]
+struct NodeTools {
+    apiserver: PathBuf,
+    bin_dir: PathBuf,
+    images: Vec<PathBuf>,
+    dns: PathBuf,
+}
+
+impl KubeRegion {
+    /// Starts region `name` (also its Node's name) and waits until its node is Ready, its DNS
+    /// answers and its local PersistentVolumes exist.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !name.is_empty()
+                && name.len() <= 11
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "region name {name:?}: 1 to 11 lowercase letters or digits (it names links and cgroups)"
+        );
+        preflight()?;
+        let tools = tokio::task::spawn_blocking(node_tools).await??;
+        let index = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
+        anyhow::ensure!(index < 255, "too many regions in one test process");
+        let plan = RegionPlan { index };
+        let started = Instant::now();
+
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ferry-kube-{name}-"))
+            .tempdir()?;
+        for sub in ["logs", "containerd", "cni", "ipam", "kubelet", "etcd", "pv"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let cgroup = RegionCgroup::create(name)?;
+        let namespaces = Namespaces::create(dir.path(), &plan.node_cidr())?;
+        let mut region = Self {
+            name: name.to_owned(),
+            plan,
+            processes: Vec::new(),
+            cgroup,
+            namespaces,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            tools,
+            dir,
+        };
+        let deadline = started + START_TIMEOUT;
+        region
+            .start_all(deadline)
+            .await
+            .inspect_err(|_| region.keep_logs())?;
+        eprintln!(
+            "kube-node: region {name} ready in {:.1} s (node {}, kubeconfig {})",
+            started.elapsed().as_secs_f64(),
+            region.plan.node_ip(),
+            region.kubeconfig.display()
+        );
+        Ok(region)
+    }
+
+    /// The region's name, which is also its Node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The region's addresses.
+    pub fn plan(&self) -> RegionPlan {
+        self.plan
+    }
+
+    /// A kubeconfig (admin, over a loopback port of the host) for `kubectl`, `helm` and clients.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A fresh admin client.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// A command that runs `program` inside the region's namespaces (as root on its node, where
+    /// pod IPs, Service IPs and NodePorts are reachable). Its process joins the region's cgroup,
+    /// so it is stopped with the region.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.namespaces
+            .command(&self.cgroup.daemon_procs(), program)
+    }
+
+    /// Runs `args` inside the region to completion; its stdout, or an error with its output.
+    pub async fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (program, rest) = args.split_first().context("exec: no command given")?;
+        let mut command = self.command(program);
+        command.args(rest);
+        tokio::task::spawn_blocking(move || run(&mut command)).await?
+    }
+
+    /// Imports a docker-archive or OCI image tarball into the region's containerd (namespace
+    /// `k8s.io`, where kubelet looks), for pods with `imagePullPolicy: IfNotPresent` or `Never`.
+    pub async fn import_image(&self, tarball: &Path) -> anyhow::Result<()> {
+        let socket = self.containerd_socket();
+        let tarball = tarball.to_path_buf();
+        let mut command = self.command("ctr");
+        command
+            .arg(format!("--address={}", socket.display()))
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&tarball);
+        tokio::task::spawn_blocking(move || run(&mut command))
+            .await?
+            .with_context(|| format!("failed to import image {}", tarball.display()))?;
+        Ok(())
+    }
+
+    /// Creates `count` more local PersistentVolumes of `size` (`1Gi`) in the `local` class,
+    /// each a directory of the region's, bound to its node.
+    pub async fn create_local_volumes(&self, count: usize, size: &str) -> anyhow::Result<()> {
+        let volumes: Api<PersistentVolume> = Api::all(self.client().await?);
+        let existing = volumes.list(&Default::default()).await?.items.len();
+        for n in existing..existing + count {
+            let name = format!("local-{}-{n}", self.name);
+            let path = self.dir.path().join("pv").join(&name);
+            std::fs::create_dir_all(&path)?;
+            let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": LOCAL_STORAGE_CLASS,
+                    "local": {"path": path},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.name]}
+                    ]}]}},
+                },
+            }))?;
+            create_if_missing(&volumes, &volume)
+                .await
+                .with_context(|| format!("failed to create PersistentVolume {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of a component's log (`kubelet`, `containerd`, `kube-dns`, ...).
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        self.processes
+            .iter()
+            .find(|p| p.name() == component)
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_else(|| format!("no component {component} in region {}", self.name))
+    }
+
+    /// A process of this region's network namespace, for `ip link set ... netns <pid>`.
+    pub(super) fn anchor_pid(&self) -> anyhow::Result<u32> {
+        self.processes
+            .first()
+            .and_then(Process::pid)
+            .context("region has no running process")
+    }
+
+    /// The file pinning the region's network namespace (`nsenter --net=`).
+    pub(super) fn net_namespace(&self) -> &Path {
+        self.namespaces.net()
+    }
+
+    fn containerd_socket(&self) -> PathBuf {
+        self.dir.path().join("containerd/containerd.sock")
+    }
+
+    fn spawn(&mut self, name: &str, command: Command) -> anyhow::Result<()> {
+        let log = self.dir.path().join("logs").join(format!("{name}.log"));
+        self.processes.push(Process::spawn(name, command, &log)?);
+        Ok(())
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        self.tools.bin_dir.join(name)
+    }
+
+    async fn start_all(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let d = self.dir.path().to_path_buf();
+        let plan = self.plan;
+        let node_ip = plan.node_ip().to_string();
+        let service_ip = plan.kubernetes_service_ip().to_string();
+        let credentials = Credentials::generate_for(
+            &d.join("pki"),
+            &[
+                "127.0.0.1",
+                "localhost",
+                &node_ip,
+                &service_ip,
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                &format!("kubernetes.default.svc.{CLUSTER_DOMAIN}"),
+            ],
+        )?;
+        // Components inside the region reach the API server at the node address.
+        let inner_kubeconfig = d.join("region.kubeconfig");
+        write_kubeconfig(
+            &inner_kubeconfig,
+            &plan.apiserver_url(),
+            &credentials.ca_pem,
+            "ferry-admin",
+            &credentials.admin_token,
+        )?;
+
+        // etcd, then the API server, then the relay that makes it reachable from the host.
+        let mut etcd = self.command("etcd");
+        etcd.arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", d.join("etcd").display()))
+            .arg("--listen-client-urls=http://127.0.0.1:2379")
+            .arg("--advertise-client-urls=http://127.0.0.1:2379")
+            .arg("--listen-peer-urls=http://127.0.0.1:2380")
+            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
+            .arg(format!(
+                "--initial-cluster={}=http://127.0.0.1:2380",
+                self.name
+            ))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        self.spawn("etcd", etcd)?;
+
+        let mut apiserver = self.command(&self.tools.apiserver);
+        apiserver
+            .arg("--etcd-servers=http://127.0.0.1:2379")
+            .arg("--bind-address=0.0.0.0")
+            .arg(format!("--advertise-address={node_ip}"))
+            .arg(format!("--secure-port={APISERVER_PORT}"))
+            .arg(format!(
+                "--cert-dir={}",
+                d.join("apiserver-certs").display()
+            ))
+            .arg(format!(
+                "--tls-cert-file={}",
+                credentials.serving_cert_file.display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                credentials.serving_key_file.display()
+            ))
+            .arg(format!(
+                "--client-ca-file={}",
+                credentials.ca_file.display()
+            ))
+            .arg(format!(
+                "--token-auth-file={}",
+                credentials.token_file.display()
+            ))
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--allow-privileged=true")
+            .arg(format!(
+                "--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
+            ))
+            .arg(format!(
+                "--service-account-key-file={}",
+                credentials.service_account_public_key_file.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                credentials.service_account_key_file.display()
+            ))
+            .arg(format!(
+                "--service-cluster-ip-range={}",
+                plan.service_range()
+            ))
+            .arg("--kubelet-preferred-address-types=InternalIP");
+        self.spawn("kube-apiserver", apiserver)?;
+
+        let socket = d.join("apiserver.sock");
+        let mut inner_relay = self.command("socat");
+        inner_relay
+            .arg(format!(
+                "UNIX-LISTEN:{},fork,unlink-early",
+                socket.display()
+            ))
+            .arg(format!("TCP:{node_ip}:{APISERVER_PORT}"));
+        self.spawn("relay-inside", inner_relay)?;
+        let port = free_port();
+        let mut outer_relay =
+            super::namespaces::wrapped(&self.cgroup.daemon_procs(), None, "socat");
+        outer_relay
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", socket.display()));
+        self.spawn("relay-host", outer_relay)?;
+        write_kubeconfig(
+            &self.kubeconfig,
+            &format!("https://127.0.0.1:{port}"),
+            &credentials.ca_pem,
+            "ferry-admin",
+            &credentials.admin_token,
+        )?;
+        let client = self.client().await?;
+        self.wait_api(&client, deadline).await?;
+
+        // The controllers: ServiceAccount tokens, Endpoints, StatefulSets, ...
+        let mut controller_manager = self.command(self.binary("kube-controller-manager"));
+        controller_manager
+            .arg(format!("--kubeconfig={}", inner_kubeconfig.display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                credentials.service_account_key_file.display()
+            ))
+            .arg(format!("--root-ca-file={}", credentials.ca_file.display()))
+            .arg("--use-service-account-credentials=false")
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg("--port=0")
+            .arg(format!(
+                "--cert-dir={}",
+                d.join("controller-manager-certs").display()
+            ));
+        self.spawn("kube-controller-manager", controller_manager)?;
+        let mut scheduler = self.command(self.binary("kube-scheduler"));
+        scheduler
+            .arg(format!("--kubeconfig={}", inner_kubeconfig.display()))
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg("--port=0")
+            .arg(format!(
+                "--cert-dir={}",
+                d.join("scheduler-certs").display()
+            ));
+        self.spawn("kube-scheduler", scheduler)?;
+
+        // containerd with the CNI network, then the images no registry can give.
+        std::fs::write(
+            d.join("cni/10-ferry.conflist"),
+            plan::cni_config(&plan, &d.join("ipam")),
+        )?;
+        let containerd_config = d.join("containerd/config.toml");
+        std::fs::write(
+            &containerd_config,
+            plan::containerd_config(&d.join("containerd"), &d.join("cni")),
+        )?;
+        let mut containerd = self.command("containerd");
+        containerd.arg(format!("--config={}", containerd_config.display()));
+        self.spawn("containerd", containerd)?;
+        self.wait_containerd(deadline).await?;
+        for image in &self.tools.images {
+            self.import_image(image).await?;
+        }
+
+        // The cluster DNS, on the node address (kubelet's clusterDNS).
+        let mut dns = self.command(&self.tools.dns);
+        dns.arg(format!("--kubeconfig={}", inner_kubeconfig.display()))
+            .arg(format!("--listen={node_ip}:53"))
+            .arg(format!("--domain={CLUSTER_DOMAIN}"));
+        self.spawn("kube-dns", dns)?;
+
+        // kubelet and kube-proxy.
+        let resolv_conf = d.join("resolv.conf");
+        std::fs::write(&resolv_conf, format!("nameserver {node_ip}\n"))?;
+        let kubelet_config = d.join("kubelet-config.json");
+        std::fs::write(
+            &kubelet_config,
+            plan::kubelet_config(&plan, self.cgroup.path(), &resolv_conf),
+        )?;
+        // Heartbeats carry whole seconds.
+        let kubelet_start = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+        let mut kubelet = self.command(self.binary("kubelet"));
+        kubelet
+            .arg(format!("--config={}", kubelet_config.display()))
+            .arg(format!("--kubeconfig={}", inner_kubeconfig.display()))
+            .arg("--container-runtime=remote")
+            .arg(format!(
+                "--container-runtime-endpoint=unix://{}",
+                self.containerd_socket().display()
+            ))
+            .arg(format!("--hostname-override={}", self.name))
+            .arg(format!("--node-ip={node_ip}"))
+            .arg(format!("--root-dir={}", d.join("kubelet").display()))
+            .arg(format!("--cert-dir={}", d.join("kubelet/pki").display()))
+            .arg(format!("--pod-infra-container-image={}", plan::PAUSE_IMAGE))
+            // No cloud: without this the AWS SDK in kubelet probes 169.254.169.254.
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        self.spawn("kubelet", kubelet)?;
+        let mut proxy = self.command(self.binary("kube-proxy"));
+        proxy
+            .arg(format!("--kubeconfig={}", inner_kubeconfig.display()))
+            .arg(format!("--hostname-override={}", self.name))
+            .arg(format!("--bind-address={node_ip}"))
+            .arg(format!("--cluster-cidr={}", plan.pod_subnet()))
+            .arg("--proxy-mode=iptables")
+            // Pods share one bridge and this kernel has no br_netfilter: without SNAT, a reply
+            // from a Service's pod to a pod on the same bridge would bypass the DNAT's undoing.
+            .arg("--masquerade-all")
+            // 0: leave the host-wide conntrack settings alone.
+            .arg("--conntrack-max-per-core=0")
+            .arg("--conntrack-min=0")
+            .arg("--conntrack-tcp-timeout-established=0")
+            .arg("--conntrack-tcp-timeout-close-wait=0")
+            .arg("--oom-score-adj=0")
+            .arg("--healthz-bind-address=127.0.0.1:10256")
+            .arg("--metrics-bind-address=127.0.0.1:10249");
+        self.spawn("kube-proxy", proxy)?;
+
+        self.wait_node_ready(&client, kubelet_start, deadline)
+            .await?;
+        self.wait_default_service_account(&client, deadline).await?;
+        self.wait_dns(deadline).await?;
+
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        let class: StorageClass = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": LOCAL_STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }))?;
+        create_if_missing(&classes, &class)
+            .await
+            .context("failed to create the local StorageClass")?;
+        self.create_local_volumes(INITIAL_VOLUMES, "1Gi").await
+    }
+
+    /// Fails with the log of the first process that exited, if any did.
+    fn check_processes(&mut self) -> anyhow::Result<()> {
+        for process in &mut self.processes {
+            if let Some(status) = process.exited() {
+                anyhow::bail!(
+                    "{} exited during start-up of region {} ({status})\n{}",
+                    process.name(),
+                    self.name,
+                    process.log_tail(40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls `check` until it returns `Ok(true)`; between polls checks that every process lives.
+    async fn poll_until<F, Fut>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut check: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        loop {
+            self.check_processes()?;
+            let last = match tokio::time::timeout(PROBE_TIMEOUT, check()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer in {PROBE_TIMEOUT:?}"),
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "region {}: timed out after {START_TIMEOUT:?} waiting for {what}; last: {last}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    async fn wait_api(&mut self, client: &kube::Client, deadline: Instant) -> anyhow::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        self.poll_until(
+            "the API server's /readyz and namespace default",
+            deadline,
+            || {
+                let client = client.clone();
+                let namespaces = namespaces.clone();
+                async move {
+                    let readyz = hyper::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| e.to_string())?;
+                    let body = client
+                        .request_text(readyz)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if body.trim() != "ok" {
+                        return Err(format!("/readyz: {body}"));
+                    }
+                    match namespaces.get_opt("default").await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err("namespace default does not exist yet".to_owned()),
+                        Err(e) => Err(format!("namespace default: {e}")),
+                    }
+                }
+            },
+        )
+        .await
+        .map_err(|e| e.context(self.log_tail("kube-apiserver", 20)))
+    }
+
+    async fn wait_containerd(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let socket = self.containerd_socket();
+        self.poll_until("containerd to answer on its socket", deadline, || {
+            let mut version = Command::new("ctr");
+            version
+                .arg(format!("--address={}", socket.display()))
+                .arg("version");
+            async move {
+                tokio::task::spawn_blocking(move || run(&mut version).map(|_| ()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{e:#}"))
+            }
+        })
+        .await
+    }
+
+    async fn wait_node_ready(
+        &mut self,
+        client: &kube::Client,
+        kubelet_start: i64,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let name = self.name.clone();
+        let result = self
+            .poll_until(
+                &format!("Node {name} to be Ready with a heartbeat newer than its kubelet's start"),
+                deadline,
+                || {
+                    let nodes = nodes.clone();
+                    let name = name.clone();
+                    async move {
+                        let node = nodes
+                            .get_opt(&name)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| "the Node is not registered yet".to_owned())?;
+                        let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                        let ready = conditions
+                            .iter()
+                            .find(|c| c.type_ == "Ready")
+                            .ok_or_else(|| "the Node has no Ready condition yet".to_owned())?;
+                        let heartbeat = ready
+                            .last_heartbeat_time
+                            .as_ref()
+                            .map(|t| t.0.as_second())
+                            .unwrap_or(0);
+                        if ready.status != "True" {
+                            return Err(format!(
+                                "Ready is {}: {}",
+                                ready.status,
+                                ready.message.clone().unwrap_or_default()
+                            ));
+                        }
+                        if heartbeat < kubelet_start {
+                            return Err("Ready, but from before this kubelet started".to_owned());
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await;
+        result.map_err(|e| e.context(self.log_tail("kubelet", 30)))
+    }
+
+    /// Pods are refused until their namespace's `default` ServiceAccount has its token (made by
+    /// the controller manager).
+    async fn wait_default_service_account(
+        &mut self,
+        client: &kube::Client,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let result = self
+            .poll_until(
+                "ServiceAccount default/default and its token",
+                deadline,
+                || {
+                    let accounts = accounts.clone();
+                    async move {
+                        let account = accounts
+                            .get_opt("default")
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| "not created yet".to_owned())?;
+                        match account.secrets {
+                            Some(secrets) if !secrets.is_empty() => Ok(()),
+                            _ => Err("no token Secret yet".to_owned()),
+                        }
+                    }
+                },
+            )
+            .await;
+        result.map_err(|e| e.context(self.log_tail("kube-controller-manager", 20)))
+    }
+
+    async fn wait_dns(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        let name = format!("kubernetes.default.svc.{CLUSTER_DOMAIN}");
+        let expected = self.plan.kubernetes_service_ip().to_string();
+        let node_ip = self.plan.node_ip().to_string();
+        let procs = self.cgroup.daemon_procs();
+        let net = self.namespaces.net().to_path_buf();
+        let result = self
+            .poll_until(
+                &format!("the cluster DNS to answer {name}"),
+                deadline,
+                || {
+                    let mut lookup = super::namespaces::wrapped(&procs, None, "nsenter");
+                    lookup
+                        .arg(format!("--net={}", net.display()))
+                        .args(["busybox", "nslookup", &name, &node_ip]);
+                    let expected = expected.clone();
+                    async move {
+                        let out = tokio::task::spawn_blocking(move || run(&mut lookup))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("{e:#}"))?;
+                        if out.contains(&expected) {
+                            Ok(())
+                        } else {
+                            Err(format!("nslookup answered: {out}"))
+                        }
+                    }
+                },
+            )
+            .await;
+        result.map_err(|e| e.context(self.log_tail("kube-dns", 20)))
+    }
+
+    /// Copies the region's logs out of its directory (which drop deletes) after a failure.
+    fn keep_logs(&self) {
+        let kept = std::env::temp_dir().join(format!(
+            "ferry-kube-logs-{}-{}",
+            self.name,
+            std::process::id()
+        ));
+        let _ = std::fs::create_dir_all(&kept);
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+            }
+        }
+        eprintln!(
+            "kube-node: region {} failed; its logs are kept in {}",
+            self.name,
+            kept.display()
+        );
+    }
+}
+
+impl Drop for KubeRegion {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+        while let Some(mut process) = self.processes.pop() {
+            process.kill();
+        }
+        // Then `cgroup` kills what is left (pods, shims) and removes the cgroups, `namespaces`
+        // unpins the namespaces, and `dir` goes.
+    }
+}
+
+/// Fails at once, naming what is missing, when this process cannot run a node.
+fn preflight() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    anyhow::ensure!(
+        uid == "0",
+        "real Kubernetes nodes need root (network and mount namespaces, mounts, cgroups, \
+         iptables); this test runs as uid {uid}"
+    );
+    let mut missing = Vec::new();
+    for command in [
+        "unshare",
+        "nsenter",
+        "mount",
+        "ip",
+        "socat",
+        "etcd",
+        "containerd",
+        "ctr",
+        "runc",
+        "iptables",
+        "conntrack",
+        "busybox",
+    ] {
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+            .unwrap_or(false);
+        if !found {
+            missing.push(command);
+        }
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "real Kubernetes nodes need {} on PATH: run `make setup` (scripts/kube-node.sh installs them)",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
+/// The binaries and images, resolved once per test process (`scripts/kube-node.sh`, which
+/// builds them on a fresh machine; `make setup` runs it).
+fn node_tools() -> anyhow::Result<&'static NodeTools> {
+    static TOOLS: OnceLock<Result<NodeTools, String>> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| find_node_tools().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn find_node_tools() -> anyhow::Result<NodeTools> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-node.sh");
+    let output = Command::new(&script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run {}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed ({}): run `make setup` to build the node binaries and images",
+        script.display(),
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    let dir = PathBuf::from(lines.last().copied().unwrap_or_default());
+    let images: Vec<PathBuf> = lines
+        .iter()
+        .filter(|l| l.ends_with(".tar"))
+        .map(PathBuf::from)
+        .collect();
+    let dns = crate::sidecar::bin_dir().join("ferry-kube-dns");
+    anyhow::ensure!(
+        dns.is_file(),
+        "{} is missing: `cargo build --workspace --bins` (make test does) builds it",
+        dns.display()
+    );
+    let tools = NodeTools {
+        apiserver: crate::kube::apiserver_binary()?,
+        bin_dir: dir.join("bin"),
+        images,
+        dns,
+    };
+    for binary in [
+        "kubelet",
+        "kube-proxy",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        let path = tools.bin_dir.join(binary);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing: run `make setup`",
+            path.display()
+        );
+    }
+    anyhow::ensure!(
+        !tools.images.is_empty(),
+        "{} printed no image tarballs",
+        script.display()
+    );
+    Ok(tools)
+}
