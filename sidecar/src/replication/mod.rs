@@ -43,6 +43,7 @@ pub mod reconcile;
 pub mod resolver;
 pub mod role;
 pub mod service;
+mod ship;
 pub mod snapshot;
 pub mod status;
 pub mod superseded;
