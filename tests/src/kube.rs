@@ -295,22 +295,7 @@ fn apiserver_command(
         .arg(format!("--secure-port={port}"))
         // Unused while --tls-cert-file is given, but its default lies outside the temp dir.
         .arg(format!("--cert-dir={}", dir.path().join("certs").display()))
-        .arg(format!(
-            "--tls-cert-file={}",
-            credentials.serving_cert_file.display()
-        ))
-        .arg(format!(
-            "--tls-private-key-file={}",
-            credentials.serving_key_file.display()
-        ))
-        .arg(format!(
-            "--client-ca-file={}",
-            credentials.ca_file.display()
-        ))
-        .arg(format!(
-            "--token-auth-file={}",
-            credentials.token_file.display()
-        ))
+        .args(credentials.apiserver_args())
         .arg("--authorization-mode=RBAC")
         .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
         .arg(format!(

@@ -30,6 +30,16 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
+    /// The kube-apiserver flags that serve with these credentials and accept their clients.
+    pub fn apiserver_args(&self) -> [String; 4] {
+        [
+            format!("--tls-cert-file={}", self.serving_cert_file.display()),
+            format!("--tls-private-key-file={}", self.serving_key_file.display()),
+            format!("--client-ca-file={}", self.ca_file.display()),
+            format!("--token-auth-file={}", self.token_file.display()),
+        ]
+    }
+
     /// Generates a fresh set and writes it under `dir`.
     pub fn generate(dir: &Path) -> anyhow::Result<Self> {
         Self::generate_for(dir, &["127.0.0.1", "localhost"])

@@ -1,4 +1,11 @@
 //! [`KubeRegion`]: one region's single-node cluster, started in order and stopped on drop.
+//! What it waits for while starting is in [`readiness`]; the binaries, images and host
+//! commands it needs are found by [`tools`].
+
+mod readiness;
+mod tools;
+
+use tools::{NodeTools, node_tools, preflight};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,15 +56,6 @@ pub struct KubeRegion {
     kubeconfig: PathBuf,
     tools: &'static NodeTools,
     dir: TempDir,
-}
-
-/// Where the binaries and images are.
-#[derive(Debug)]
-struct NodeTools {
-    apiserver: PathBuf,
-    bin_dir: PathBuf,
-    images: Vec<PathBuf>,
-    dns: PathBuf,
 }
 
 impl KubeRegion {
@@ -283,22 +281,7 @@ impl KubeRegion {
                 "--cert-dir={}",
                 d.join("apiserver-certs").display()
             ))
-            .arg(format!(
-                "--tls-cert-file={}",
-                credentials.serving_cert_file.display()
-            ))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                credentials.serving_key_file.display()
-            ))
-            .arg(format!(
-                "--client-ca-file={}",
-                credentials.ca_file.display()
-            ))
-            .arg(format!(
-                "--token-auth-file={}",
-                credentials.token_file.display()
-            ))
+            .args(credentials.apiserver_args())
             .arg("--authorization-mode=Node,RBAC")
             .arg("--allow-privileged=true")
             .arg(format!(
@@ -467,210 +450,6 @@ impl KubeRegion {
         self.create_local_volumes(INITIAL_VOLUMES, "1Gi").await
     }
 
-    /// Fails with the log of the first process that exited, if any did.
-    fn check_processes(&mut self) -> anyhow::Result<()> {
-        for process in &mut self.processes {
-            if let Some(status) = process.exited() {
-                anyhow::bail!(
-                    "{} exited during start-up of region {} ({status})\n{}",
-                    process.name(),
-                    self.name,
-                    process.log_tail(40)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Polls `check` until it returns `Ok(true)`; between polls checks that every process lives.
-    async fn poll_until<F, Fut>(
-        &mut self,
-        what: &str,
-        deadline: Instant,
-        mut check: F,
-    ) -> anyhow::Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        loop {
-            self.check_processes()?;
-            let last = match tokio::time::timeout(PROBE_TIMEOUT, check()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => e,
-                Err(_) => format!("no answer in {PROBE_TIMEOUT:?}"),
-            };
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "region {}: timed out after {START_TIMEOUT:?} waiting for {what}; last: {last}",
-                    self.name
-                );
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
-    }
-
-    async fn wait_api(&mut self, client: &kube::Client, deadline: Instant) -> anyhow::Result<()> {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        self.poll_until(
-            "the API server's /readyz and namespace default",
-            deadline,
-            || {
-                let client = client.clone();
-                let namespaces = namespaces.clone();
-                async move {
-                    let readyz = hyper::Request::get("/readyz")
-                        .body(Vec::new())
-                        .map_err(|e| e.to_string())?;
-                    let body = client
-                        .request_text(readyz)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if body.trim() != "ok" {
-                        return Err(format!("/readyz: {body}"));
-                    }
-                    match namespaces.get_opt("default").await {
-                        Ok(Some(_)) => Ok(()),
-                        Ok(None) => Err("namespace default does not exist yet".to_owned()),
-                        Err(e) => Err(format!("namespace default: {e}")),
-                    }
-                }
-            },
-        )
-        .await
-        .map_err(|e| e.context(self.log_tail("kube-apiserver", 20)))
-    }
-
-    async fn wait_containerd(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let socket = self.containerd_socket();
-        self.poll_until("containerd to answer on its socket", deadline, || {
-            let mut version = Command::new("ctr");
-            version
-                .arg(format!("--address={}", socket.display()))
-                .arg("version");
-            async move {
-                tokio::task::spawn_blocking(move || run(&mut version).map(|_| ()))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{e:#}"))
-            }
-        })
-        .await
-    }
-
-    async fn wait_node_ready(
-        &mut self,
-        client: &kube::Client,
-        kubelet_start: i64,
-        deadline: Instant,
-    ) -> anyhow::Result<()> {
-        let nodes: Api<Node> = Api::all(client.clone());
-        let name = self.name.clone();
-        let result = self
-            .poll_until(
-                &format!("Node {name} to be Ready with a heartbeat newer than its kubelet's start"),
-                deadline,
-                || {
-                    let nodes = nodes.clone();
-                    let name = name.clone();
-                    async move {
-                        let node = nodes
-                            .get_opt(&name)
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .ok_or_else(|| "the Node is not registered yet".to_owned())?;
-                        let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
-                        let ready = conditions
-                            .iter()
-                            .find(|c| c.type_ == "Ready")
-                            .ok_or_else(|| "the Node has no Ready condition yet".to_owned())?;
-                        let heartbeat = ready
-                            .last_heartbeat_time
-                            .as_ref()
-                            .map(|t| t.0.as_second())
-                            .unwrap_or(0);
-                        if ready.status != "True" {
-                            return Err(format!(
-                                "Ready is {}: {}",
-                                ready.status,
-                                ready.message.clone().unwrap_or_default()
-                            ));
-                        }
-                        if heartbeat < kubelet_start {
-                            return Err("Ready, but from before this kubelet started".to_owned());
-                        }
-                        Ok(())
-                    }
-                },
-            )
-            .await;
-        result.map_err(|e| e.context(self.log_tail("kubelet", 30)))
-    }
-
-    /// Pods are refused until their namespace's `default` ServiceAccount has its token (made by
-    /// the controller manager).
-    async fn wait_default_service_account(
-        &mut self,
-        client: &kube::Client,
-        deadline: Instant,
-    ) -> anyhow::Result<()> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let result = self
-            .poll_until(
-                "ServiceAccount default/default and its token",
-                deadline,
-                || {
-                    let accounts = accounts.clone();
-                    async move {
-                        let account = accounts
-                            .get_opt("default")
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .ok_or_else(|| "not created yet".to_owned())?;
-                        match account.secrets {
-                            Some(secrets) if !secrets.is_empty() => Ok(()),
-                            _ => Err("no token Secret yet".to_owned()),
-                        }
-                    }
-                },
-            )
-            .await;
-        result.map_err(|e| e.context(self.log_tail("kube-controller-manager", 20)))
-    }
-
-    async fn wait_dns(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let name = format!("kubernetes.default.svc.{CLUSTER_DOMAIN}");
-        let expected = self.plan.kubernetes_service_ip().to_string();
-        let node_ip = self.plan.node_ip().to_string();
-        let procs = self.cgroup.daemon_procs();
-        let net = self.namespaces.net().to_path_buf();
-        let result = self
-            .poll_until(
-                &format!("the cluster DNS to answer {name}"),
-                deadline,
-                || {
-                    let mut lookup = super::namespaces::wrapped(&procs, None, "nsenter");
-                    lookup
-                        .arg(format!("--net={}", net.display()))
-                        .args(["busybox", "nslookup", &name, &node_ip]);
-                    let expected = expected.clone();
-                    async move {
-                        let out = tokio::task::spawn_blocking(move || run(&mut lookup))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| format!("{e:#}"))?;
-                        if out.contains(&expected) {
-                            Ok(())
-                        } else {
-                            Err(format!("nslookup answered: {out}"))
-                        }
-                    }
-                },
-            )
-            .await;
-        result.map_err(|e| e.context(self.log_tail("kube-dns", 20)))
-    }
-
     /// Copies the region's logs out of its directory (which drop deletes) after a failure.
     fn keep_logs(&self) {
         let kept = std::env::temp_dir().join(format!(
@@ -703,111 +482,4 @@ impl Drop for KubeRegion {
         // Then `cgroup` kills what is left (pods, shims) and removes the cgroups, `namespaces`
         // unpins the namespaces, and `dir` goes.
     }
-}
-
-/// Fails at once, naming what is missing, when this process cannot run a node.
-fn preflight() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    anyhow::ensure!(
-        uid == "0",
-        "real Kubernetes nodes need root (network and mount namespaces, mounts, cgroups, \
-         iptables); this test runs as uid {uid}"
-    );
-    let mut missing = Vec::new();
-    for command in [
-        "unshare",
-        "nsenter",
-        "mount",
-        "ip",
-        "socat",
-        "etcd",
-        "containerd",
-        "ctr",
-        "runc",
-        "iptables",
-        "conntrack",
-        "busybox",
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
-            .unwrap_or(false);
-        if !found {
-            missing.push(command);
-        }
-    }
-    anyhow::ensure!(
-        missing.is_empty(),
-        "real Kubernetes nodes need {} on PATH: run `make setup` (scripts/kube-node.sh installs them)",
-        missing.join(", ")
-    );
-    Ok(())
-}
-
-/// The binaries and images, resolved once per test process (`scripts/kube-node.sh`, which
-/// builds them on a fresh machine; `make setup` runs it).
-fn node_tools() -> anyhow::Result<&'static NodeTools> {
-    static TOOLS: OnceLock<Result<NodeTools, String>> = OnceLock::new();
-    TOOLS
-        .get_or_init(|| find_node_tools().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn find_node_tools() -> anyhow::Result<NodeTools> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-node.sh");
-    let output = Command::new(&script)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("failed to run {}", script.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{} failed ({}): run `make setup` to build the node binaries and images",
-        script.display(),
-        output.status
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
-    let dir = PathBuf::from(lines.last().copied().unwrap_or_default());
-    let images: Vec<PathBuf> = lines
-        .iter()
-        .filter(|l| l.ends_with(".tar"))
-        .map(PathBuf::from)
-        .collect();
-    let dns = crate::sidecar::bin_dir().join("ferry-kube-dns");
-    anyhow::ensure!(
-        dns.is_file(),
-        "{} is missing: `cargo build --workspace --bins` (make test does) builds it",
-        dns.display()
-    );
-    let tools = NodeTools {
-        apiserver: crate::kube::apiserver_binary()?,
-        bin_dir: dir.join("bin"),
-        images,
-        dns,
-    };
-    for binary in [
-        "kubelet",
-        "kube-proxy",
-        "kube-controller-manager",
-        "kube-scheduler",
-    ] {
-        let path = tools.bin_dir.join(binary);
-        anyhow::ensure!(
-            path.is_file(),
-            "{} is missing: run `make setup`",
-            path.display()
-        );
-    }
-    anyhow::ensure!(
-        !tools.images.is_empty(),
-        "{} printed no image tarballs",
-        script.display()
-    );
-    Ok(tools)
 }
