@@ -307,3 +307,29 @@ impl VaultPair {
         self.east_vault.api.with_token(EAST_ROOT_TOKEN)
     }
 }
+
+/// Writes `policy` as the ACL policy `name` with `root`, then creates a token holding only it;
+/// returns the token.
+pub async fn token_with_policy(
+    root: &JsonClient,
+    name: &str,
+    policy: &str,
+) -> anyhow::Result<String> {
+    root.post(
+        &format!("/v1/sys/policies/acl/{name}"),
+        serde_json::json!({ "policy": policy }),
+    )
+    .await?
+    .ok()?;
+    let created = root
+        .post(
+            "/v1/auth/token/create",
+            serde_json::json!({ "policies": [name] }),
+        )
+        .await?
+        .ok()?;
+    Ok(created.body["auth"]["client_token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no client_token in {}", created.body))?
+        .to_owned())
+}

@@ -16,20 +16,8 @@ async fn token_with_policy(
     name: &str,
     policy: &str,
 ) -> anyhow::Result<JsonClient> {
-    root.post(
-        &format!("/v1/sys/policies/acl/{name}"),
-        json!({ "policy": policy }),
-    )
-    .await?
-    .ok()?;
-    let created = root
-        .post("/v1/auth/token/create", json!({ "policies": [name] }))
-        .await?
-        .ok()?;
-    let token = created.body["auth"]["client_token"]
-        .as_str()
-        .expect("a client token");
-    Ok(vault.api.with_token(token))
+    let token = ferry_tests::vault::token_with_policy(root, name, policy).await?;
+    Ok(vault.api.with_token(&token))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

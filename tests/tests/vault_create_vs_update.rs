@@ -41,20 +41,7 @@ async fn token_granting(
         .iter()
         .map(|p| format!("path \"{p}\" {{ capabilities = {capabilities} }}\n"))
         .collect();
-    root.post(
-        &format!("/v1/sys/policies/acl/{name}"),
-        json!({ "policy": policy }),
-    )
-    .await?
-    .ok()?;
-    let created = root
-        .post("/v1/auth/token/create", json!({ "policies": [name] }))
-        .await?
-        .ok()?;
-    Ok(created.body["auth"]["client_token"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no client_token in {}", created.body))?
-        .to_owned())
+    ferry_tests::vault::token_with_policy(root, name, &policy).await
 }
 
 /// One write and the status each of [`CALLERS`] gets; `{caller}` in the path is the caller's
