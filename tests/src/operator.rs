@@ -384,6 +384,9 @@ pub async fn connect(west: &OperatorRegion, east: &OperatorRegion) -> anyhow::Re
     Ok(took)
 }
 
+/// How long the [`Writer`] waits for one write before it tries again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Writes numbered secrets to whichever region accepts them (directly or forwarded),
 /// remembering every acknowledged one: where and when.
 pub struct Writer {
@@ -407,7 +410,11 @@ impl Writer {
                     let path = format!("/v1/secret/data/load/{n}");
                     let body = json!({ "data": { "n": n } });
                     for (name, api) in [("west", &west), ("east", &east)] {
-                        let Ok(r) = api.post(&path, body.clone()).await else {
+                        // A write stuck on a dead connection (a pod gone without a reset)
+                        // is given up, unacknowledged, and sent again.
+                        let sent =
+                            tokio::time::timeout(WRITE_TIMEOUT, api.post(&path, body.clone()));
+                        let Ok(Ok(r)) = sent.await else {
                             continue;
                         };
                         if r.status == 200 {
@@ -428,6 +435,11 @@ impl Writer {
             first_on_east,
             task,
         }
+    }
+
+    /// The writes acknowledged so far.
+    pub async fn acked(&self) -> Acked {
+        self.acked.lock().await.clone()
     }
 
     /// When the new primary (east) first acknowledged a write, if it has.

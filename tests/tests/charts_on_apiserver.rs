@@ -21,10 +21,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn tool(env: &str, cached: &str) -> PathBuf {
-    let path = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ferry_tests::cache_dir().join(cached));
+fn tool(path: PathBuf) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run `make setup`",
@@ -77,8 +74,8 @@ fn dry_run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_charts_pass_server_side_dry_run_on_kubernetes_1_20() -> anyhow::Result<()> {
-    let helm = tool("FERRY_HELM", "helm/v33/helm");
-    let kubectl = tool("FERRY_KUBECTL", "kubectl/v33/kubectl");
+    let helm = tool(ferry_tests::helm_binary());
+    let kubectl = tool(ferry_tests::kubectl_binary());
     let kube = KubeApiServer::start().await?;
     let dir = tempfile::tempdir()?;
     kube.apply_yaml(&format!(
@@ -199,8 +196,8 @@ async fn rendered_charts_pass_server_side_dry_run_on_kubernetes_1_20() -> anyhow
 /// objects matter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
-    let helm = tool("FERRY_HELM", "helm/v33/helm");
-    let kubectl = tool("FERRY_KUBECTL", "kubectl/v33/kubectl");
+    let helm = tool(ferry_tests::helm_binary());
+    let kubectl = tool(ferry_tests::kubectl_binary());
     let kube = KubeApiServer::start().await?;
     let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
     let helm_run = |args: &[&str]| -> anyhow::Result<String> {

@@ -21,15 +21,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn helm_binary() -> PathBuf {
-    std::env::var_os("FERRY_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ferry_tests::cache_dir().join("helm/v33/helm"))
-}
-
 /// Runs helm in the repository; returns whether it succeeded and its stdout and stderr.
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let binary = helm_binary();
+    let binary = ferry_tests::helm_binary();
     assert!(
         binary.exists(),
         "{} is missing: run `make setup`",
@@ -297,7 +291,7 @@ fn deploy_operator_rbac_is_rendered_from_the_chart() {
     let script = repo().join("scripts/render-operator-rbac.sh");
     let out = Command::new(&script)
         .arg("--stdout")
-        .env("FERRY_HELM", helm_binary())
+        .env("FERRY_HELM", ferry_tests::helm_binary())
         .output()
         .unwrap();
     assert!(

@@ -2,21 +2,13 @@
 //! `kubectl explain` reads the field docs at every level, and `kubectl get` shows the printer
 //! columns.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use ferry_tests::kube::KubeApiServer;
 
-/// kubectl as `make setup` caches it (`FERRY_KUBECTL` overrides).
-fn kubectl_binary() -> PathBuf {
-    std::env::var_os("FERRY_KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ferry_tests::cache_dir().join("kubectl/v33/kubectl"))
-}
-
 fn kubectl(kube: &KubeApiServer, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let binary = kubectl_binary();
+    let binary = ferry_tests::kubectl_binary();
     anyhow::ensure!(
         binary.exists(),
         "{} is missing: run `make setup`",

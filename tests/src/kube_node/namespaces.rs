@@ -14,7 +14,9 @@
 //!   is /var/lib/cni (CNI results), so nothing of a region lands on the host;
 //! * `/` is made rshared, as kubelet expects for volume mount propagation: its peers exist only
 //!   in this namespace;
-//! * the loopback is up, bridge `node0` holds the node address, and the namespace forwards.
+//! * the loopback is up, bridge `node0` holds the node address, the Service range is routed to
+//!   it (so the node itself can dial a ClusterIP: the route comes first, then kube-proxy's
+//!   rules rewrite the address), and the namespace forwards.
 //!
 //! Everything then runs through [`Namespaces::command`], which puts the process into the
 //! region's cgroup and `nsenter`s both namespaces before `exec`: the PID the harness holds is
@@ -27,11 +29,13 @@ use std::process::Command;
 
 use anyhow::Context;
 
-/// Runs inside the new namespaces with `$1` the region directory and `$2` the node address.
+/// Runs inside the new namespaces with `$1` the region directory, `$2` the node address and
+/// `$3` the Service range.
 const SETUP_SCRIPT: &str = r#"
 set -eu
 d=$1
 node_cidr=$2
+service_range=$3
 mkdir -p "$d/mnt/cgroup" "$d/mnt/sysctl" "$d/mnt/var-log" "$d/mnt/var-lib-cni"
 mount --rbind /sys/fs/cgroup "$d/mnt/cgroup"
 mount -t sysfs sysfs /sys
@@ -50,6 +54,7 @@ ip link set lo up
 ip link add node0 type bridge
 ip addr add "$node_cidr" dev node0
 ip link set node0 up
+ip route add "$service_range" dev node0
 echo 1 > /proc/sys/net/ipv4/ip_forward
 "#;
 
@@ -75,8 +80,8 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// Creates the namespaces for a region whose files live in `region_dir`, with the node
-    /// address `node_cidr` on `node0`.
-    pub fn create(region_dir: &Path, node_cidr: &str) -> anyhow::Result<Self> {
+    /// address `node_cidr` on `node0` and the Services' `service_range` routed to it.
+    pub fn create(region_dir: &Path, node_cidr: &str, service_range: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all("/var/lib/cni").context("failed to create /var/lib/cni")?;
         let pin_dir = region_dir.join("ns");
         std::fs::create_dir_all(&pin_dir)?;
@@ -104,7 +109,8 @@ impl Namespaces {
             .arg(SETUP_SCRIPT)
             .arg("sh")
             .arg(region_dir)
-            .arg(node_cidr))
+            .arg(node_cidr)
+            .arg(service_range))
         .context("failed to set up the region's namespaces")?;
         Ok(namespaces)
     }

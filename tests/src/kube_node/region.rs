@@ -84,7 +84,7 @@ impl KubeRegion {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
         let cgroup = RegionCgroup::create(name)?;
-        let namespaces = Namespaces::create(dir.path(), &plan.node_cidr())?;
+        let namespaces = Namespaces::create(dir.path(), &plan.node_cidr(), &plan.service_range())?;
         let mut region = Self {
             name: name.to_owned(),
             plan,
@@ -148,17 +148,23 @@ impl KubeRegion {
     /// Imports a docker-archive or OCI image tarball into the region's containerd (namespace
     /// `k8s.io`, where kubelet looks), for pods with `imagePullPolicy: IfNotPresent` or `Never`.
     pub async fn import_image(&self, tarball: &Path) -> anyhow::Result<()> {
+        let tarball_arg = tarball.display().to_string();
+        self.containerd_images(&["import", &tarball_arg])
+            .await
+            .with_context(|| format!("failed to import image {}", tarball.display()))?;
+        Ok(())
+    }
+
+    /// Runs `ctr images <args>` against the region's containerd (namespace `k8s.io`), e.g.
+    /// `["tag", "a:1", "a:2"]`; its stdout.
+    pub async fn containerd_images(&self, args: &[&str]) -> anyhow::Result<String> {
         let socket = self.containerd_socket();
-        let tarball = tarball.to_path_buf();
         let mut command = self.command("ctr");
         command
             .arg(format!("--address={}", socket.display()))
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(&tarball);
-        tokio::task::spawn_blocking(move || run(&mut command))
-            .await?
-            .with_context(|| format!("failed to import image {}", tarball.display()))?;
-        Ok(())
+            .args(["-n", "k8s.io", "images"])
+            .args(args);
+        tokio::task::spawn_blocking(move || run(&mut command)).await?
     }
 
     /// Creates `count` more local PersistentVolumes of `size` (`1Gi`) in the `local` class,
@@ -188,6 +194,69 @@ impl KubeRegion {
                 .with_context(|| format!("failed to create PersistentVolume {name}"))?;
         }
         Ok(())
+    }
+
+    /// A loopback port of the host relayed to `target` (`address:port`) inside the region, e.g.
+    /// a Service's ClusterIP or a NodePort: a `socat` on the host forwards each connection over a
+    /// Unix socket (which crosses network namespaces) to a `socat` inside that dials `target`.
+    /// `name` names the relay's processes (`relay-<name>-host`, `relay-<name>-inside`).
+    pub async fn relay(&mut self, name: &str, target: &str) -> anyhow::Result<u16> {
+        let socket = self.dir.path().join(format!("relay-{name}.sock"));
+        let mut inside = self.command("socat");
+        inside
+            .arg(format!(
+                "UNIX-LISTEN:{},fork,unlink-early",
+                socket.display()
+            ))
+            .arg(format!("TCP:{target}"));
+        self.spawn(&format!("relay-{name}-inside"), inside)?;
+        let port = free_port();
+        let mut host = super::namespaces::wrapped(&self.cgroup.daemon_procs(), None, "socat");
+        host.arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", socket.display()));
+        self.spawn(&format!("relay-{name}-host"), host)?;
+        // Ready when both ends listen: the socket exists and the host port accepts.
+        crate::wait_for(
+            &format!("relay {name} to listen"),
+            Duration::from_secs(10),
+            || async {
+                let listening = socket.exists()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok();
+                listening.then_some(())
+            },
+        )
+        .await?;
+        Ok(port)
+    }
+
+    /// Runs the real `helm` (from `make setup`; `FERRY_HELM` overrides) with the region's
+    /// kubeconfig, in the repository's root (so `charts/ferry` names the chart); its stdout, or
+    /// an error with its output.
+    pub async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.host_tool(crate::helm_binary(), args).await
+    }
+
+    /// Runs the real `kubectl` (from `make setup`; `FERRY_KUBECTL` overrides) with the region's
+    /// kubeconfig; its stdout, or an error with its output.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.host_tool(crate::kubectl_binary(), args).await
+    }
+
+    async fn host_tool(&self, binary: PathBuf, args: &[&str]) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: run `make setup`",
+            binary.display()
+        );
+        let mut command = Command::new(binary);
+        command
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args);
+        tokio::task::spawn_blocking(move || run(&mut command)).await?
     }
 
     /// The last `lines` lines of a component's log (`kubelet`, `containerd`, `kube-dns`, ...).
@@ -302,22 +371,9 @@ impl KubeRegion {
             .arg("--kubelet-preferred-address-types=InternalIP");
         self.spawn("kube-apiserver", apiserver)?;
 
-        let socket = d.join("apiserver.sock");
-        let mut inner_relay = self.command("socat");
-        inner_relay
-            .arg(format!(
-                "UNIX-LISTEN:{},fork,unlink-early",
-                socket.display()
-            ))
-            .arg(format!("TCP:{node_ip}:{APISERVER_PORT}"));
-        self.spawn("relay-inside", inner_relay)?;
-        let port = free_port();
-        let mut outer_relay =
-            super::namespaces::wrapped(&self.cgroup.daemon_procs(), None, "socat");
-        outer_relay
-            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-            .arg(format!("UNIX-CONNECT:{}", socket.display()));
-        self.spawn("relay-host", outer_relay)?;
+        let port = self
+            .relay("apiserver", &format!("{node_ip}:{APISERVER_PORT}"))
+            .await?;
         write_kubeconfig(
             &self.kubeconfig,
             &format!("https://127.0.0.1:{port}"),
