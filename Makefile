@@ -51,8 +51,9 @@ endif
 unit:
 	$(CARGO) test --workspace --lib --bins
 
-## Benchmarks (release build): prints a table, appends to target/bench/results.jsonl.
-bench: setup
+## Benchmarks (release build): prints a table, appends to target/bench/results.jsonl. The
+## `kube` benchmark runs the images on real Kubernetes regions (needs root).
+bench: setup images
 	$(CARGO) build --release --workspace --bins
 	target/release/ferry-bench $(BENCH_ARGS)
 

@@ -6,6 +6,7 @@
 //! [`kube::KubeApiServer`] per region. Each handle owns its process and stops it on drop;
 //! readiness is polled, never slept for.
 
+pub mod charts;
 pub mod etcd;
 pub mod http;
 pub mod hvac;

@@ -17,6 +17,8 @@ pub enum Bench {
     Lag,
     Vault,
     Operator,
+    /// The charts on real Kubernetes regions (needs root).
+    Kube,
 }
 
 #[derive(Debug)]
@@ -28,7 +30,7 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|lag|vault|operator[,...]]\n\
+                     [--only write|recovery|memory|replication|lag|vault|operator|kube[,...]]\n\
                      lag: only the replication lag cases of replication\n\
                      --seconds: measured time per write and lag case, and the catch-up outage \
                      (default 5)\n\
@@ -81,6 +83,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "lag" => Bench::Lag,
                         "vault" => Bench::Vault,
                         "operator" => Bench::Operator,
+                        "kube" => Bench::Kube,
                         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
                     });
                 }
@@ -107,6 +110,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
             Bench::Replication,
             Bench::Vault,
             Bench::Operator,
+            Bench::Kube,
         ]
         .into();
     }

@@ -36,16 +36,21 @@
 //!   resources to `stream-wals`, and from flipping the roles to writes accepted on the new
 //!   primary (target ≤5 s), median of three runs.
 //!
+//! * `kube`: the charts on two real single-node Kubernetes regions (root needed): from `helm
+//!   install` to a replicating two-region install, and the RTO of a switchover by `helm
+//!   upgrade` (target ≤5 s), medians over fresh pairs of regions.
+//!
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
 //! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
 //! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|lag|vault|operator` (comma separated for several; all by default).
+//! write|recovery|memory|replication|lag|vault|operator|kube` (comma separated for several; all by default).
 
 mod args;
 mod common;
 mod harness;
+mod kube;
 mod memory;
 mod operator;
 mod procfs;
@@ -95,6 +100,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         operator::operator_bench(args, report)
             .await
             .context("operator benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Kube) {
+        kube::kube_bench(args, report)
+            .await
+            .context("kube benchmark failed")?;
     }
     Ok(())
 }
