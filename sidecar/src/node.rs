@@ -153,6 +153,27 @@ impl NodeApi {
         Role::of(self.0.fence.is_held(), self.0.activated.get().is_some())
     }
 
+    /// Whether this node has ever finished activating (it may have lost the fence since).
+    pub fn is_activated(&self) -> bool {
+        self.0.activated.get().is_some()
+    }
+
+    /// This node, as the write fence names it.
+    pub fn me(&self) -> &FenceHolder {
+        &self.0.me
+    }
+
+    /// The node that holds the fence when this one does not, as last seen.
+    pub fn active_holder(&self) -> Option<FenceHolder> {
+        self.0.fence.active_holder()
+    }
+
+    /// The value stored at `key`, read from etcd (what a standby sees).
+    pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut kv = self.0.client.kv_client();
+        gateway::read(&mut kv, &self.0.keyspace, self.0.max_key_bytes, key).await
+    }
+
     /// Why a write (or an admin call of the active node) is refused by a node that has not
     /// activated: it is recovering after taking the fence, or it is a standby.
     fn refusal(&self) -> Status {
