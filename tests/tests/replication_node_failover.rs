@@ -156,6 +156,11 @@ async fn the_secondary_follows_a_new_primary_active_node_after_kill_9_under_load
         first_write < Duration::from_secs(10),
         "writes resumed {first_write:?} after the kill"
     );
+    // While the standbys refuse and no node is active, the follower retries every 0.5 s.
+    assert!(
+        followed < Duration::from_secs(10),
+        "the secondary followed the new active node only {followed:?} after the kill"
+    );
     assert_eq!(
         status["merkle_syncs"],
         syncs_before,

@@ -50,6 +50,9 @@ use crate::wal::record::WalEntry;
 /// First and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between connection attempts while the primary's standbys answer and its active
+/// node does not (a standby takes over within one fence lease).
+const STANDBY_RETRY: Duration = Duration::from_millis(500);
 /// Longest a unary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeats missed in a row before the session is dropped.
@@ -64,6 +67,9 @@ pub(super) type Client = ReplicationClient<Channel>;
 pub(super) enum End {
     Stopped,
     Failed(String),
+    /// No target is the primary's active node, but some answered as its performance standbys:
+    /// the primary is changing active node, so the next try comes sooner ([`STANDBY_RETRY`]).
+    AwaitingActive(String),
 }
 
 impl From<Status> for End {
@@ -111,26 +117,28 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
         let Some(tls) = replication.definition().as_ref().map(TlsMaterial::of) else {
             return;
         };
-        match session(&replication, &tls, &targets, &mut stop).await {
+        let (reason, wait) = match session(&replication, &tls, &targets, &mut stop).await {
             End::Stopped => {
                 set_state(&replication, "idle", "shutdown");
                 return;
             }
             End::Failed(reason) => {
-                warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "replication session ended");
-                {
-                    let mut s = replication.follower_status();
-                    s.last_error = Some(reason);
-                    s.connection_state = "transient_failure";
+                // A session that ran a while resets the backoff.
+                if started.elapsed() > BACKOFF_MAX * 2 {
+                    backoff = BACKOFF_MIN;
                 }
+                (reason, backoff)
             }
-        }
-        // A session that ran a while resets the backoff.
-        if started.elapsed() > BACKOFF_MAX * 2 {
-            backoff = BACKOFF_MIN;
+            End::AwaitingActive(reason) => (reason, backoff.min(STANDBY_RETRY)),
+        };
+        warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "replication session ended");
+        {
+            let mut s = replication.follower_status();
+            s.last_error = Some(reason);
+            s.connection_state = "transient_failure";
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {
                 set_state(&replication, "idle", "shutdown");
                 return;
@@ -225,6 +233,7 @@ async fn connect(
         list = resolver::candidates(replication);
     }
     let mut errors = Vec::new();
+    let mut standbys = 0;
     for address in &list {
         let mut c = match client(address, tls) {
             Ok(c) => c,
@@ -239,18 +248,26 @@ async fn connect(
                 info!(primary = %address, "connected to the primary");
                 return Ok((address.clone(), c));
             }
-            Err(status) => errors.push(format!("{address}: {}", status.message())),
+            Err(status) => {
+                standbys += usize::from(ferry_proto::is_standby_refusal(&status));
+                errors.push(format!("{address}: {}", status.message()));
+            }
         }
     }
     targets.report_none_work();
-    Err(End::Failed(format!(
+    let reason = format!(
         "no primary address works: {}",
         if errors.is_empty() {
             "none known".to_string()
         } else {
             errors.join("; ")
         }
-    )))
+    );
+    Err(if standbys > 0 {
+        End::AwaitingActive(reason)
+    } else {
+        End::Failed(reason)
+    })
 }
 
 pub(super) async fn timeout<T>(
