@@ -269,6 +269,10 @@ async fn heartbeat(
         }
         Ok(Err(status)) => {
             debug!(active = %holder.cluster_addr, error = %status.message(), "standby: heartbeat refused");
+            if ferry_proto::is_standby_refusal(&status) {
+                // Behind a Service the address may lead to any node: connect again next time.
+                *active = None;
+            }
             false
         }
         Err(_) => {
