@@ -127,8 +127,15 @@ impl NodeRegion {
             || async {
                 let mut active = Vec::new();
                 for (i, node) in self.nodes.iter().enumerate() {
-                    if !node.killed && node.role().await.ok()? == "active" {
-                        active.push(i);
+                    if node.killed {
+                        continue;
+                    }
+                    // A frozen node (SIGSTOP) answers nothing: it is not the active node.
+                    let role = tokio::time::timeout(Duration::from_secs(1), node.role()).await;
+                    match role {
+                        Ok(Ok(role)) if role == "active" => active.push(i),
+                        Ok(Ok(_)) | Err(_) => {}
+                        Ok(Err(_)) => return None,
                     }
                 }
                 (active.len() == 1).then(|| active[0])

@@ -260,3 +260,53 @@ async fn a_new_secondary_active_node_resumes_streaming_from_the_applied_index_af
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_former_secondary_active_node_stops_following_when_it_wakes() -> anyhow::Result<()>
+{
+    let west = NodeRegion::start("west", 1, None, &[TTL]).await?;
+    let east = NodeRegion::start("east", 2, None, &[TTL]).await?;
+    west.enable_primary().await?;
+    east.follow(&west, "east").await?;
+    east.wait_caught_up(&west).await?;
+
+    // Frozen past its lease: east-2 takes over and follows.
+    east.nodes[0].sidecar.signal("STOP")?;
+    east.nodes[1]
+        .sidecar
+        .wait_active(Duration::from_secs(30))
+        .await?;
+    let mut writer = west.writer();
+    for n in 0..20u64 {
+        writer
+            .put(&format!("load/{n}"), n.to_string().as_bytes())
+            .await?;
+    }
+    east.wait_caught_up(&west).await?;
+
+    // Awake, east-1 no longer holds the fence: its follower stops and stays idle.
+    east.nodes[0].sidecar.signal("CONT")?;
+    let old = east.nodes[0].api();
+    wait_for(
+        "the former active node's follower to go idle",
+        Duration::from_secs(30),
+        || async {
+            let s = old
+                .get("/v1/sys/replication/performance/status")
+                .await
+                .ok()?;
+            (s.body["data"]["state"] == "idle").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(east.nodes[0].role().await?, "standby");
+    // The new active node goes on following.
+    for n in 20..40u64 {
+        writer
+            .put(&format!("load/{n}"), n.to_string().as_bytes())
+            .await?;
+    }
+    let status = east.wait_caught_up(&west).await?;
+    assert_eq!(status["merkle_root"], west.status().await?["merkle_root"]);
+    Ok(())
+}

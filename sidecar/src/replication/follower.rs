@@ -21,6 +21,9 @@
 //! primary lacks there are deleted, and once the local root equals the snapshot's, the
 //! snapshot's index is stored as applied and streaming resumes from it.
 //!
+//! Only the cluster's active node follows: a node that loses the write fence (another node took
+//! it) ends its session and waits, idle, until it holds the fence again.
+//!
 //! Any other failure (the primary unreachable, a call timing out, the heartbeat failing three
 //! times in a row) ends the session; the follower waits with bounded exponential backoff and
 //! connects again. Reads keep being served throughout: the follower only ever adds writes.
@@ -50,6 +53,8 @@ use crate::wal::record::WalEntry;
 /// First and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the follower checks that this node still holds the write fence.
+const FENCE_POLL: Duration = Duration::from_millis(500);
 /// Longest wait between connection attempts while the primary's standbys answer and its active
 /// node does not (a standby takes over within one fence lease).
 const STANDBY_RETRY: Duration = Duration::from_millis(500);
@@ -111,6 +116,18 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
     let _resolver = AbortOnDrop(resolver);
     let mut backoff = BACKOFF_MIN;
     loop {
+        // Only the cluster's active node follows: a node that lost the write fence to another
+        // (which follows now) waits until it holds it again, if ever.
+        if !replication.core.fence.is_held() {
+            set_state(&replication, "idle", "idle");
+            tokio::select! {
+                _ = tokio::time::sleep(FENCE_POLL) => continue,
+                _ = stop.changed() => {
+                    set_state(&replication, "idle", "shutdown");
+                    return;
+                }
+            }
+        }
         set_state(&replication, "connecting", "connecting");
         let started = Instant::now();
         // Read at each attempt: the client certificate is renewed, the member CAs change.
@@ -190,10 +207,18 @@ async fn session(
     };
     let result = tokio::select! {
         end = follow(replication, client) => end,
+        _ = fence_lost(replication) => End::Failed("this node lost the write fence: its successor follows the primary".into()),
         _ = stop.changed() => End::Stopped,
         _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
     };
     result
+}
+
+/// Resolves once this node no longer holds the cluster's write fence.
+async fn fence_lost(replication: &Replication) {
+    while replication.core.fence.is_held() {
+        tokio::time::sleep(FENCE_POLL).await;
+    }
 }
 
 /// Aborts a task when dropped.
