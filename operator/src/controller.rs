@@ -400,6 +400,7 @@ fn mirror(status: &mut ReplicationClusterStatus, o: &Observed) {
     status.primary_cluster_addr = o.primary_cluster_addr.clone();
     status.known_primary_cluster_addrs = o.known_primary_cluster_addrs.clone();
     status.secondaries = o.secondaries.clone();
+    status.nodes = o.nodes.clone();
 }
 
 async fn finish_unreachable(
@@ -432,6 +433,7 @@ async fn finish_unreachable(
         primary_cluster_addr: previous.primary_cluster_addr.clone(),
         known_primary_cluster_addrs: previous.known_primary_cluster_addrs.clone(),
         secondaries: previous.secondaries.clone(),
+        nodes: previous.nodes.clone(),
         ..status
     };
     finish(t, status, previous, seen).await

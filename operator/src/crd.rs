@@ -240,6 +240,10 @@ pub struct ReplicationClusterStatus {
     /// On a primary: each secondary's connection.
     #[serde(default)]
     pub secondaries: Vec<SecondaryStatus>,
+    /// Every node (pod) of this cluster as its active node knows it: the active node first,
+    /// then each performance standby that heartbeated it in the last 15 seconds.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
     /// Activation tokens issued into Secrets, by secondary id: when each expires.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub issued_tokens: BTreeMap<String, IssuedToken>,
@@ -257,6 +261,27 @@ pub struct SecondaryStatus {
     pub last_heartbeat: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_remote_wal: Option<u64>,
+}
+
+/// One node of the cluster: a ferry-vault and ferry-sidecar pod.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node's id (its pod name in the chart).
+    pub node_id: String,
+    /// `active` (holds the cluster's write fence, serves writes and replication) or `standby`
+    /// (a performance standby: serves reads, forwards writes to the active node).
+    pub role: String,
+    /// Where the node's ferry-vault is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_address: Option<String>,
+    /// Where the node's cluster port is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_address: Option<String>,
+    /// RFC 3339 time of the standby's last heartbeat to the active node, as last observed
+    /// (none for the active node itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

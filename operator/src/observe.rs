@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::crd::SecondaryStatus;
+use crate::crd::{NodeStatus, SecondaryStatus};
 
 /// The role a cluster has now, as its status says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Observed {
     /// On a primary: the ids of the secondaries it knows (issued or activated).
     pub known_secondaries: Vec<String>,
     pub secondaries: Vec<SecondaryStatus>,
+    /// The cluster's nodes, as its active node knows them.
+    pub nodes: Vec<NodeStatus>,
     /// On a secondary: its gRPC connection to the primary.
     pub connection_state: Option<String>,
     pub last_error: Option<String>,
@@ -97,6 +99,20 @@ impl Observed {
                     .collect()
             })
             .unwrap_or_default();
+        let nodes = data["nodes"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|n| NodeStatus {
+                        node_id: n["node_id"].as_str().unwrap_or_default().to_owned(),
+                        role: n["role"].as_str().unwrap_or("unknown").to_owned(),
+                        api_address: text_of(n, "api_address"),
+                        cluster_address: text_of(n, "cluster_address"),
+                        last_heartbeat: text_of(n, "last_heartbeat"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             role,
             state: text("state").unwrap_or_else(|| "idle".into()),
@@ -110,6 +126,7 @@ impl Observed {
             known_primary_cluster_addrs: strings("known_primary_cluster_addrs"),
             known_secondaries: strings("known_secondaries"),
             secondaries,
+            nodes,
             connection_state: text("connection_state"),
             last_error: text("last_error"),
         })
@@ -130,6 +147,14 @@ impl Observed {
             _ => None,
         }
     }
+}
+
+/// The non-empty text at `key` of `value`.
+fn text_of(value: &Value, key: &str) -> Option<String> {
+    value[key]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -167,5 +192,38 @@ mod tests {
         assert_eq!(o.lag(), Some(20));
         let p = Observed::from_status(&json!({"mode": "primary", "last_wal": 5})).unwrap();
         assert_eq!(p.lag(), None);
+    }
+
+    #[test]
+    fn every_node_is_read_with_its_role_addresses_and_heartbeat() {
+        let o = Observed::from_status(&json!({
+            "mode": "primary",
+            "nodes": [
+                {"node_id": "ferry-0", "role": "active", "api_address": "http://10.0.0.1:8200",
+                 "cluster_address": "10.0.0.1:8201", "last_heartbeat": null},
+                {"node_id": "ferry-1", "role": "standby", "api_address": "",
+                 "cluster_address": "10.0.0.2:8201", "last_heartbeat": "2026-12-05T20:00:00Z"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(
+            o.nodes,
+            vec![
+                NodeStatus {
+                    node_id: "ferry-0".into(),
+                    role: "active".into(),
+                    api_address: Some("http://10.0.0.1:8200".into()),
+                    cluster_address: Some("10.0.0.1:8201".into()),
+                    last_heartbeat: None,
+                },
+                NodeStatus {
+                    node_id: "ferry-1".into(),
+                    role: "standby".into(),
+                    api_address: None,
+                    cluster_address: Some("10.0.0.2:8201".into()),
+                    last_heartbeat: Some("2026-12-05T20:00:00Z".into()),
+                },
+            ]
+        );
     }
 }

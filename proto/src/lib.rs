@@ -57,6 +57,23 @@ pub const ACTIVE_NODE_METADATA: &str = "x-ferry-active-node";
 /// refusal (absent when the active node did not advertise one).
 pub const ACTIVE_API_ADDR_METADATA: &str = "x-ferry-active-api-addr";
 
+/// The gRPC metadata key that says why a replication call was refused when the reason is the
+/// node, not the call: see [`STANDBY_REFUSAL`].
+pub const REFUSAL_METADATA: &str = "x-ferry-refusal";
+/// The [`REFUSAL_METADATA`] value of a call a performance standby refuses (every replication call
+/// but `RemoteResolve`), with `UNAVAILABLE`: only the active node of a cluster serves
+/// replication, and a client that holds several of a cluster's addresses tries the next one.
+pub const STANDBY_REFUSAL: &str = "standby";
+
+/// Whether `status` is a performance standby's refusal (see [`STANDBY_REFUSAL`]).
+pub fn is_standby_refusal(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && status
+            .metadata()
+            .get(REFUSAL_METADATA)
+            .is_some_and(|v| v.as_bytes() == STANDBY_REFUSAL.as_bytes())
+}
+
 /// Where a server whose sidecar listens on `storage_socket` takes forwarded requests: beside it,
 /// `storage.sock` giving `storage.forward.sock`.
 pub fn forward_socket(storage_socket: &Path) -> PathBuf {

@@ -12,8 +12,10 @@
 //! fit the cluster's role are 400 and change nothing; an unreachable peer is 503.
 //!
 //! The socket is served for the node's whole life ([`NodeRouter`]): replication runs only on the
-//! active node, so until this node is active `status` answers with its node role and the active
-//! node, and every other call is refused (503, `error_code` `not_active`) naming the active node.
+//! active node, so until this node is active `status` answers with its node role, the active
+//! node, the replication mode it reads in etcd and its last heartbeat to the active node (the
+//! active node's status lists every node), and every other call is refused (503, `error_code`
+//! `not_active`) naming the active node.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -37,6 +39,7 @@ use crate::error::StoreError;
 use crate::node::NodeApi;
 use crate::replication::Replication;
 use crate::replication::control::{ControlError, DEFAULT_TOKEN_TTL};
+use crate::replication::standby::StandbyView;
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -170,13 +173,15 @@ pub const NOT_ACTIVE: &str = "not_active";
 #[derive(Clone)]
 pub struct NodeRouter {
     node: NodeApi,
+    standby: Arc<StandbyView>,
     active: Arc<OnceLock<Router>>,
 }
 
 impl NodeRouter {
-    pub fn new(node: NodeApi) -> Self {
+    pub fn new(node: NodeApi, standby: Arc<StandbyView>) -> Self {
         Self {
             node,
+            standby,
             active: Arc::new(OnceLock::new()),
         }
     }
@@ -204,14 +209,21 @@ async fn node_route(State(api): State<NodeRouter>, request: axum::extract::Reque
             "/v1/sys/replication/status" | "/v1/sys/replication/performance/status"
         )
     {
+        let definition = api.standby.definition();
+        let heartbeat = api.standby.last_heartbeat();
         return data(json!({
             "node_role": leader.role,
             "node_id": node.node_id,
+            "mode": definition.as_ref().map_or("disabled", |d| d.role.status_mode()),
+            "cluster_id": definition.as_ref().map(|d| d.cluster_id.clone()),
             "active_node": active.map(|a| json!({
                 "node_id": a.node_id,
                 "api_addr": a.api_addr,
                 "cluster_addr": a.cluster_addr,
             })),
+            // This standby's heartbeats to its active node, and the addresses it answered with.
+            "last_heartbeat": heartbeat.at.map(crate::replication::status::rfc3339),
+            "cluster_addrs": heartbeat.cluster_addrs,
         }));
     }
     let active = active.map_or_else(

@@ -304,6 +304,8 @@ impl Config {
             kek,
             cluster_listen: self.cluster_listen,
             cluster_addr: self.advertised_cluster_addr(),
+            node_id: self.node_id.clone(),
+            api_addr: self.api_addr.clone(),
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             forward_socket: ferry_proto::forward_socket(&self.storage_socket),
             apply_delay: Duration::from_millis(self.debug_apply_delay_ms),

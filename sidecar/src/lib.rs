@@ -90,7 +90,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fence.clone(),
         config.fence_holder(),
     );
-    let admin_api = api::NodeRouter::new(node.clone());
+    // What a standby knows of replication (see `replication::standby`), and what the cluster
+    // port serves with, shared with the replication side once this node is active.
+    let port_tls = replication::transport::PortTls::default();
+    let standby_view = Arc::new(replication::standby::StandbyView::new(
+        node.clone(),
+        kek.clone(),
+        port_tls.clone(),
+    ));
+    let admin_api = api::NodeRouter::new(node.clone(), standby_view.clone());
     // One try before serving anything: a lone node is never seen as a standby. An etcd that
     // refuses this node (bad credentials, say) stops start-up here with the reason, rather than
     // leaving a standby that retries for ever.
@@ -120,6 +128,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api::serve(
             config.api_socket(),
             admin_api.clone(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    // The cluster port, from start-up: a standby answers RemoteResolve and refuses the rest,
+    // and heartbeats the active node (see `replication::standby` and `cluster_port`).
+    let cluster_port =
+        replication::cluster_port::ClusterPortService::new(node.clone(), standby_view.clone());
+    supervisor.spawn(
+        "cluster-port",
+        replication::transport::serve(
+            config.cluster_listen,
+            cluster_port.clone(),
+            port_tls.material(),
+            port_tls.trust(),
+            supervisor.shutdown_signal(),
+        ),
+    );
+    supervisor.spawn(
+        "standby-heartbeat",
+        replication::standby::run(
+            standby_view.clone(),
+            std::time::Duration::from_millis(config.heartbeat_interval_ms),
             supervisor.shutdown_signal(),
         ),
     );
@@ -199,10 +229,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             supervisor.shutdown_signal(),
         ),
     );
-    let replication =
-        replication::Replication::start(core.clone(), gateway.clone(), config.replication(kek))
-            .await
-            .context("failed to load the replication role")?;
+    let replication = replication::Replication::start(
+        core.clone(),
+        gateway.clone(),
+        config.replication(kek),
+        port_tls,
+    )
+    .await
+    .context("failed to load the replication role")?;
     supervisor.spawn(
         "fence-retake",
         reopen::run(
@@ -211,16 +245,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             supervisor.shutdown_signal(),
         ),
     );
-    supervisor.spawn(
-        "cluster-port",
-        replication::transport::serve(
-            config.cluster_listen,
-            replication::service::ReplicationService::new(replication.clone()),
-            replication.material(),
-            replication.trust(),
-            supervisor.shutdown_signal(),
-        ),
-    );
+    cluster_port.activate(replication::service::ReplicationService::new(
+        replication.clone(),
+    ));
     admin_api.activate(replication.clone());
     node.activate(
         gateway,

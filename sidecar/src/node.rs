@@ -62,6 +62,7 @@ use crate::error::StoreError;
 use crate::fence::{Fence, FenceHolder};
 use crate::gateway::{self, Gateway};
 use crate::keyspace::Keyspace;
+use crate::replication::applied::Applied;
 use crate::replication::forward::{Forwarder, MAX_WAIT};
 use crate::wal::StreamState;
 use crate::wal::record::StreamId;
@@ -153,6 +154,27 @@ impl NodeApi {
         Role::of(self.0.fence.is_held(), self.0.activated.get().is_some())
     }
 
+    /// Whether this node has ever finished activating (it may have lost the fence since).
+    pub fn is_activated(&self) -> bool {
+        self.0.activated.get().is_some()
+    }
+
+    /// This node, as the write fence names it.
+    pub fn me(&self) -> &FenceHolder {
+        &self.0.me
+    }
+
+    /// The node that holds the fence when this one does not, as last seen.
+    pub fn active_holder(&self) -> Option<FenceHolder> {
+        self.0.fence.active_holder()
+    }
+
+    /// The value stored at `key`, read from etcd (what a standby sees).
+    pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut kv = self.0.client.kv_client();
+        gateway::read(&mut kv, &self.0.keyspace, self.0.max_key_bytes, key).await
+    }
+
     /// Why a write (or an admin call of the active node) is refused by a node that has not
     /// activated: it is recovering after taking the fence, or it is a standby.
     fn refusal(&self) -> Status {
@@ -190,8 +212,9 @@ impl NodeApi {
         }
     }
 
-    /// Whether the cluster's own WAL stream in etcd has reached `state` (what a standby knows
-    /// without a merkle index or WAL position of its own).
+    /// Whether this cluster's storage in etcd has reached `state` (what a standby knows without
+    /// a merkle index or WAL position of its own): the cluster's own WAL stream when the state is
+    /// of it, else the primary's stream as far as this secondary applied it.
     async fn state_in_etcd(&self, state: &ReplicatedState) -> Result<bool, StoreError> {
         let stream_id =
             StreamId(state.stream_id.clone().try_into().map_err(|_| {
@@ -203,11 +226,21 @@ impl NodeApi {
         };
         let stream = StreamState::decode(found.value())
             .map_err(|e| StoreError::Corrupt(format!("failed to read the stream record: {e}")))?;
-        if stream.stream_id != stream_id {
-            return Ok(stream.epoch > state.epoch);
+        if stream.stream_id == stream_id {
+            let wal = crate::recovery::wal_position(&mut kv, &self.0.keyspace).await?;
+            return Ok(wal.last >= state.index);
         }
-        let wal = crate::recovery::wal_position(&mut kv, &self.0.keyspace).await?;
-        Ok(wal.last >= state.index)
+        // On a secondary, the state of a write forwarded to the primary is the primary's: it is
+        // here once the applied record (written with what it covers) reaches it.
+        if let Some(found) = crate::etcd::get(&mut kv, &self.0.keyspace.applied()).await?
+            && let Ok(applied) = Applied::decode(found.value())
+        {
+            if applied.stream_id == stream_id {
+                return Ok(applied.index >= state.index);
+            }
+            return Ok(applied.epoch > state.epoch);
+        }
+        Ok(stream.epoch > state.epoch)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod region;
+pub mod region_nodes;
 pub mod sidecar;
 pub mod vault;
 

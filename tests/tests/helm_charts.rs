@@ -240,6 +240,11 @@ fn values_schemas_refuse_bad_values_naming_the_key() {
             "clusterService.type=Ingress",
             "/clusterService/type",
         ),
+        (
+            FERRY_CHART,
+            "clusterService.advertise=elsewhere",
+            "/clusterService/advertise",
+        ),
         (OPERATOR_CHART, "log.format=xml", "/log/format"),
         // Never :latest.
         (FERRY_CHART, "image.tag=latest", "/image/tag"),
@@ -340,4 +345,31 @@ fn chart_versions_follow_cargo() {
     assert!(yaml.contains(&format!("image: \"ferry.dev/etcd:{version}\"")));
     let yaml = render(&["ferry-operator", OPERATOR_CHART]);
     assert!(yaml.contains(&format!("image: \"ferry.dev/ferry-operator:{version}\"")));
+}
+
+#[test]
+fn a_region_has_three_nodes_each_advertising_its_own_cluster_address_by_default() {
+    let yaml = render(&["x", FERRY_CHART]);
+    let nodes = yaml
+        .split("\n---")
+        .find(|d| d.contains("kind: StatefulSet") && d.contains("FERRY_CLUSTER_ADDR"))
+        .expect("the nodes' StatefulSet");
+    assert!(nodes.contains("\n  replicas: 3\n"), "{nodes}");
+    // The pod IP is declared before the address that refers to it (Kubernetes expands only
+    // variables defined earlier in the list).
+    let pod_ip = nodes.find("- name: POD_IP").expect("POD_IP");
+    let addr = nodes
+        .find(r#"{name: FERRY_CLUSTER_ADDR, value: "$(POD_IP):8201"}"#)
+        .expect("the pod's own cluster address");
+    assert!(pod_ip < addr);
+    let shared = render(&[
+        "x",
+        FERRY_CHART,
+        "--set",
+        "clusterService.advertise=service",
+    ]);
+    assert!(
+        shared.contains(r#"{name: FERRY_CLUSTER_ADDR, value: "x-ferry-cluster.default.svc:8201"}"#),
+        "{shared}"
+    );
 }

@@ -2,7 +2,9 @@
 //!
 //! `status` and `performance/status` are unauthenticated, as in Vault; every other call needs
 //! `sudo` on its path (a root token has it). The sidecar's status code
-//! and JSON body reach the client unchanged.
+//! and JSON body reach the client unchanged. On a performance standby, whose sidecar runs no
+//! replication, every call goes to the active node, the status included (its `nodes` lists the
+//! whole cluster).
 
 use std::time::Duration;
 
@@ -67,11 +69,20 @@ impl SidecarApi {
             .await
             .map_err(|e| unavailable(e.to_string()))?
             .to_bytes();
-        // A standby's sidecar serves only the status: the active node serves the rest.
-        if status == StatusCode::SERVICE_UNAVAILABLE
-            && serde_json::from_slice::<serde_json::Value>(&body)
-                .is_ok_and(|v| v["error_code"] == NOT_ACTIVE)
-        {
+        // A standby's sidecar serves only its own view in the status; the active node serves
+        // the rest, and the status of the cluster's replication with every node in it: a
+        // client (the operator, through a Service in front of every node) sees the same
+        // status whichever node it reaches.
+        let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let refused = status == StatusCode::SERVICE_UNAVAILABLE
+            && parsed
+                .as_ref()
+                .is_some_and(|v| v["error_code"] == NOT_ACTIVE);
+        let standby_status = status == StatusCode::OK
+            && parsed
+                .as_ref()
+                .is_some_and(|v| v["data"]["node_role"].is_string());
+        if refused || standby_status {
             return Err(ApiError {
                 forward: Some(crate::forwarding::MustForward::Active),
                 ..ApiError::new(

@@ -84,6 +84,16 @@ app.kubernetes.io/component: etcd
 {{- default (printf "%s-cluster.%s.svc:%d" (include "ferry.fullname" .) .Release.Namespace (int .Values.clusterService.port)) .Values.clusterService.address -}}
 {{- end -}}
 
+{{/* What each node advertises as its own cluster address (clusterService.advertise): its pod
+IP, or the Service address shared by every node. */}}
+{{- define "ferry.nodeClusterAddr" -}}
+{{- if eq .Values.clusterService.advertise "service" -}}
+{{- include "ferry.clusterAddr" . -}}
+{{- else -}}
+{{- printf "$(POD_IP):8201" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ferry-vault's API address inside the cluster (the operator's spec.cluster.address). */}}
 {{- define "ferry.apiAddress" -}}
 {{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.tls.enabled) (include "ferry.fullname" .) .Release.Namespace (int .Values.service.port) -}}

@@ -21,6 +21,9 @@
 //! primary lacks there are deleted, and once the local root equals the snapshot's, the
 //! snapshot's index is stored as applied and streaming resumes from it.
 //!
+//! Only the cluster's active node follows: a node that loses the write fence (another node took
+//! it) ends its session and waits, idle, until it holds the fence again.
+//!
 //! Any other failure (the primary unreachable, a call timing out, the heartbeat failing three
 //! times in a row) ends the session; the follower waits with bounded exponential backoff and
 //! connects again. Reads keep being served throughout: the follower only ever adds writes.
@@ -50,6 +53,11 @@ use crate::wal::record::WalEntry;
 /// First and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the follower checks that this node still holds the write fence.
+const FENCE_POLL: Duration = Duration::from_millis(500);
+/// Longest wait between connection attempts while the primary's standbys answer and its active
+/// node does not (a standby takes over within one fence lease).
+const STANDBY_RETRY: Duration = Duration::from_millis(500);
 /// Longest a unary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeats missed in a row before the session is dropped.
@@ -64,6 +72,9 @@ pub(super) type Client = ReplicationClient<Channel>;
 pub(super) enum End {
     Stopped,
     Failed(String),
+    /// No target is the primary's active node, but some answered as its performance standbys:
+    /// the primary is changing active node, so the next try comes sooner ([`STANDBY_RETRY`]).
+    AwaitingActive(String),
 }
 
 impl From<Status> for End {
@@ -105,32 +116,46 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
     let _resolver = AbortOnDrop(resolver);
     let mut backoff = BACKOFF_MIN;
     loop {
+        // Only the cluster's active node follows: a node that lost the write fence to another
+        // (which follows now) waits until it holds it again, if ever.
+        if !replication.core.fence.is_held() {
+            set_state(&replication, "idle", "idle");
+            tokio::select! {
+                _ = tokio::time::sleep(FENCE_POLL) => continue,
+                _ = stop.changed() => {
+                    set_state(&replication, "idle", "shutdown");
+                    return;
+                }
+            }
+        }
         set_state(&replication, "connecting", "connecting");
         let started = Instant::now();
         // Read at each attempt: the client certificate is renewed, the member CAs change.
         let Some(tls) = replication.definition().as_ref().map(TlsMaterial::of) else {
             return;
         };
-        match session(&replication, &tls, &targets, &mut stop).await {
+        let (reason, wait) = match session(&replication, &tls, &targets, &mut stop).await {
             End::Stopped => {
                 set_state(&replication, "idle", "shutdown");
                 return;
             }
             End::Failed(reason) => {
-                warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "replication session ended");
-                {
-                    let mut s = replication.follower_status();
-                    s.last_error = Some(reason);
-                    s.connection_state = "transient_failure";
+                // A session that ran a while resets the backoff.
+                if started.elapsed() > BACKOFF_MAX * 2 {
+                    backoff = BACKOFF_MIN;
                 }
+                (reason, backoff)
             }
-        }
-        // A session that ran a while resets the backoff.
-        if started.elapsed() > BACKOFF_MAX * 2 {
-            backoff = BACKOFF_MIN;
+            End::AwaitingActive(reason) => (reason, backoff.min(STANDBY_RETRY)),
+        };
+        warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "replication session ended");
+        {
+            let mut s = replication.follower_status();
+            s.last_error = Some(reason);
+            s.connection_state = "transient_failure";
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {
                 set_state(&replication, "idle", "shutdown");
                 return;
@@ -182,10 +207,18 @@ async fn session(
     };
     let result = tokio::select! {
         end = follow(replication, client) => end,
+        _ = fence_lost(replication) => End::Failed("this node lost the write fence: its successor follows the primary".into()),
         _ = stop.changed() => End::Stopped,
         _ = lost.changed() => End::Failed(format!("lost the primary at {address}: heartbeats failed")),
     };
     result
+}
+
+/// Resolves once this node no longer holds the cluster's write fence.
+async fn fence_lost(replication: &Replication) {
+    while replication.core.fence.is_held() {
+        tokio::time::sleep(FENCE_POLL).await;
+    }
 }
 
 /// Aborts a task when dropped.
@@ -225,6 +258,7 @@ async fn connect(
         list = resolver::candidates(replication);
     }
     let mut errors = Vec::new();
+    let mut standbys = 0;
     for address in &list {
         let mut c = match client(address, tls) {
             Ok(c) => c,
@@ -239,18 +273,26 @@ async fn connect(
                 info!(primary = %address, "connected to the primary");
                 return Ok((address.clone(), c));
             }
-            Err(status) => errors.push(format!("{address}: {}", status.message())),
+            Err(status) => {
+                standbys += usize::from(ferry_proto::is_standby_refusal(&status));
+                errors.push(format!("{address}: {}", status.message()));
+            }
         }
     }
     targets.report_none_work();
-    Err(End::Failed(format!(
+    let reason = format!(
         "no primary address works: {}",
         if errors.is_empty() {
             "none known".to_string()
         } else {
             errors.join("; ")
         }
-    )))
+    );
+    Err(if standbys > 0 {
+        End::AwaitingActive(reason)
+    } else {
+        End::Failed(reason)
+    })
 }
 
 pub(super) async fn timeout<T>(

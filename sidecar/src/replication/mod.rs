@@ -18,6 +18,11 @@
 //!   (`merkle-diff`, [`snapshot`], [`reconcile`]), copies them (`merkle-sync`) and streams again. It reconnects by
 //!   itself with bounded backoff and keeps serving reads meanwhile; [`resolver`] keeps its list of
 //!   primary addresses fresh from heartbeats and RemoteResolve.
+//! * Nodes: only the active node of a cluster runs all this. Every node serves the cluster port
+//!   ([`cluster_port`]): a performance standby answers RemoteResolve and refuses every other
+//!   call with a typed refusal, and heartbeats its active node ([`standby`]), which keeps the
+//!   standbys' addresses for 15 s ([`node_cache`]) and gives them to secondaries with its own,
+//!   so that a secondary fails over to whichever node is active next.
 //!
 //! Writes and roles: the committer refuses replicated writes from clients unless this cluster
 //! is writable ([`WriteMode`](crate::core::WriteMode)); the follower's writes carry the applied record (`meta/applied`,
@@ -31,12 +36,14 @@
 //! other.
 
 pub mod applied;
+pub mod cluster_port;
 pub mod control;
 pub mod definition;
 pub mod epoch;
 pub mod follower;
 pub mod forward;
 pub mod membership;
+pub mod node_cache;
 pub mod pki;
 pub mod promotion;
 pub mod reconcile;
@@ -45,6 +52,7 @@ pub mod role;
 pub mod service;
 mod ship;
 pub mod snapshot;
+pub mod standby;
 pub mod status;
 pub mod superseded;
 mod sync_serve;
@@ -65,9 +73,8 @@ use crate::error::StoreError;
 use crate::gateway::Gateway;
 use crate::seal::KeyEncryptionKey;
 use definition::{ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
-use pki::CertifiedKey;
 use snapshot::SnapshotCache;
-use transport::ClientTrust;
+use transport::PortTls;
 
 /// Settings of the replication side of the sidecar.
 #[derive(Clone, Debug)]
@@ -78,6 +85,9 @@ pub struct ReplicationConfig {
     pub cluster_listen: SocketAddr,
     /// The address peers reach this node's cluster port at.
     pub cluster_addr: String,
+    /// This node's id, and where its ferry-vault is reached (empty when not told), for status.
+    pub node_id: String,
+    pub api_addr: String,
     /// How often a secondary heartbeats its primary.
     pub heartbeat_interval: Duration,
     /// Where this cluster's server takes requests forwarded to it (when it is the primary).
@@ -154,13 +164,13 @@ pub struct Replication {
     definition: Mutex<Option<ClusterDefinition>>,
     /// Serialises role changes and token bookkeeping.
     pub(crate) control: tokio::sync::Mutex<()>,
-    /// The cluster port's server certificate, when this cluster has a role.
-    material: watch::Sender<Option<CertifiedKey>>,
-    /// The member CAs the cluster port trusts for client certificates.
-    trust: Arc<ClientTrust>,
+    /// What the cluster port serves with (shared with the standby view of this node).
+    port: PortTls,
     follower: Mutex<Option<FollowerHandle>>,
     follower_status: Mutex<FollowerStatus>,
     pub(crate) peers: Mutex<BTreeMap<String, PeerStatus>>,
+    /// This cluster's performance standbys, from their heartbeats (see `node_cache`).
+    pub(crate) nodes: Mutex<node_cache::NodeCache>,
     pub(crate) snapshots: Mutex<SnapshotCache>,
     /// The primary's position this secondary has applied, for read-after-write waits.
     applied: watch::Sender<Option<applied::Applied>>,
@@ -180,11 +190,13 @@ struct FollowerHandle {
 }
 
 impl Replication {
-    /// Loads the stored role and starts what it needs (the cluster port, the follower).
+    /// Loads the stored role and starts what it needs (the cluster port's identity through
+    /// `port`, the follower).
     pub async fn start(
         core: Arc<Core>,
         gateway: Gateway,
         config: ReplicationConfig,
+        port: PortTls,
     ) -> Result<Arc<Self>, StoreError> {
         let definition = match gateway.get(DEFINITION_PATH).await? {
             Some(raw) => Some(open_json::<ClusterDefinition>(
@@ -208,8 +220,7 @@ impl Replication {
             config,
             definition: Mutex::new(None),
             control: tokio::sync::Mutex::new(()),
-            material: watch::Sender::new(None),
-            trust: Arc::default(),
+            port,
             follower: Mutex::new(None),
             follower_status: Mutex::new(FollowerStatus {
                 state: "idle",
@@ -219,6 +230,7 @@ impl Replication {
                 ..FollowerStatus::default()
             }),
             peers: Mutex::new(BTreeMap::new()),
+            nodes: Mutex::new(node_cache::NodeCache::default()),
             snapshots: Mutex::new(SnapshotCache::default()),
             applied: watch::Sender::new(stored_applied),
             primary: Mutex::new(None),
@@ -242,21 +254,9 @@ impl Replication {
         Ok(replication)
     }
 
-    /// The certificate the cluster port serves with, when this cluster has a role.
-    pub fn material(&self) -> watch::Receiver<Option<CertifiedKey>> {
-        self.material.subscribe()
-    }
-
-    /// The member CAs the cluster port trusts for client certificates.
-    pub fn trust(&self) -> Arc<ClientTrust> {
-        self.trust.clone()
-    }
-
     /// Trusts the member CAs of `definition` for client certificates from now on.
     fn trust_members_of(&self, definition: &ClusterDefinition) {
-        if let Err(e) = self.trust.set(&definition.member_cas_pem) {
-            warn!(error = %format!("{e:#}"), "the member CA certificates are unusable; the cluster port refuses clients");
-        }
+        self.port.trust_members(&definition.member_cas_pem);
     }
 
     pub fn definition(&self) -> Option<ClusterDefinition> {
@@ -276,15 +276,7 @@ impl Replication {
     pub(crate) fn adopt(self: &Arc<Self>, definition: Option<ClusterDefinition>) {
         self.core
             .set_write_mode(epoch::write_mode_of(definition.as_ref()));
-        if let Some(d) = &definition {
-            self.trust_members_of(d);
-        }
-        let material = definition.as_ref().map(|d| d.identity.clone());
-        self.material.send_if_modified(|m| {
-            let changed = *m != material;
-            *m = material;
-            changed
-        });
+        self.port.publish(definition.as_ref());
         let follow = definition.as_ref().is_some_and(|d| d.follows_primary());
         *self.definition.lock().expect("definition lock poisoned") = definition;
         self.stop_follower();

@@ -3,16 +3,22 @@
 //! The target list is the primary's cluster addresses learned from heartbeats
 //! (`known_primary_cluster_addrs`, persisted under `core/primary-addrs/perf`) plus the
 //! `primary_cluster_addr` of the stored cluster definition. A resolver task rebuilds it every
-//! [`RESOLVE_INTERVAL`]; on its first pass, and whenever the follower reports that no target
-//! works, it also asks the candidates' `RemoteResolve` where the primary's active node is (a node
-//! that is not the active primary can answer that) and puts the answer first.
+//! [`RESOLVE_INTERVAL`] (logged at trace level as "loaded addresses"); on its first pass, and
+//! whenever the follower reports that no target works, it also asks the candidates'
+//! `RemoteResolve` where the primary's active node is (performance standbys answer it too, see
+//! `standby`) and puts the answer first.
+//!
+//! The follower tries the targets in order; a performance standby refuses with
+//! `ferry_proto::STANDBY_REFUSAL` and the follower moves on, so when the primary's active node
+//! changes, the follower finds the new one among the addresses its heartbeats taught it, with
+//! no operator action.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::replication::RemoteResolveRequest;
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info};
+use tracing::{info, trace};
 
 use super::Replication;
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
@@ -82,7 +88,7 @@ pub async fn run(
             list.insert(0, active);
             list = dedup(list);
         }
-        debug!(addresses = ?list, "loaded addresses");
+        trace!(addresses = ?list, "loaded addresses");
         *targets.list.lock().expect("targets lock poisoned") = list;
         tokio::select! {
             _ = tokio::time::sleep(RESOLVE_INTERVAL) => resolve = false,

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use super::definition::{SECONDARIES_PREFIX, SecondaryRecord};
+use super::node_cache::{HeartbeatRefused, StandbyNode};
 use super::pki::{check_ca_cert, key_fingerprint_of_cert};
 use super::ship::{ship, take_snapshot};
 use super::snapshot::MerkleSnapshot;
@@ -129,6 +130,15 @@ impl ReplicationService {
     fn own_address(&self) -> String {
         self.replication.config.cluster_addr.clone()
     }
+
+    /// The cluster addresses secondaries are told: this node's first, then its live standbys'.
+    fn cluster_addrs(&self) -> Vec<String> {
+        self.replication
+            .nodes
+            .lock()
+            .expect("nodes lock poisoned")
+            .cluster_addrs(&self.own_address(), std::time::Instant::now())
+    }
 }
 
 async fn load_secondary(
@@ -149,7 +159,10 @@ async fn load_secondary(
 
 /// The TLS layer checked the chain to a member CA and the validity; this checks that the
 /// certificate holds the key recorded for the member the caller names.
-fn check_certificate<T>(request: &Request<T>, record: &SecondaryRecord) -> Result<(), Status> {
+pub(super) fn check_certificate<T>(
+    request: &Request<T>,
+    record: &SecondaryRecord,
+) -> Result<(), Status> {
     let presented = request.peer_certs().and_then(|certs| {
         certs
             .first()
@@ -226,7 +239,7 @@ impl ReplicationRpc for ReplicationService {
         Ok(Response::new(pb::ActivateResponse {
             cluster_id: claims.cluster_id,
             epoch: self.core().stream().epoch,
-            cluster_addrs: vec![self.own_address()],
+            cluster_addrs: self.cluster_addrs(),
             client_cert_pem,
             member_cas_pem,
         }))
@@ -297,7 +310,7 @@ impl ReplicationRpc for ReplicationService {
         // As last applied, kept in memory: no etcd read per heartbeat.
         let applied = *self.replication.watch_applied().borrow();
         Ok(Response::new(pb::HeartbeatResponse {
-            cluster_addrs: vec![self.own_address()],
+            cluster_addrs: self.cluster_addrs(),
             epoch: self.core().stream().epoch,
             last_wal: self.core().wal().last,
             active: definition.role.is_active_primary(),
@@ -315,7 +328,11 @@ impl ReplicationRpc for ReplicationService {
     ) -> Result<Response<pb::RemoteResolveResponse>, Status> {
         self.authenticate(&request, &request.get_ref().secondary_id)
             .await?;
+        // As in Vault: the address the primary was enabled with, else the active node's.
         let address = match self.replication.definition() {
+            Some(d) if d.role.is_active_primary() && !d.primary_cluster_addr.is_empty() => {
+                d.primary_cluster_addr
+            }
             Some(d) if d.role.is_active_primary() => self.own_address(),
             Some(d) if d.follows_primary() => {
                 let connected = self.replication.follower_status().connected_to.clone();
@@ -508,6 +525,60 @@ impl ReplicationRpc for ReplicationService {
                 Status::unavailable(format!("failed to store epoch {}: {e}", req.epoch))
             })?;
         Ok(Response::new(pb::AnnounceEpochResponse { fenced }))
+    }
+
+    async fn node_heartbeat(
+        &self,
+        request: Request<pb::NodeHeartbeatRequest>,
+    ) -> Result<Response<pb::NodeHeartbeatResponse>, Status> {
+        let definition = self.replication.definition().ok_or_else(|| {
+            Status::failed_precondition(
+                "this cluster has no replication role: nothing to heartbeat",
+            )
+        })?;
+        // Only this cluster's own nodes hold its identity key (sealed in its etcd).
+        let own = definition
+            .identity
+            .key_fingerprint()
+            .map_err(|e| Status::internal(format!("this cluster's identity is unusable: {e}")))?;
+        let presented = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| key_fingerprint_of_cert(c.as_ref()).ok())
+        });
+        if presented.as_deref() != Some(own.as_str()) {
+            return Err(Status::permission_denied(
+                "the client certificate does not hold this cluster's own key: only the cluster's nodes heartbeat its active node",
+            ));
+        }
+        let req = request.into_inner();
+        let node = StandbyNode {
+            node_id: req.node_id,
+            cluster_addr: req.cluster_addr,
+            api_addr: req.api_addr,
+            last_heartbeat: std::time::SystemTime::now(),
+            seen: std::time::Instant::now(),
+        };
+        let (id, address) = (node.node_id.clone(), node.cluster_addr.clone());
+        let known = {
+            let mut nodes = self.replication.nodes.lock().expect("nodes lock poisoned");
+            let known = nodes
+                .live(node.seen)
+                .iter()
+                .any(|n| n.node_id == node.node_id && n.cluster_addr == node.cluster_addr);
+            nodes.heartbeat(node).map_err(|e| match e {
+                HeartbeatRefused::Full => Status::resource_exhausted(e.to_string()),
+                e => Status::invalid_argument(e.to_string()),
+            })?;
+            known
+        };
+        if !known {
+            info!(node_id = %id, cluster_addr = %address, "a performance standby heartbeats this active node");
+        }
+        Ok(Response::new(pb::NodeHeartbeatResponse {
+            active_node_id: self.replication.config.node_id.clone(),
+            cluster_addrs: self.cluster_addrs(),
+        }))
     }
 
     async fn forward(

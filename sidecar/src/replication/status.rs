@@ -26,6 +26,7 @@ impl Replication {
             "stream_id": stream.stream_id.to_hex(),
         });
         let fields = status.as_object_mut().expect("an object");
+        fields.insert("nodes".into(), json!(self.nodes_status()));
         // Not Vault's: when this cluster's cluster-port client certificate expires (renewed at
         // half-life), so that an operator sees a secondary that cannot renew.
         if let Ok((_, until)) = super::pki::validity_of(&definition.client_cert_pem) {
@@ -115,6 +116,39 @@ impl Replication {
             );
         }
         Ok(status)
+    }
+
+    /// This cluster's nodes as its active node knows them: itself, then each performance
+    /// standby that heartbeated it within the cache's expiry (Vault's field names where it has
+    /// them: `api_address`, `cluster_address`, `last_heartbeat`, `connection_status`).
+    pub fn nodes_status(&self) -> Vec<Value> {
+        let config = &self.config;
+        let mut nodes = vec![json!({
+            "node_id": config.node_id,
+            "role": "active",
+            "active_node": true,
+            "api_address": config.api_addr,
+            "cluster_address": config.cluster_addr,
+            "last_heartbeat": Value::Null,
+            "connection_status": "connected",
+        })];
+        let standbys = self
+            .nodes
+            .lock()
+            .expect("nodes lock poisoned")
+            .live(std::time::Instant::now());
+        nodes.extend(standbys.into_iter().map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "role": "standby",
+                "active_node": false,
+                "api_address": n.api_addr,
+                "cluster_address": n.cluster_addr,
+                "last_heartbeat": rfc3339(n.last_heartbeat),
+                "connection_status": "connected",
+            })
+        }));
+        nodes
     }
 
     /// `sys/replication/status`: both replication types.

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_proto::replication::replication_client::ReplicationClient;
-use ferry_proto::replication::replication_server::ReplicationServer;
+use ferry_proto::replication::replication_server::{
+    Replication as ReplicationRpc, ReplicationServer,
+};
 use rustls::DigitallySignedStruct;
 use rustls::DistinguishedName;
 use rustls::SignatureScheme;
@@ -31,7 +33,6 @@ use tracing::{info, warn};
 
 use super::definition::ClusterDefinition;
 use super::pki::{CertifiedKey, SERVER_NAME};
-use super::service::ReplicationService;
 
 /// Largest replication message accepted: a WAL shipment of up to 2 MiB plus one entry.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -86,6 +87,58 @@ impl ClientTrust {
 
     fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
         self.current.read().expect("trust lock poisoned").clone()
+    }
+}
+
+/// What the cluster port serves with: the cluster's identity (server certificate and key) and
+/// the member CAs it trusts for client certificates. Every node of a cluster serves the port
+/// with the same identity, read from the cluster definition: a standby publishes the definition
+/// it reads from etcd (`standby`), the active node the one it adopts (`Replication::adopt`).
+#[derive(Clone, Debug)]
+pub struct PortTls {
+    material: Arc<watch::Sender<Option<CertifiedKey>>>,
+    trust: Arc<ClientTrust>,
+}
+
+impl Default for PortTls {
+    fn default() -> Self {
+        Self {
+            material: Arc::new(watch::Sender::new(None)),
+            trust: Arc::default(),
+        }
+    }
+}
+
+impl PortTls {
+    /// The identity to serve with, when this cluster has a role.
+    pub fn material(&self) -> watch::Receiver<Option<CertifiedKey>> {
+        self.material.subscribe()
+    }
+
+    /// The member CAs trusted for client certificates.
+    pub fn trust(&self) -> Arc<ClientTrust> {
+        self.trust.clone()
+    }
+
+    /// Serves with `definition`'s identity and trusts its member CAs from now on; without a
+    /// definition, stops serving.
+    pub fn publish(&self, definition: Option<&ClusterDefinition>) {
+        if let Some(d) = definition {
+            self.trust_members(&d.member_cas_pem);
+        }
+        let material = definition.map(|d| d.identity.clone());
+        self.material.send_if_modified(|m| {
+            let changed = *m != material;
+            *m = material;
+            changed
+        });
+    }
+
+    /// Trusts the CA certificates in `member_cas_pem` for client certificates from now on.
+    pub fn trust_members(&self, member_cas_pem: &str) {
+        if let Err(e) = self.trust.set(member_cas_pem) {
+            warn!(error = %format!("{e:#}"), "the member CA certificates are unusable; the cluster port refuses clients");
+        }
     }
 }
 
@@ -206,9 +259,9 @@ pub fn client(address: &str, tls: &TlsMaterial) -> anyhow::Result<ReplicationCli
 /// The port is bound once, at start-up, whether or not this cluster has a role yet: a port
 /// that is taken fails start-up loudly, and no other process can take it between start-up and
 /// the day replication is enabled. Without a role, connections are accepted and closed.
-pub async fn serve(
+pub async fn serve<S: ReplicationRpc + Clone>(
     listen: SocketAddr,
-    service: ReplicationService,
+    service: S,
     mut material: watch::Receiver<Option<CertifiedKey>>,
     trust: Arc<ClientTrust>,
     mut shutdown: watch::Receiver<bool>,

@@ -17,6 +17,7 @@ pub enum Bench {
     Lag,
     Vault,
     Operator,
+    Nodes,
     /// The charts on real Kubernetes regions (needs root).
     Kube,
 }
@@ -30,7 +31,7 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|lag|vault|operator|kube[,...]]\n\
+                     [--only write|recovery|memory|replication|lag|vault|operator|nodes|kube[,...]]\n\
                      lag: only the replication lag cases of replication\n\
                      --seconds: measured time per write and lag case, and the catch-up outage \
                      (default 5)\n\
@@ -83,6 +84,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "lag" => Bench::Lag,
                         "vault" => Bench::Vault,
                         "operator" => Bench::Operator,
+                        "nodes" => Bench::Nodes,
                         "kube" => Bench::Kube,
                         other => bail!("unknown benchmark {other:?}\n{USAGE}"),
                     });
@@ -110,6 +112,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
             Bench::Replication,
             Bench::Vault,
             Bench::Operator,
+            Bench::Nodes,
             Bench::Kube,
         ]
         .into();
@@ -144,7 +147,7 @@ mod tests {
         let a = parse("--quick --seconds 2").unwrap();
         assert_eq!(a.keys, vec![QUICK_KEYS]);
         assert_eq!(a.seconds, 2.0);
-        assert_eq!(a.only.len(), 6);
+        assert_eq!(a.only.len(), 7);
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());
@@ -152,6 +155,8 @@ mod tests {
         assert_eq!(a.only, [Bench::Lag].into());
         let a = parse("--only=replication").unwrap();
         assert_eq!(a.only, [Bench::Replication].into());
+        let a = parse("--only=nodes").unwrap();
+        assert_eq!(a.only, [Bench::Nodes].into());
         assert!(parse("--only disk").is_err());
         assert!(parse("--seconds").is_err());
         assert!(parse("--bogus").is_err());

@@ -36,6 +36,11 @@
 //!   resources to `stream-wals`, and from flipping the roles to writes accepted on the new
 //!   primary (target ≤5 s), median of three runs.
 //!
+//! * `nodes`: three nodes in one cluster: from `kill -9` of the active node to the first write
+//!   accepted again (p50 and max of five runs, at the chart's 5 s fence lease and the sidecar's
+//!   10 s default; target ≤10 s) and acknowledged writes lost (target 0); reads a second from
+//!   three nodes against one, with CPU time per read of each process.
+//!
 //! * `kube`: the charts on two real single-node Kubernetes regions (root needed): from `helm
 //!   install` to a replicating two-region install, and the RTO of a switchover by `helm
 //!   upgrade` (target ≤5 s), medians over fresh pairs of regions.
@@ -45,13 +50,14 @@
 //!
 //! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
 //! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|lag|vault|operator|kube` (comma separated for several; all by default).
+//! write|recovery|memory|replication|lag|vault|operator|nodes|kube` (comma separated for several; all by default).
 
 mod args;
 mod common;
 mod harness;
 mod kube;
 mod memory;
+mod nodes;
 mod operator;
 mod procfs;
 mod recovery;
@@ -95,6 +101,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         vault::vault_bench(args, report)
             .await
             .context("vault benchmark failed")?;
+    }
+    if args.only.contains(&Bench::Nodes) {
+        nodes::nodes_bench(args, report)
+            .await
+            .context("nodes benchmark failed")?;
     }
     if args.only.contains(&Bench::Operator) {
         operator::operator_bench(args, report)
