@@ -183,6 +183,24 @@ impl ChartRegion {
         }
     }
 
+    /// Waits until the region's ReplicationCluster lists `count` nodes, one of them active;
+    /// the active node's id (its pod's name).
+    pub async fn wait_nodes(&self, count: usize) -> anyhow::Result<String> {
+        let rc = self
+            .wait_cluster(&format!("{count} nodes, one active"), |rc| {
+                let nodes = rc
+                    .status
+                    .as_ref()
+                    .map(|s| s.nodes.as_slice())
+                    .unwrap_or_default();
+                nodes.len() == count && nodes.iter().filter(|n| n.role == "active").count() == 1
+            })
+            .await?;
+        let status = rc.status.context("no status")?;
+        let active = status.nodes.iter().find(|n| n.role == "active");
+        Ok(active.context("no active node")?.node_id.clone())
+    }
+
     /// The recent logs of the region's Ferry pods, for failure messages.
     pub async fn logs(&self) -> String {
         let mut out = String::new();

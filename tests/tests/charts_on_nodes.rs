@@ -8,8 +8,9 @@
 //!    with the keys and the activation Secret copied from west to east;
 //! 3. hvac through the Services: west's writes read on east, east's writes forwarded, tokens
 //!    local;
-//! 4. `kubectl delete pod` of west's Vault pod under a write load: it comes back, no
-//!    acknowledged write is lost, east streams again by itself;
+//! 4. `kubectl delete pod` of west's active node (three per region, the chart's default) under
+//!    a write load: a standby takes over, the pod comes back, no acknowledged write is lost,
+//!    east streams from the new active node by itself;
 //! 5. a switchover by `helm upgrade` with the roles flipped in values (as a Git commit would):
 //!    no acknowledged write lost, its RTO measured;
 //! 6. `helm upgrade` to a new image tag rolls the pods with no acknowledged write lost;
@@ -33,6 +34,9 @@ use ferry_tests::operator::{Writer, is_true, state};
 use ferry_tests::wait_for;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+
+/// Nodes (pods) per region: the chart's default.
+const REPLICAS: usize = 3;
 
 /// The tag step 6 rolls to: the same image tagged anew in each region's containerd, so only
 /// the tag changes.
@@ -63,21 +67,27 @@ async fn two_regions_installed_with_helm_replicate_fail_over_and_uninstall_clean
     .await?;
     eprintln!("hvac checks passed through both Services");
 
-    // 4: west's Vault pod deleted under a write load.
+    // 4: the pod of west's active node deleted under a write load: a standby takes over, the
+    // pod comes back as a standby, and east streams from the new active node by itself.
+    let active = west.wait_nodes(REPLICAS).await?;
     let writer = Writer::start(west.api(), east.api());
     wait_acked(&writer, 20).await?;
     let deleted = Instant::now();
     west.region
-        .kubectl(&["delete", "pod", "-n", NAMESPACE, "ferry-0"])
+        .kubectl(&["delete", "pod", "-n", NAMESPACE, &active, "--wait=false"])
         .await?;
-    let gone = deleted.elapsed().as_secs_f64();
-    west.rollout("ferry").await?;
-    let ready = deleted.elapsed().as_secs_f64();
     let before = writer.acked().await.len();
     wait_acked(&writer, before + 20).await?;
+    let writing = deleted.elapsed().as_secs_f64();
+    west.rollout("ferry").await?;
+    let new_active = west.wait_nodes(REPLICAS).await?;
+    anyhow::ensure!(
+        new_active != active,
+        "{active} is still the active node after its pod was deleted"
+    );
     eprintln!(
-        "west's pod deleted: gone after {gone:.1} s, its successor Ready after {ready:.1} s, \
-         writes acknowledged again after {:.1} s",
+        "west's active pod {active} deleted: {new_active} active and 20 more writes \
+         acknowledged after {writing:.1} s, all {REPLICAS} nodes back after {:.1} s",
         deleted.elapsed().as_secs_f64()
     );
     let (acked, _) = writer.stop().await;
@@ -123,16 +133,35 @@ async fn two_regions_installed_with_helm_replicate_fail_over_and_uninstall_clean
     check_everywhere(&acked, &[&east, &west]).await?;
     eprintln!("rolled to {NEW_TAG}: {} writes, none lost", acked.len());
 
-    // 7: uninstall leaves only what the README says: the key Secrets and etcd's claims.
+    // 7: uninstall leaves only what the README says: the key Secrets and etcd's claims. The
+    // operator goes last, once it has let go of its ReplicationCluster (its finalizer).
     for region in [&west, &east] {
         region
             .region
-            .helm(&["uninstall", "ferry", "-n", NAMESPACE, "--wait"])
+            .helm(&["uninstall", "ferry", "-n", NAMESPACE])
             .await?;
+    }
+    for region in [&west, &east] {
+        let clusters = region.clusters().await?;
+        wait_for(
+            &format!("{}'s ReplicationCluster to be gone", region.name()),
+            LONG,
+            || async {
+                clusters
+                    .get_opt(region.name())
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await?;
         region
             .region
-            .helm(&["uninstall", "ferry-operator", "-n", NAMESPACE, "--wait"])
+            .helm(&["uninstall", "ferry-operator", "-n", NAMESPACE])
             .await?;
+    }
+    for region in [&west, &east] {
         check_left_behind(region).await?;
     }
 
