@@ -147,7 +147,7 @@ mod tests {
         let a = parse("--quick --seconds 2").unwrap();
         assert_eq!(a.keys, vec![QUICK_KEYS]);
         assert_eq!(a.seconds, 2.0);
-        assert_eq!(a.only.len(), 7);
+        assert_eq!(a.only.len(), 8);
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());
@@ -157,6 +157,8 @@ mod tests {
         assert_eq!(a.only, [Bench::Replication].into());
         let a = parse("--only=nodes").unwrap();
         assert_eq!(a.only, [Bench::Nodes].into());
+        let a = parse("--only=kube").unwrap();
+        assert_eq!(a.only, [Bench::Kube].into());
         assert!(parse("--only disk").is_err());
         assert!(parse("--seconds").is_err());
         assert!(parse("--bogus").is_err());
