@@ -183,22 +183,36 @@ impl ChartRegion {
         }
     }
 
-    /// Waits until the region's ReplicationCluster lists `count` nodes, one of them active;
-    /// the active node's id (its pod's name).
-    pub async fn wait_nodes(&self, count: usize) -> anyhow::Result<String> {
-        let rc = self
-            .wait_cluster(&format!("{count} nodes, one active"), |rc| {
-                let nodes = rc
-                    .status
-                    .as_ref()
-                    .map(|s| s.nodes.as_slice())
-                    .unwrap_or_default();
-                nodes.len() == count && nodes.iter().filter(|n| n.role == "active").count() == 1
-            })
-            .await?;
-        let status = rc.status.context("no status")?;
-        let active = status.nodes.iter().find(|n| n.role == "active");
-        Ok(active.context("no active node")?.node_id.clone())
+    /// Waits until the region's ReplicationCluster lists `count` nodes, one of them active and
+    /// not `not_active` (a node known to be gone: the status is refreshed every few seconds,
+    /// so until then it may still show the old view); the active node's id (its pod's name).
+    pub async fn wait_nodes(
+        &self,
+        count: usize,
+        not_active: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let active = |rc: &ReplicationCluster| {
+            let nodes = rc
+                .status
+                .as_ref()
+                .map(|s| s.nodes.as_slice())
+                .unwrap_or_default();
+            let active: Vec<&str> = nodes
+                .iter()
+                .filter(|n| n.role == "active")
+                .map(|n| n.node_id.as_str())
+                .collect();
+            match active[..] {
+                [one] if nodes.len() == count && Some(one) != not_active => Some(one.to_owned()),
+                _ => None,
+            }
+        };
+        let what = match not_active {
+            Some(gone) => format!("{count} nodes, one active other than {gone}"),
+            None => format!("{count} nodes, one active"),
+        };
+        let rc = self.wait_cluster(&what, |rc| active(rc).is_some()).await?;
+        active(&rc).context("no active node")
     }
 
     /// The recent logs of the region's Ferry pods, for failure messages.
