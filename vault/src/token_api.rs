@@ -150,8 +150,10 @@ fn lookup_data(id: &str, e: &TokenEntry) -> Value {
     data
 }
 
-/// Vault's `auth` block for a created or renewed token, with the warnings of its TTL.
-fn auth_response(token: &str, e: &TokenEntry, warnings: Vec<String>) -> Response {
+/// Vault's `auth` block for a created or renewed token, with the warnings of its TTL. `granted`
+/// is when its TTL was set, so `lease_duration` is the TTL granted, not what is left of it a
+/// second later.
+fn auth_response(token: &str, e: &TokenEntry, granted: u64, warnings: Vec<String>) -> Response {
     axum::Json(json!({
         "request_id": "",
         "lease_id": "",
@@ -166,7 +168,7 @@ fn auth_response(token: &str, e: &TokenEntry, warnings: Vec<String>) -> Response
             "policies": e.policies,
             "token_policies": e.policies,
             "metadata": e.meta,
-            "lease_duration": e.ttl_left(unix_now()),
+            "lease_duration": e.ttl_left(granted),
             "renewable": e.renewable,
             "entity_id": "",
             "token_type": "service",
@@ -325,7 +327,7 @@ impl<'s> Caller<'s> {
             .create(&token, &entry)
             .await
             .map_err(internal)?;
-        Ok(auth_response(&token, &entry, warnings))
+        Ok(auth_response(&token, &entry, now, warnings))
     }
 
     async fn lookup(&self, request: &ApiRequest, body: &Bytes) -> ApiResult {
@@ -446,7 +448,7 @@ impl<'s> Caller<'s> {
             .put(token, &entry)
             .await
             .map_err(internal)?;
-        Ok(auth_response(token, &entry, warnings))
+        Ok(auth_response(token, &entry, now, warnings))
     }
 
     async fn revoke_self(&self) -> ApiResult {
