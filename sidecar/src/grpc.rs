@@ -6,9 +6,9 @@ use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_server::Storage;
 use ferry_proto::storage::{
     BatchRequest, CheckMerkleRequest, CheckMerkleResponse, DeleteRequest, GetRequest, GetResponse,
-    LeaderRequest, LeaderResponse, ListRequest, ListResponse, PutRequest, ReadWalRequest,
-    ReadWalResponse, ReindexRequest, ReindexResponse, StatusRequest, StatusResponse,
-    WalEntry as PbWalEntry, WalOperation, WriteResponse,
+    LeaderRequest, LeaderResponse, ListRequest, ListResponse, NodesRequest, NodesResponse,
+    PutRequest, ReadWalRequest, ReadWalResponse, ReindexRequest, ReindexResponse, StatusRequest,
+    StatusResponse, WalEntry as PbWalEntry, WalOperation, WriteResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -151,6 +151,12 @@ impl Admin for Gateway {
             role: role.as_str().into(),
             ..LeaderResponse::default()
         }))
+    }
+
+    async fn nodes(&self, _: Request<NodesRequest>) -> Result<Response<NodesResponse>, Status> {
+        let core = self.core();
+        let nodes = crate::presence::list(&core.client, &core.keyspace).await?;
+        Ok(Response::new(NodesResponse { nodes }))
     }
 
     async fn read_wal(

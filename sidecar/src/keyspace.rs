@@ -13,11 +13,14 @@
 //! <root>meta/merkle-checkpoint      geometry and the WAL index every subpage is flushed up to
 //! <root>meta/applied                secondary: the primary's stream and the last index applied
 //! <root>meta/superseded             a newer primary's epoch, once this cluster learned of one
+//! <root>meta/nodes/<node id>        a node's presence record, under that node's own lease
 //! ```
 //!
-//! `meta/superseded` is the one key written outside the write fence: learning of a newer epoch
-//! must be durable even when this node has lost its fence, and the record only ever restricts
-//! (its epoch only grows), so any node may store it.
+//! `meta/superseded` is the one data-bearing key written outside the write fence: learning of a
+//! newer epoch must be durable even when this node has lost its fence, and the record only ever
+//! restricts (its epoch only grows), so any node may store it. Presence records
+//! (`meta/nodes/`) are each written by their own node, fence or not: they say who is up, and
+//! nothing reads them to decide anything but what `sys/ha-status` lists.
 //!
 //! WAL indexes are fixed-width hexadecimal so that etcd's byte order is index order. Data keys
 //! keep the storage path verbatim so that a list is a range read in path order.
@@ -103,6 +106,14 @@ impl Keyspace {
 
     pub fn superseded(&self) -> String {
         format!("{}meta/superseded", self.root)
+    }
+
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}meta/nodes/", self.root)
+    }
+
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}meta/nodes/{node_id}", self.root)
     }
 
     pub fn merkle_checkpoint(&self) -> String {

@@ -31,6 +31,7 @@ pub mod list;
 pub mod merkle;
 pub mod node;
 pub mod path;
+pub mod presence;
 pub mod recovery;
 pub mod reindex;
 pub mod reopen;
@@ -107,6 +108,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("failed to acquire the write fence")?;
     let mut supervisor = Supervisor::new();
+    // This node's presence record (`sys/ha-status`), written once before anything is served.
+    let mut presence = presence::Presence::new(
+        client.clone(),
+        &keyspace,
+        node::node_info(config.fence_holder()),
+    );
+    if let Err(e) = presence.echo().await {
+        warn!(error = %e, "failed to store this node's presence record; trying again");
+    }
+    supervisor.spawn("presence", presence.run(supervisor.shutdown_signal()));
     // The lease is kept alive whenever the fence is held: recovery can take longer than its TTL.
     {
         let (fence, client, shutdown) =

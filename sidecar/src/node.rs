@@ -53,8 +53,9 @@ use ferry_proto::storage::admin_server::Admin;
 use ferry_proto::storage::storage_server::Storage;
 use ferry_proto::storage::{
     BatchRequest, CheckMerkleRequest, CheckMerkleResponse, DeleteRequest, GetRequest, GetResponse,
-    LeaderRequest, LeaderResponse, ListRequest, ListResponse, NodeInfo, PutRequest, ReadWalRequest,
-    ReadWalResponse, ReindexRequest, ReindexResponse, StatusRequest, StatusResponse, WriteResponse,
+    LeaderRequest, LeaderResponse, ListRequest, ListResponse, NodeInfo, NodesRequest,
+    NodesResponse, PutRequest, ReadWalRequest, ReadWalResponse, ReindexRequest, ReindexResponse,
+    StatusRequest, StatusResponse, WriteResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -244,7 +245,7 @@ impl NodeApi {
     }
 }
 
-fn node_info(holder: FenceHolder) -> NodeInfo {
+pub fn node_info(holder: FenceHolder) -> NodeInfo {
     NodeInfo {
         node_id: holder.node_id,
         api_addr: holder.api_addr,
@@ -347,6 +348,11 @@ impl Admin for NodeApi {
 
     async fn leader(&self, _: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         Ok(Response::new(NodeApi::leader(self)))
+    }
+
+    async fn nodes(&self, _: Request<NodesRequest>) -> Result<Response<NodesResponse>, Status> {
+        let nodes = crate::presence::list(&self.0.client, &self.0.keyspace).await?;
+        Ok(Response::new(NodesResponse { nodes }))
     }
 }
 

@@ -95,15 +95,22 @@ async fn one_active_node_standbys_serve_reads_and_forward_writes() -> anyhow::Re
     assert_eq!(leader.body["performance_standby"], false);
     assert_eq!(leader.body["leader_address"], active_addr.as_str());
 
-    // sys/ha-status needs a token; a standby lists the active node and itself.
+    // sys/ha-status needs a token; every node lists every node, the active one first (each
+    // node's presence record is written before it serves anything).
     assert_eq!(n2.vault.api.get("/v1/sys/ha-status").await?.status, 403);
-    let ha = n2.root().get("/v1/sys/ha-status").await?.ok()?;
-    let listed = ha.body["Nodes"].as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 2, "{:?}", ha.body);
-    assert_eq!(listed[0]["hostname"], "node-1");
-    assert_eq!(listed[0]["active_node"], true);
-    assert_eq!(listed[1]["hostname"], "node-2");
-    assert_eq!(listed[1]["active_node"], false);
+    for asked in [n1, n2, n3] {
+        let ha = asked.root().get("/v1/sys/ha-status").await?.ok()?;
+        let listed = ha.body["Nodes"].as_array().cloned().unwrap_or_default();
+        let names: Vec<_> = listed.iter().map(|n| n["hostname"].clone()).collect();
+        assert_eq!(names, ["node-1", "node-2", "node-3"], "{:?}", ha.body);
+        assert_eq!(listed[0]["active_node"], true);
+        assert_eq!(listed[0]["last_echo"], serde_json::Value::Null);
+        assert_eq!(listed[0]["api_address"], active_addr.as_str());
+        for standby in &listed[1..] {
+            assert_eq!(standby["active_node"], false);
+            assert!(standby["last_echo"].is_string(), "{standby:?}");
+        }
+    }
 
     // A write on the active node is read on a standby.
     n1.root()
@@ -264,6 +271,30 @@ async fn a_standby_takes_over_within_10s_of_kill_9_and_no_acknowledged_write_is_
         }
     }
     println!("{} acknowledged writes, none lost", acknowledged.len());
+
+    // sys/ha-status drops the killed node once its presence lease expires (15 s after its
+    // last echo), and lists the new active node first.
+    let listed = ferry_tests::wait_for(
+        "sys/ha-status without the killed node",
+        Duration::from_secs(25),
+        || async {
+            let ha = nodes[1].root().get("/v1/sys/ha-status").await.ok()?;
+            let names: Vec<String> = ha.body["Nodes"]
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["hostname"].as_str().map(str::to_owned))
+                .collect();
+            (!names.contains(&"node-1".to_owned())).then_some(names)
+        },
+    )
+    .await?;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0], format!("node-{}", new_active + 2));
+    assert!(
+        killed.elapsed() < Duration::from_secs(25),
+        "the killed node was listed for {:?}",
+        killed.elapsed()
+    );
     Ok(())
 }
 

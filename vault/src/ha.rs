@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ferry_proto::storage::LeaderResponse;
+use ferry_proto::storage::{LeaderResponse, NodeInfo, NodePresence};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -221,33 +221,50 @@ pub async fn leader(state: &ServerState) -> Response {
     .into_response()
 }
 
-/// `sys/ha-status`: the active node and this one. Until standbys heartbeat the active node
-/// (issue 18 part 2), a node knows no other peers.
+/// `sys/ha-status`: every node of the cluster, the active one first, as Vault lists them. The
+/// list is the cluster's presence records (the sidecar's `presence` module: each node rewrites
+/// its own every 5 s, and a node gone for 15 s drops out), so every node gives the same answer.
+/// The active node's `last_echo` is null, as in Vault; a standby's is its last rewrite.
 pub async fn ha_status(state: &ServerState) -> Result<Response, crate::server::ApiError> {
     let leader = state.storage.leader().await?;
-    let node = |info: &ferry_proto::storage::NodeInfo, active: bool| -> Value {
+    let present = state.storage.nodes().await?;
+    Ok(axum::Json(json!({ "Nodes": ha_nodes(leader.active.as_ref(), &present) })).into_response())
+}
+
+/// The nodes `sys/ha-status` lists: the active node first (from the fence when its record is
+/// missing), then the others in the records' order (by node id).
+fn ha_nodes(active: Option<&NodeInfo>, present: &[NodePresence]) -> Vec<Value> {
+    let node = |info: &NodeInfo, echo: Option<i64>, version: &str| -> Value {
+        let version = if version.is_empty() { VERSION } else { version };
         json!({
             "hostname": info.node_id,
             "api_address": info.api_addr,
             "cluster_address": cluster_url(&info.cluster_addr),
-            "active_node": active,
-            "last_echo": null,
-            "version": VERSION,
+            "active_node": echo.is_none(),
+            "last_echo": echo.map(|ms| {
+                let ms = ms.max(0) as u64;
+                ferry_proto::time::rfc3339_micros(ms / 1000, (ms % 1000) as u32 * 1000)
+            }),
+            "version": version,
+            "upgrade_version": version,
+            "redundancy_zone": "",
         })
     };
-    let mut nodes = Vec::new();
-    if let Some(active) = &leader.active {
-        nodes.push(node(active, true));
+    let active_id = active.map(|a| a.node_id.as_str());
+    let (mut first, mut rest) = (None, Vec::new());
+    for p in present {
+        let Some(info) = &p.node else { continue };
+        if Some(info.node_id.as_str()) == active_id {
+            first = Some(node(info, None, &p.version));
+        } else {
+            rest.push(node(info, Some(p.last_echo_ms), &p.version));
+        }
     }
-    if let Some(me) = &leader.node
-        && leader
-            .active
-            .as_ref()
-            .is_none_or(|a| a.node_id != me.node_id)
-    {
-        nodes.push(node(me, false));
-    }
-    Ok(axum::Json(json!({ "Nodes": nodes })).into_response())
+    first
+        .or_else(|| active.map(|a| node(a, None, "")))
+        .into_iter()
+        .chain(rest)
+        .collect()
 }
 
 /// A cluster address as Vault shows it: `https://host:port`.
@@ -276,6 +293,40 @@ mod tests {
         );
         assert_eq!(NodeRole::of(Some(&leader("activating"))), NodeRole::Standby);
         assert_eq!(NodeRole::of(None), NodeRole::Standby);
+    }
+
+    #[test]
+    fn ha_status_lists_the_active_node_first_then_the_others_with_their_last_echo() {
+        let info = |id: &str| NodeInfo {
+            node_id: id.into(),
+            api_addr: format!("http://{id}:8200"),
+            cluster_addr: format!("{id}:8201"),
+        };
+        let present = |id: &str| NodePresence {
+            node: Some(info(id)),
+            last_echo_ms: 1_700_000_000_250,
+            version: "9.9.9".into(),
+        };
+        let nodes = ha_nodes(
+            Some(&info("b")),
+            &[present("a"), present("b"), present("c")],
+        );
+        let ids: Vec<_> = nodes.iter().map(|n| n["hostname"].clone()).collect();
+        assert_eq!(ids, ["b", "a", "c"]);
+        assert_eq!(nodes[0]["active_node"], true);
+        assert_eq!(nodes[0]["last_echo"], Value::Null);
+        assert_eq!(nodes[1]["active_node"], false);
+        assert_eq!(nodes[1]["last_echo"], "2023-11-14T22:13:20.250000Z");
+        assert_eq!(nodes[1]["cluster_address"], "https://a:8201");
+        assert_eq!(nodes[1]["version"], "9.9.9");
+
+        // The active node without a record (it has not echoed yet) is still listed first.
+        let nodes = ha_nodes(Some(&info("b")), &[present("a")]);
+        assert_eq!(nodes[0]["hostname"], "b");
+        assert_eq!(nodes[0]["version"], VERSION);
+        assert_eq!(nodes.len(), 2);
+        // No active node: only the records.
+        assert_eq!(ha_nodes(None, &[present("a")]).len(), 1);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use ferry_proto::storage::admin_client::AdminClient;
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_client::StorageClient;
 use ferry_proto::storage::{
-    BatchRequest, DeleteRequest, GetRequest, LeaderRequest, LeaderResponse, ListRequest, Operation,
-    PutRequest, WriteResponse,
+    BatchRequest, DeleteRequest, GetRequest, LeaderRequest, LeaderResponse, ListRequest,
+    NodePresence, NodesRequest, Operation, PutRequest, WriteResponse,
 };
 use thiserror::Error;
 use tonic::transport::Channel;
@@ -100,6 +100,17 @@ impl Storage {
             .leader(LeaderRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Every node of the cluster that announced itself lately (`sys/ha-status`).
+    pub async fn nodes(&self) -> Result<Vec<NodePresence>, StorageError> {
+        Ok(self
+            .admin
+            .clone()
+            .nodes(NodesRequest {})
+            .await?
+            .into_inner()
+            .nodes)
     }
 
     /// Sends a request this cluster cannot execute to the primary, through the sidecar.
