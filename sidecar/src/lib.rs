@@ -14,6 +14,7 @@
 
 pub mod admin_cli;
 pub mod api;
+pub mod changes;
 pub mod codec;
 pub mod commit;
 pub mod committer;
@@ -47,6 +48,7 @@ use anyhow::Context;
 use ferry_proto::forward::consistency_server::ConsistencyServer;
 use ferry_proto::forward::forwarding_server::ForwardingServer;
 use ferry_proto::storage::admin_server::AdminServer;
+use ferry_proto::storage::changes_server::ChangesServer;
 use ferry_proto::storage::storage_server::StorageServer;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
@@ -126,10 +128,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             fence.keep_alive(client, shutdown).await
         });
     }
+    let changes = changes::ChangesService::new(
+        client.clone(),
+        keyspace.clone(),
+        supervisor.shutdown_signal(),
+    );
     supervisor.spawn(
         "storage-api",
         serve(
             node.clone(),
+            changes,
             config.storage_socket.clone(),
             supervisor.shutdown_signal(),
         ),
@@ -298,6 +306,7 @@ async fn wait_for_fence(fence: &Fence, client: &etcd_client::Client) {
 
 async fn serve(
     node: NodeApi,
+    changes: changes::ChangesService,
     socket: std::path::PathBuf,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -318,6 +327,7 @@ async fn serve(
             ForwardingServer::new(node.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(ConsistencyServer::new(node))
+        .add_service(ChangesServer::new(changes))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             let _ = shutdown.changed().await;
         })

@@ -48,6 +48,11 @@ pub struct Config {
     #[arg(long, env = "FERRY_SIDECAR_API_SOCKET")]
     pub sidecar_api_socket: Option<PathBuf>,
 
+    /// Bytes of recently read storage values kept in memory (0: none). The cache follows the
+    /// sidecar's change stream and is not used while that stream is down; see `read_cache`.
+    #[arg(long, env = "FERRY_READ_CACHE_BYTES", default_value_t = crate::read_cache::DEFAULT_BUDGET)]
+    pub read_cache_bytes: usize,
+
     /// Log filter, in `tracing` syntax.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     pub log: String,

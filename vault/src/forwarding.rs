@@ -72,6 +72,8 @@ pub struct RequestScope {
     forwarded: Option<TokenEntry>,
     authenticated: Mutex<Option<TokenEntry>>,
     written: Mutex<Option<ReplicatedState>>,
+    /// The request carried `X-Vault-Index`: its reads go to storage, not the read cache.
+    fresh_reads: bool,
 }
 
 impl RequestScope {
@@ -92,6 +94,12 @@ pub enum MustForward {
 /// The identity of a forwarded request being executed here, if this is one.
 pub fn forwarded_identity() -> Option<TokenEntry> {
     SCOPE.try_with(|s| s.forwarded.clone()).ok().flatten()
+}
+
+/// Whether this request's storage reads must skip the read cache (it carried `X-Vault-Index`,
+/// and the cache may not have heard yet of the state the header names).
+pub fn wants_fresh_reads() -> bool {
+    SCOPE.try_with(|s| s.fresh_reads).unwrap_or(false)
 }
 
 /// Called by `authenticate`: the identity to forward with, should it come to that.
@@ -209,7 +217,10 @@ pub async fn layer(
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     // Kept for forwarding to the active node, which gets the request as the client sent it.
     let client_headers = parts.headers.clone();
-    let scope = Arc::new(RequestScope::default());
+    let scope = Arc::new(RequestScope {
+        fresh_reads: client_headers.contains_key(INDEX_HEADER),
+        ..RequestScope::default()
+    });
     let request = Request::from_parts(parts, Body::from(body.clone()));
     let mut response = SCOPE.scope(scope.clone(), next.run(request)).await;
     let Some(&to) = response.extensions().get::<MustForward>() else {
@@ -224,6 +235,8 @@ pub async fn layer(
             crate::ha::forward_to_active(&state, &method, &path_and_query, &client_headers, body)
                 .await;
         let response = hold_for_write(&state, response).await;
+        // What the active node changed is in etcd now; what this node cached may predate it.
+        state.storage.cache().forget_all();
         return match pending {
             Some(p) => p.0.log_final_response(response).await,
             None => response,
@@ -257,6 +270,9 @@ pub async fn layer(
         secondary_id: String::new(),
     };
     let response = forward(&state, request).await;
+    // The primary's write has been applied here (or the response warns that it may not be):
+    // what this node cached may predate it.
+    state.storage.cache().forget_all();
     match pending {
         Some(p) => p.0.log_final_response(response).await,
         None => response,

@@ -25,6 +25,7 @@ pub mod mounts;
 pub mod mounts_api;
 pub mod policy;
 pub mod policy_api;
+pub mod read_cache;
 pub mod replication_proxy;
 pub mod request;
 pub mod server;
@@ -70,7 +71,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     wait_for_sidecar(&config.storage_socket).await?;
-    let storage = Storage::connect(&config.storage_socket);
+    let storage = Storage::connect(&config.storage_socket, config.read_cache_bytes);
+    tokio::spawn(storage.clone().keep_read_cache());
     let local = unseal::local_keyring(&storage, &root, initial_token)
         .await
         .context("failed to open the local keyring")?;

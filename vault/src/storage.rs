@@ -1,7 +1,9 @@
-//! The sidecar's storage API, as ferry-vault uses it: raw (already sealed) values by path.
+//! The sidecar's storage API, as ferry-vault uses it: raw (already sealed) values by path, read
+//! through the [`read_cache`](crate::read_cache) while the sidecar's change stream keeps it
+//! trustworthy ([`Storage::keep_read_cache`]).
 
 use std::path::Path;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::forward::consistency_client::ConsistencyClient;
@@ -10,14 +12,18 @@ use ferry_proto::forward::{
     ForwardedRequest, ForwardedResponse, ReplicatedState, WaitForStateRequest,
 };
 use ferry_proto::storage::admin_client::AdminClient;
+use ferry_proto::storage::changes_client::ChangesClient;
 use ferry_proto::storage::operation::Op;
 use ferry_proto::storage::storage_client::StorageClient;
 use ferry_proto::storage::{
     BatchRequest, DeleteRequest, GetRequest, LeaderRequest, LeaderResponse, ListRequest,
-    NodePresence, NodesRequest, Operation, PutRequest, WriteResponse,
+    NodePresence, NodesRequest, Operation, PutRequest, WatchRequest, WriteResponse,
 };
 use thiserror::Error;
 use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::read_cache::ReadCache;
 
 /// Why a storage call failed.
 #[derive(Debug, Error)]
@@ -65,6 +71,8 @@ pub struct Storage {
     admin: AdminClient<Channel>,
     forwarding: ForwardingClient<Channel>,
     consistency: ConsistencyClient<Channel>,
+    changes: ChangesClient<Channel>,
+    cache: Arc<ReadCache>,
 }
 
 /// A replicated write's state, noted for the request's `X-Vault-Index`; 0 for a local write.
@@ -81,14 +89,62 @@ fn noted(reply: tonic::Response<WriteResponse>) -> u64 {
 }
 
 impl Storage {
-    pub fn connect(socket: &Path) -> Self {
+    /// A client of the sidecar at `socket`, with a read cache of `cache_bytes` (0: none) that
+    /// serves nothing until [`keep_read_cache`](Self::keep_read_cache) runs.
+    pub fn connect(socket: &Path, cache_bytes: usize) -> Self {
         let channel = ferry_proto::connect_unix(socket);
         Self {
+            changes: ChangesClient::new(channel.clone()),
+            cache: Arc::new(ReadCache::new(cache_bytes)),
             client: StorageClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
             forwarding: ForwardingClient::new(channel.clone())
                 .max_decoding_message_size(crate::forwarding::MAX_MESSAGE_BYTES),
             consistency: ConsistencyClient::new(channel),
+        }
+    }
+
+    pub fn cache(&self) -> &ReadCache {
+        &self.cache
+    }
+
+    /// Follows the sidecar's change stream for ever: forgets what changed, trusts the cache
+    /// while progress messages come, and forgets everything when the stream ends (then
+    /// subscribes again). Runs beside the server from start-up.
+    pub async fn keep_read_cache(self) {
+        const RETRY: Duration = Duration::from_millis(500);
+        let mut healthy = true;
+        loop {
+            let ended = match self.changes.clone().watch(WatchRequest {}).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(change)) if change.paths.is_empty() => {
+                                if !healthy {
+                                    info!(
+                                        "storage change stream back: the read cache is used again"
+                                    );
+                                    healthy = true;
+                                }
+                                self.cache.confirm();
+                            }
+                            Ok(Some(change)) => {
+                                self.cache.forget(change.paths.iter().map(String::as_str))
+                            }
+                            Ok(None) => break "the sidecar ended it".to_owned(),
+                            Err(e) => break e.message().to_owned(),
+                        }
+                    }
+                }
+                Err(e) => e.message().to_owned(),
+            };
+            self.cache.distrust();
+            if healthy {
+                warn!(reason = %ended, "storage change stream lost: reads bypass the cache until it is back");
+                healthy = false;
+            }
+            tokio::time::sleep(RETRY).await;
         }
     }
 
@@ -138,17 +194,31 @@ impl Storage {
         Ok(reply.into_inner().present)
     }
 
+    /// The value at `key`: from the read cache when it holds it (unless the request asked for
+    /// fresh reads: it carried `X-Vault-Index`), else from the sidecar.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if !crate::forwarding::wants_fresh_reads()
+            && let Some(cached) = self.cache.get(key)
+        {
+            return Ok(cached);
+        }
+        let ticket = self.cache.ticket(key);
         let reply = self
             .client
             .clone()
             .get(GetRequest { key: key.into() })
             .await?
             .into_inner();
-        Ok(reply.found.then_some(reply.value))
+        let value = reply.found.then_some(reply.value);
+        if let Some(ticket) = ticket {
+            self.cache.fill(key, value.as_deref(), ticket);
+        }
+        Ok(value)
     }
 
     /// Writes `value` at `key`; returns the WAL index that carries it (0 for a local path).
+    /// Every write forgets its paths in the read cache once the sidecar answered, whatever the
+    /// answer: a write that timed out may have committed.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, StorageError> {
         let reply = self
             .client
@@ -157,8 +227,9 @@ impl Storage {
                 key: key.into(),
                 value,
             })
-            .await?;
-        Ok(noted(reply))
+            .await;
+        self.cache.forget([key]);
+        Ok(noted(reply?))
     }
 
     pub async fn delete(&self, key: &str) -> Result<u64, StorageError> {
@@ -166,12 +237,14 @@ impl Storage {
             .client
             .clone()
             .delete(DeleteRequest { key: key.into() })
-            .await?;
-        Ok(noted(reply))
+            .await;
+        self.cache.forget([key]);
+        Ok(noted(reply?))
     }
 
     /// Puts (`Some`) and deletes (`None`) applied atomically; returns the WAL index.
     pub async fn batch(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<u64, StorageError> {
+        let paths: Vec<String> = ops.iter().map(|(key, _)| key.clone()).collect();
         let operations = ops
             .into_iter()
             .map(|(key, value)| Operation {
@@ -181,12 +254,9 @@ impl Storage {
                 }),
             })
             .collect();
-        let reply = self
-            .client
-            .clone()
-            .batch(BatchRequest { operations })
-            .await?;
-        Ok(noted(reply))
+        let reply = self.client.clone().batch(BatchRequest { operations }).await;
+        self.cache.forget(paths.iter().map(String::as_str));
+        Ok(noted(reply?))
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
