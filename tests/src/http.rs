@@ -141,6 +141,17 @@ impl JsonClient {
         self.request(method, path, None).await
     }
 
+    /// A request with any method and an optional JSON body (`PUT` with a body, `LIST`).
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<JsonResponse> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.request(method, path, body).await
+    }
+
     /// Sends raw bytes as the body, for malformed-input tests.
     pub async fn post_raw(&self, path: &str, body: &[u8]) -> anyhow::Result<JsonResponse> {
         self.request("POST", path, Some(body.to_vec())).await

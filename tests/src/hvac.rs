@@ -12,6 +12,20 @@ pub fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
+/// Runs `tests/py/<script>` with the venv's Python and `env`; returns what it printed, or fails
+/// with that and its errors unless it exits successfully.
+pub async fn script_output(script: &str, env: &[(&str, String)]) -> anyhow::Result<String> {
+    let output = run(script, env).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "{script} failed ({})\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
 /// Runs `tests/py/<script>` with the venv's Python and `env`; fails, with `logs()` (the
 /// servers' logs), unless it succeeds and prints "all checks passed".
 pub async fn run_script(
@@ -19,6 +33,20 @@ pub async fn run_script(
     env: &[(&str, String)],
     logs: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
+    let output = run(script, env).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "hvac checks failed\n{stdout}\n{stderr}\n--- ferry-vault logs ---\n{}",
+        logs()
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    Ok(())
+}
+
+/// Runs `tests/py/<script>` with the venv's Python and `env`, collecting its output.
+async fn run(script: &str, env: &[(&str, String)]) -> anyhow::Result<std::process::Output> {
     let python = venv_python();
     anyhow::ensure!(
         python.exists(),
@@ -31,14 +59,5 @@ pub async fn run_script(
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = tokio::task::spawn_blocking(move || command.output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "hvac checks failed\n{stdout}\n{stderr}\n--- ferry-vault logs ---\n{}",
-        logs()
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-    Ok(())
+    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
 }

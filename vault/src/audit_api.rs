@@ -96,15 +96,6 @@ fn device_json(config: &DeviceConfig) -> Value {
     })
 }
 
-/// Vault answers `sys/` reads with the data both at the top level and under `data`.
-fn sys_response(data: Map<String, Value>) -> Response {
-    let mut body = data.clone();
-    if let Value::Object(e) = crate::server::envelope_json(Value::Object(data)) {
-        body.extend(e);
-    }
-    axum::Json(Value::Object(body)).into_response()
-}
-
 fn list(state: &ServerState) -> Response {
     let data = state
         .audit
@@ -112,7 +103,7 @@ fn list(state: &ServerState) -> Response {
         .iter()
         .map(|d| (d.config.path.clone(), device_json(&d.config)))
         .collect();
-    sys_response(data)
+    crate::server::top_level_envelope(Value::Object(data))
 }
 
 async fn enable(state: &ServerState, path: &str, body: &[u8]) -> Result<Response, ApiError> {
@@ -204,7 +195,7 @@ fn hash(state: &ServerState, path: &str, body: &[u8]) -> Result<Response, ApiErr
         .ok_or_else(|| bad(format!("no audit device at {path}")))?;
     let mut data = Map::new();
     data.insert("hash".into(), device.hash(&input).into());
-    Ok(sys_response(data))
+    Ok(crate::server::top_level_envelope(Value::Object(data)))
 }
 
 #[cfg(test)]

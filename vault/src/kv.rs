@@ -68,6 +68,8 @@ impl KvConfig {
             "cas_required": self.cas_required,
             "delete_version_after": "0s",
             "max_versions": self.max_versions,
+            // OpenBao's check-and-set on metadata writes, which ferry-vault does not offer.
+            "metadata_cas_required": false,
         })
     }
 }
@@ -175,11 +177,14 @@ impl KvMetadata {
         let versions: Map<String, Value> = self
             .versions
             .iter()
-            .map(|(n, m)| (n.to_string(), version_json(m, None)))
+            .map(|(n, m)| (n.to_string(), version_json(m)))
             .collect();
         json!({
             "cas_required": self.cas_required,
             "created_time": rfc3339(self.created_time),
+            // OpenBao's metadata check-and-set, not offered: never required, never counted.
+            "current_metadata_version": 0,
+            "metadata_cas_required": false,
             "current_version": self.current_version,
             "custom_metadata": self.custom_metadata,
             "delete_version_after": "0s",
@@ -189,20 +194,24 @@ impl KvMetadata {
             "versions": versions,
         })
     }
+
+    /// Version `version`'s metadata as a data read or write answers it: with its number and
+    /// the secret's custom metadata.
+    pub fn version_answer(&self, version: u64, meta: &VersionMeta) -> Value {
+        let mut v = version_json(meta);
+        v["version"] = json!(version);
+        v["custom_metadata"] = json!(self.custom_metadata);
+        v
+    }
 }
 
-/// One version's metadata in Vault's shape (with its number when given).
-pub fn version_json(meta: &VersionMeta, version: Option<u64>) -> Value {
-    let mut v = json!({
+/// One version's metadata in Vault's shape, as `metadata/<path>` lists it.
+pub fn version_json(meta: &VersionMeta) -> Value {
+    json!({
         "created_time": rfc3339(meta.created_time),
         "deletion_time": if meta.deletion_time == 0 { String::new() } else { rfc3339(meta.deletion_time) },
         "destroyed": meta.destroyed,
-    });
-    if let Some(n) = version {
-        v["version"] = json!(n);
-        v["custom_metadata"] = Value::Null;
-    }
-    v
+    })
 }
 
 #[cfg(test)]
@@ -246,6 +255,24 @@ mod tests {
         assert_eq!(meta.resolve(0).map(|(n, _)| n), Some(2));
         assert_eq!(meta.resolve(1).map(|(n, _)| n), Some(1));
         assert_eq!(meta.resolve(9), None);
+    }
+
+    #[test]
+    fn a_version_is_answered_with_its_number_and_the_secrets_custom_metadata() {
+        let mut meta = KvMetadata::default();
+        meta.add_version(None, 10, &KvConfig::default()).unwrap();
+        meta.custom_metadata = Some(BTreeMap::from([("team".to_owned(), "a".to_owned())]));
+        let (n, version) = meta.resolve(0).unwrap();
+        let answer = meta.version_answer(n, version);
+        assert_eq!(answer["version"], 1);
+        assert_eq!(answer["custom_metadata"], json!({ "team": "a" }));
+        assert_eq!(answer["deletion_time"], "");
+        // The versions listed in the metadata carry neither.
+        assert!(
+            meta.to_json()["versions"]["1"]
+                .get("custom_metadata")
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,12 +11,11 @@ use serde_json::{Map, Value, json};
 
 use crate::barrier::Keyring;
 use crate::kv::{
-    KvConfig, KvError, KvMetadata, config_path, metadata_path, validate_path, version_json,
-    version_path,
+    KvConfig, KvError, KvMetadata, config_path, metadata_path, validate_path, version_path,
 };
 use crate::mounts::Mount;
 use crate::request::{ApiRequest, Operation, WriteKind};
-use crate::server::{ApiError, ServerState, envelope, parse_body};
+use crate::server::{ApiError, ServerState, envelope, envelope_json, parse_body};
 use crate::unseal::unix_now;
 
 /// The secret whose existence decides how a write on `<mount>/<rest>` is authorized: Vault's
@@ -92,8 +91,19 @@ pub async fn serve(
         ("destroy", Write) => kv.versions(path, &body, Change::Destroy).await,
         // Every operation on `metadata/` is served above.
         ("config" | "data" | "delete" | "undelete" | "destroy", _) => Err(request.unsupported()),
-        _ => Err(request.no_handler()),
+        _ => Ok(outside_the_api()),
     }
+}
+
+/// Vault's answer to a path outside the KV version 2 API (`secret/app` for
+/// `secret/data/app`): a 404 in the response envelope, with a warning that says where to look.
+fn outside_the_api() -> Response {
+    let mut answer = envelope_json(Value::Null);
+    answer["warnings"] = json!([
+        "invalid path for a versioned K/V secrets engine: use <mount>/data/<path>, \
+         <mount>/metadata/<path>, delete/, undelete/, destroy/ or config"
+    ]);
+    (StatusCode::NOT_FOUND, axum::Json(answer)).into_response()
 }
 
 type KvResult = Result<Response, ApiError>;
@@ -211,11 +221,10 @@ impl Kv<'_> {
         let meta = self.load_metadata(path).await?.ok_or_else(not_found)?;
         let (version, vmeta) = meta.resolve(requested).ok_or_else(not_found)?;
         if vmeta.deletion_time != 0 || vmeta.destroyed {
-            return Ok((
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({ "data": { "data": null, "metadata": version_json(vmeta, Some(version)) } })),
-            )
-                .into_response());
+            // Vault's 404 for a deleted or destroyed version is a whole response: the envelope
+            // with the version's metadata and no data.
+            let data = json!({ "data": null, "metadata": meta.version_answer(version, vmeta) });
+            return Ok((StatusCode::NOT_FOUND, axum::Json(envelope_json(data))).into_response());
         }
         let key = version_path(&self.root, path, version);
         let sealed = self.state.storage.get(&key).await?.ok_or_else(not_found)?;
@@ -227,7 +236,7 @@ impl Kv<'_> {
         )
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(envelope(
-            json!({ "data": data, "metadata": version_json(vmeta, Some(version)) }),
+            json!({ "data": data, "metadata": meta.version_answer(version, vmeta) }),
         ))
     }
 
@@ -265,7 +274,7 @@ impl Kv<'_> {
         );
         self.state.storage.batch(ops).await?;
         let vmeta = meta.versions.get(&version).expect("just added");
-        Ok(envelope(version_json(vmeta, Some(version))))
+        Ok(envelope(meta.version_answer(version, vmeta)))
     }
 
     async fn delete_current(&self, path: &str) -> KvResult {

@@ -15,7 +15,7 @@ use crate::barrier::Keyring;
 use crate::mounts::{Engine, MOUNTS_PATH, Mount, MountError, MountTable, normalize_path};
 use crate::policy_api::{authorize, authorize_request};
 use crate::request::{ApiRequest, Operation, WriteKind};
-use crate::server::{ApiError, ServerState, envelope, parse_body};
+use crate::server::{ApiError, ServerState, parse_body, top_level_envelope};
 use crate::storage::{Storage, StorageError};
 use crate::token::TokenEntry;
 use crate::token_api::parse_duration;
@@ -163,6 +163,8 @@ fn mount_json(m: &Mount) -> Value {
         "plugin_version": "",
         "running_plugin_version": "",
         "running_sha256": "",
+        // Vault's word on a builtin engine's future: both of ferry-vault's are supported.
+        "deprecation_status": "supported",
     })
 }
 
@@ -204,7 +206,7 @@ pub async fn handle(
             .iter()
             .map(|m| (m.path.clone(), mount_json(m)))
             .collect();
-        return Ok(list_response(data));
+        return Ok(top_level_envelope(Value::Object(data)));
     }
     let sub = &sub[1..];
     let (mount_path, tune) = match sub.trim_end_matches('/').strip_suffix("/tune") {
@@ -226,7 +228,7 @@ pub async fn handle(
             let mount = table
                 .get(&mount_path)
                 .ok_or_else(|| bad(format!("no mount at {mount_path}")))?;
-            Ok(envelope(if tune {
+            Ok(top_level_envelope(if tune {
                 tune_json(mount)
             } else {
                 mount_json(mount)
@@ -240,16 +242,6 @@ pub async fn handle(
             format!("unsupported operation {operation} on {acl_path}"),
         )),
     }
-}
-
-/// Vault answers `sys/mounts` with the mounts both at the top level and under `data`.
-fn list_response(data: Map<String, Value>) -> Response {
-    let mut body = Map::new();
-    body.extend(data.clone());
-    if let Value::Object(e) = crate::server::envelope_json(Value::Object(data)) {
-        body.extend(e);
-    }
-    axum::Json(Value::Object(body)).into_response()
 }
 
 /// Read-modify-write cycles on the mount table, one at a time.

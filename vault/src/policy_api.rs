@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use crate::barrier::Keyring;
 use crate::policy::{Policy, capabilities, default_policy, list_capabilities, parse};
 use crate::request::{ApiRequest, Operation};
-use crate::server::{ApiError, ServerState, envelope, envelope_json, parse_body};
+use crate::server::{
+    ApiError, ServerState, envelope, envelope_json, parse_body, top_level_envelope,
+};
 use crate::token::TokenEntry;
 
 const POLICY_PREFIX: &str = "sys/policy/";
@@ -159,11 +161,18 @@ pub async fn handle(
         keys.push("root".into());
         keys.sort();
         keys.dedup();
-        return Ok(envelope(json!({ "keys": keys, "policies": keys })));
+        // As Vault: the legacy API also names them `policies`, at the top level too.
+        return Ok(match api {
+            PolicyApi::Acl => envelope(json!({ "keys": keys })),
+            PolicyApi::Legacy => top_level_envelope(json!({ "keys": keys, "policies": keys })),
+        });
     }
     if request.operation == Operation::List {
         return Err(request.unsupported());
     }
+    // As Vault: `sys/policies/acl/ops/` names the policy `ops` (the ACL has seen the path as
+    // sent).
+    let name = name.strip_suffix('/').unwrap_or(name);
     validate_name(name)?;
     match request.operation {
         Operation::Read => {
@@ -177,10 +186,10 @@ pub async fn handle(
                         .text
                 }
             };
-            Ok(envelope(match api {
-                PolicyApi::Acl => json!({ "name": name, "policy": text, "rules": text }),
-                PolicyApi::Legacy => json!({ "name": name, "rules": text }),
-            }))
+            Ok(match api {
+                PolicyApi::Acl => envelope(json!({ "name": name, "policy": text })),
+                PolicyApi::Legacy => top_level_envelope(json!({ "name": name, "rules": text })),
+            })
         }
         Operation::Write => {
             #[derive(Deserialize)]

@@ -241,6 +241,17 @@ pub fn envelope_json(data: Value) -> Value {
     })
 }
 
+/// Vault's answer on its legacy `sys/` paths (`sys/mounts`, `sys/policy`, `sys/audit`, ...): the
+/// envelope, with `data`'s fields also at the top level, as Vault's HTTP layer copies them for
+/// old clients (`injectDataIntoTopLevel`).
+pub fn top_level_envelope(data: Value) -> Response {
+    let mut body = data.as_object().cloned().unwrap_or_default();
+    if let Value::Object(e) = envelope_json(data) {
+        body.extend(e);
+    }
+    axum::Json(Value::Object(body)).into_response()
+}
+
 /// A new request id, in Vault's UUID form.
 pub(crate) fn request_id() -> String {
     let h = crate::token::random_hex(16);

@@ -163,7 +163,12 @@ impl TokenStore<'_> {
 
     /// Rewrites `entry` for `token` (a renewal, a use spent), with its accessor.
     pub async fn put(&self, token: &str, entry: &TokenEntry) -> Result<(), StorageError> {
-        let writes = self.entry_writes(&token_hash(token), entry);
+        self.put_hash(&token_hash(token), entry).await
+    }
+
+    /// [`Self::put`] by the token's `<h>` (for a token named by its accessor).
+    pub async fn put_hash(&self, hash: &str, entry: &TokenEntry) -> Result<(), StorageError> {
+        let writes = self.entry_writes(hash, entry);
         self.storage.batch(writes).await.map(|_| ())
     }
 

@@ -7,6 +7,7 @@
 //! * a limited-use token (`num_uses`) creates no tokens, so its uses cannot be multiplied;
 //! * a token is its creator's child, revoked with it, unless it is an orphan: `no_parent` needs
 //!   `sudo` on `auth/token/create`, `create-orphan` needs only its own path's `update`;
+//! * `renew-accessor` renews the token an accessor names, and never shows that token;
 //! * `revoke`, `revoke-self` and `revoke-accessor` revoke the token's subtree; `revoke-orphan`
 //!   (`sudo`) revokes the token alone and orphans its children;
 //! * `LIST accessors` (`list` and `sudo`: a root path of Vault's token store) lists the
@@ -68,14 +69,14 @@ pub async fn handle(
         ("lookup", Read | Write) => caller.lookup(request, body).await,
         ("lookup-accessor", Write) => caller.lookup_accessor(body).await,
         ("renew", Write) => caller.renew(body).await,
+        ("renew-accessor", Write) => caller.renew_accessor(body).await,
         ("revoke", Write) => caller.revoke(body).await,
         ("revoke-accessor", Write) => caller.revoke_accessor(body).await,
         ("revoke-orphan", Write) => caller.revoke_orphan(body).await,
         (
             "lookup-self" | "renew-self" | "revoke-self" | "create" | "create-orphan" | "lookup"
-            | "lookup-accessor" | "renew" | "revoke" | "revoke-accessor" | "revoke-orphan"
-            // Vault's pattern is `accessors/$`: without the slash, a read is of no route.
-            | "accessors/",
+            | "lookup-accessor" | "renew" | "renew-accessor" | "revoke" | "revoke-accessor"
+            | "revoke-orphan" | "accessors" | "accessors/",
             _,
         ) => Err(request.unsupported()),
         _ => Err(request.no_handler()),
@@ -138,14 +139,15 @@ fn lookup_data(id: &str, e: &TokenEntry) -> Value {
         "num_uses": e.num_uses,
         "orphan": e.orphan,
         "path": path,
-        "renewable": e.renewable,
         "type": "service",
         "meta": e.meta,
         "entity_id": "",
     });
-    // As Vault: a token that never expires has no lease, hence no issue time.
+    // As Vault: a token that never expires has no lease, hence no issue time and no word on
+    // renewal.
     if expires {
         data["issue_time"] = json!(ferry_proto::time::rfc3339(e.creation_time));
+        data["renewable"] = json!(e.renewable);
     }
     data
 }
@@ -155,7 +157,7 @@ fn lookup_data(id: &str, e: &TokenEntry) -> Value {
 /// second later.
 fn auth_response(token: &str, e: &TokenEntry, granted: u64, warnings: Vec<String>) -> Response {
     axum::Json(json!({
-        "request_id": "",
+        "request_id": crate::server::request_id(),
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
@@ -174,6 +176,7 @@ fn auth_response(token: &str, e: &TokenEntry, granted: u64, warnings: Vec<String
             "token_type": "service",
             "orphan": e.orphan,
             "num_uses": e.num_uses,
+            "mfa_requirement": null,
         },
     }))
     .into_response()
@@ -274,10 +277,9 @@ impl<'s> Caller<'s> {
                 .iter()
                 .find(|p| *p != "default" && !self.entry.policies.contains(p))
         {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("child policies must be a subset of the parent's: {extra:?} is not"),
-            ));
+            return Err(bad(format!(
+                "child policies must be a subset of the parent's: {extra:?} is not"
+            )));
         }
         if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
             return Err(bad("policy names must be 1 to 128 characters"));
@@ -400,8 +402,14 @@ impl<'s> Caller<'s> {
 
     async fn renew_self(&self, body: &Bytes) -> ApiResult {
         let req: TokenField = parse_body(body)?;
-        self.renew_token(&self.token, self.entry.clone(), req.increment.as_ref())
-            .await
+        let hash = token_hash(&self.token);
+        self.renew_token(
+            &hash,
+            &self.token,
+            self.entry.clone(),
+            req.increment.as_ref(),
+        )
+        .await
     }
 
     async fn renew(&self, body: &Bytes) -> ApiResult {
@@ -413,13 +421,38 @@ impl<'s> Caller<'s> {
             .await
             .map_err(internal)?
             .ok_or_else(|| bad("bad token"))?;
-        self.renew_token(&req.token, entry, req.increment.as_ref())
+        let hash = token_hash(&req.token);
+        self.renew_token(&hash, &req.token, entry, req.increment.as_ref())
             .await
     }
 
+    /// Renews the token `accessor` names; the answer's `client_token` is empty.
+    async fn renew_accessor(&self, body: &Bytes) -> ApiResult {
+        #[derive(Deserialize)]
+        struct RenewAccessor {
+            #[serde(default)]
+            accessor: String,
+            #[serde(default)]
+            increment: Option<Value>,
+        }
+        let req: RenewAccessor = parse_body(body)?;
+        validate_accessor(&req.accessor).map_err(bad)?;
+        let (hash, entry) = self
+            .state
+            .tokens()
+            .by_accessor(&req.accessor)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| bad("invalid accessor"))?;
+        self.renew_token(&hash, "", entry, req.increment.as_ref())
+            .await
+    }
+
+    /// Renews the token stored under `<hash>`; `shown` is the token the answer names.
     async fn renew_token(
         &self,
-        token: &str,
+        hash: &str,
+        shown: &str,
         mut entry: TokenEntry,
         increment: Option<&Value>,
     ) -> ApiResult {
@@ -445,10 +478,10 @@ impl<'s> Caller<'s> {
         entry.expire_time = now + ttl;
         self.state
             .tokens()
-            .put(token, &entry)
+            .put_hash(hash, &entry)
             .await
             .map_err(internal)?;
-        Ok(auth_response(token, &entry, now, warnings))
+        Ok(auth_response(shown, &entry, now, warnings))
     }
 
     async fn revoke_self(&self) -> ApiResult {
@@ -483,7 +516,10 @@ impl<'s> Caller<'s> {
             .await
             .map_err(internal)?
         {
-            return Err(bad("invalid accessor"));
+            // As Vault: nothing to revoke is a success, with a warning.
+            let mut answer = crate::server::envelope_json(Value::Null);
+            answer["warnings"] = json!(["No token found with this accessor"]);
+            return Ok(axum::Json(answer).into_response());
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }

@@ -131,6 +131,9 @@ struct Item {
     ciphertext: Option<String>,
     #[serde(default)]
     context: Option<String>,
+    /// Echoed in the item's batch result, as Vault does, to tell results apart.
+    #[serde(default)]
+    reference: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,20 +174,62 @@ fn each_item(
 ) -> Result<Response, ApiError> {
     let (items, batch) = req.items()?;
     let results = items.iter().map(|item| op(key, item)).collect();
-    answer(results, batch)
+    answer(results, &items, batch)
 }
 
-/// Vault's answer: the single result, or `batch_results` (errors per item).
-fn answer(results: Vec<Result<Value, String>>, batch: bool) -> Result<Response, ApiError> {
+/// Vault's answer: the single result, or `batch_results` (errors per item, each with the
+/// item's `reference`).
+fn answer(
+    results: Vec<Result<Value, String>>,
+    items: &[Item],
+    batch: bool,
+) -> Result<Response, ApiError> {
     if !batch {
         let single = results.into_iter().next().expect("one item");
         return single.map(envelope).map_err(bad);
     }
     let results: Vec<Value> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|e| json!({ "error": e })))
+        .zip(items)
+        .map(|(r, item)| {
+            let mut result = r.unwrap_or_else(|e| json!({ "error": e }));
+            result["reference"] = json!(item.reference.as_deref().unwrap_or_default());
+            result
+        })
         .collect();
     Ok(envelope(json!({ "batch_results": results })))
+}
+
+/// What Vault answers about a key: to a read, and to a create, rotate or config, which return
+/// the key as it now is. `keys` holds the versions that still decrypt (from
+/// `min_decryption_version` on), with their creation times.
+fn key_data(key: &TransitKey) -> Value {
+    let keys: serde_json::Map<String, Value> = key
+        .version_times()
+        .into_iter()
+        .filter(|(v, _)| *v >= key.min_decryption_version)
+        .map(|(v, t)| (v.to_string(), json!(t)))
+        .collect();
+    json!({
+        "name": key.name,
+        "type": "aes256-gcm96",
+        "keys": keys,
+        "latest_version": key.latest_version,
+        "min_decryption_version": key.min_decryption_version,
+        "min_encryption_version": 0,
+        "min_available_version": 0,
+        "deletion_allowed": key.deletion_allowed,
+        "derived": false,
+        "exportable": false,
+        "allow_plaintext_backup": false,
+        "auto_rotate_period": 0,
+        "imported_key": false,
+        "soft_deleted": false,
+        "supports_encryption": true,
+        "supports_decryption": true,
+        "supports_derivation": false,
+        "supports_signing": false,
+    })
 }
 
 impl Transit<'_> {
@@ -232,35 +277,20 @@ impl Transit<'_> {
             )));
         }
         let _lock = self.state.path_locks.lock(&self.path(name)).await;
-        if self.load(name).await?.is_none() {
-            self.store(&TransitKey::new(name, unix_now())).await?;
-        }
-        Ok(StatusCode::NO_CONTENT.into_response())
+        let key = match self.load(name).await? {
+            Some(key) => key,
+            None => {
+                let key = TransitKey::new(name, unix_now());
+                self.store(&key).await?;
+                key
+            }
+        };
+        Ok(envelope(key_data(&key)))
     }
 
     async fn read(&self, name: &str) -> Result<Response, ApiError> {
         let key = self.load(name).await?.ok_or_else(ApiError::not_found)?;
-        let keys: serde_json::Map<String, Value> = key
-            .version_times()
-            .into_iter()
-            .map(|(v, t)| (v.to_string(), json!(t)))
-            .collect();
-        Ok(envelope(json!({
-            "name": key.name,
-            "type": "aes256-gcm96",
-            "keys": keys,
-            "latest_version": key.latest_version,
-            "min_decryption_version": key.min_decryption_version,
-            "min_encryption_version": 0,
-            "deletion_allowed": key.deletion_allowed,
-            "derived": false,
-            "exportable": false,
-            "allow_plaintext_backup": false,
-            "supports_encryption": true,
-            "supports_decryption": true,
-            "supports_derivation": false,
-            "supports_signing": false,
-        })))
+        Ok(envelope(key_data(&key)))
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
@@ -297,7 +327,7 @@ impl Transit<'_> {
             key.min_decryption_version = v;
         }
         self.store(&key).await?;
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(envelope(key_data(&key)))
     }
 
     async fn rotate(&self, name: &str) -> Result<Response, ApiError> {
@@ -305,7 +335,7 @@ impl Transit<'_> {
         let mut key = self.load_existing(name).await?;
         key.rotate(unix_now());
         self.store(&key).await?;
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(envelope(key_data(&key)))
     }
 
     async fn delete(&self, name: &str) -> Result<Response, ApiError> {
@@ -388,6 +418,18 @@ impl Transit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_lists_the_versions_that_still_decrypt() {
+        let mut key = TransitKey::new("orders", 100);
+        key.rotate(200);
+        key.rotate(300);
+        key.min_decryption_version = 2;
+        let data = key_data(&key);
+        assert_eq!(data["keys"], json!({ "2": 200, "3": 300 }));
+        assert_eq!(data["latest_version"], 3);
+        assert_eq!(data["min_decryption_version"], 2);
+    }
 
     #[test]
     fn only_encrypt_writes_are_checked_for_existence() {
