@@ -380,10 +380,43 @@ async fn route(
     } else if path == "sys/ha-status" && request.operation == crate::request::Operation::Read {
         crate::policy_api::authorize_request(state, &entry, request).await?;
         crate::ha::ha_status(state).await
+    } else if path == "sys/metrics" && request.operation == crate::request::Operation::Read {
+        crate::policy_api::authorize_request(state, &entry, request).await?;
+        Ok(metrics(state))
     } else {
         // Everything else is a secrets engine's, by the mount table.
         crate::mounts_api::logical(state, request, &entry, body).await
     }
+}
+
+/// `sys/metrics` in Vault's JSON form (gauges and counters), with what ferry-vault measures
+/// itself: the read cache's entries, bytes, hits and misses.
+fn metrics(state: &ServerState) -> Response {
+    let cache = state.storage.cache().stats();
+    let gauge = |name: &str, value: usize| json!({ "Name": name, "Value": value, "Labels": {} });
+    let counter = |name: &str, count: u64| {
+        json!({
+            "Name": name, "Count": count, "Sum": count, "Rate": 0.0, "Min": 1, "Max": 1,
+            "Mean": 1, "Stddev": 0, "Labels": {},
+        })
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    axum::Json(json!({
+        "Timestamp": ferry_proto::time::rfc3339(now),
+        "Gauges": [
+            gauge("ferry.read_cache.entries", cache.entries),
+            gauge("ferry.read_cache.bytes", cache.bytes),
+        ],
+        "Counters": [
+            counter("ferry.read_cache.hits", cache.hits),
+            counter("ferry.read_cache.misses", cache.misses),
+        ],
+        "Points": [],
+        "Samples": [],
+    }))
+    .into_response()
 }
 
 /// The unauthenticated status endpoints, by method.
