@@ -128,35 +128,20 @@ impl Region {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let found = wait_for(what, REPLICATION_TIMEOUT, || async {
-            let s = self.status().await.ok()?;
-            done(&s).then_some(s)
-        })
-        .await;
-        match found {
-            Ok(s) => Ok(s),
-            Err(e) => Err(e.context(format!(
-                "{}: last status {}\n{}",
-                self.name,
-                self.status().await.unwrap_or_default(),
-                self.sidecar.log_tail(40)
-            ))),
-        }
+        poll_status(
+            &self.name,
+            what,
+            || self.status(),
+            done,
+            || self.sidecar.log_tail(40),
+        )
+        .await
     }
 
     /// Waits until this secondary streams and has applied everything `primary` has written.
     pub async fn wait_caught_up(&self, primary: &Region) -> anyhow::Result<Value> {
-        let target = primary.status().await?["last_wal"].as_u64().unwrap_or(0);
-        let root = primary.status().await?["merkle_root"].clone();
-        self.wait_status(
-            &format!("streaming with last_remote_wal >= {target}"),
-            |s| {
-                s["state"] == "stream-wals"
-                    && s["last_remote_wal"].as_u64().unwrap_or(0) >= target
-                    && (s["last_remote_wal"].as_u64() != Some(target) || s["merkle_root"] == root)
-            },
-        )
-        .await
+        let (what, done) = caught_up_with(&primary.status().await?);
+        self.wait_status(&what, done).await
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<u64> {
@@ -203,4 +188,47 @@ pub async fn primary_and_secondary(extra: &[&str]) -> anyhow::Result<(Region, Re
     secondary.follow(&primary, "east").await?;
     secondary.wait_caught_up(&primary).await?;
     Ok((primary, secondary))
+}
+
+/// Polls `status` until `done` holds and returns it; on timeout, the error names the region,
+/// its last status and `logs()`.
+pub async fn poll_status<Fut>(
+    name: &str,
+    what: &str,
+    status: impl Fn() -> Fut,
+    done: impl Fn(&Value) -> bool,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<Value>
+where
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    let found = wait_for(what, REPLICATION_TIMEOUT, || async {
+        let s = status().await.ok()?;
+        done(&s).then_some(s)
+    })
+    .await;
+    match found {
+        Ok(s) => Ok(s),
+        Err(e) => Err(e.context(format!(
+            "{name}: last status {}\n{}",
+            status().await.unwrap_or_default(),
+            logs()
+        ))),
+    }
+}
+
+/// What a secondary's status must show once it has applied everything a primary with status
+/// `primary` has written (streaming, and the same merkle root when at the same index), and
+/// how to say so.
+pub fn caught_up_with(primary: &Value) -> (String, impl Fn(&Value) -> bool + use<>) {
+    let target = primary["last_wal"].as_u64().unwrap_or(0);
+    let root = primary["merkle_root"].clone();
+    (
+        format!("streaming with last_remote_wal >= {target}"),
+        move |s: &Value| {
+            s["state"] == "stream-wals"
+                && s["last_remote_wal"].as_u64().unwrap_or(0) >= target
+                && (s["last_remote_wal"].as_u64() != Some(target) || s["merkle_root"] == root)
+        },
+    )
 }

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use crate::etcd::EtcdServer;
 use crate::http::{JsonClient, JsonResponse};
 use crate::ports::free_port;
-use crate::region::{PERF, REPLICATION_TIMEOUT};
+use crate::region::PERF;
 use crate::sidecar::{Sidecar, SidecarOptions};
 use crate::vault::{SHARED_ROOT_KEY, VaultServer};
 use crate::wait_for;
@@ -194,37 +194,14 @@ impl NodeRegion {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let found = wait_for(what, REPLICATION_TIMEOUT, || async {
-            let s = self.status().await.ok()?;
-            done(&s).then_some(s)
-        })
-        .await;
-        match found {
-            Ok(s) => Ok(s),
-            Err(e) => Err(e.context(format!(
-                "{}: last status {}\n{}",
-                self.name,
-                self.status().await.unwrap_or_default(),
-                self.logs(40)
-            ))),
-        }
+        crate::region::poll_status(&self.name, what, || self.status(), done, || self.logs(40)).await
     }
 
     /// Waits until this secondary streams and has applied everything `primary` wrote, with
     /// the same merkle root.
     pub async fn wait_caught_up(&self, primary: &NodeRegion) -> anyhow::Result<Value> {
-        let p = primary.status().await?;
-        let target = p["last_wal"].as_u64().unwrap_or(0);
-        let root = p["merkle_root"].clone();
-        self.wait_status(
-            &format!("streaming with last_remote_wal >= {target}"),
-            |s| {
-                s["state"] == "stream-wals"
-                    && s["last_remote_wal"].as_u64().unwrap_or(0) >= target
-                    && (s["last_remote_wal"].as_u64() != Some(target) || s["merkle_root"] == root)
-            },
-        )
-        .await
+        let (what, done) = crate::region::caught_up_with(&primary.status().await?);
+        self.wait_status(&what, done).await
     }
 
     /// The tail of every running node's sidecar log.
