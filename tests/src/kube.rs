@@ -298,14 +298,6 @@ fn apiserver_command(
         .args(credentials.apiserver_args())
         .arg("--authorization-mode=RBAC")
         .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
-        .arg(format!(
-            "--service-account-key-file={}",
-            credentials.service_account_public_key_file.display()
-        ))
-        .arg(format!(
-            "--service-account-signing-key-file={}",
-            credentials.service_account_key_file.display()
-        ))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--endpoint-reconciler-type=none")
         .arg("--disable-admission-plugins=ServiceAccount");

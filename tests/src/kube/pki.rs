@@ -30,13 +30,22 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// The kube-apiserver flags that serve with these credentials and accept their clients.
-    pub fn apiserver_args(&self) -> [String; 4] {
+    /// The kube-apiserver flags that serve with these credentials, accept their clients, and
+    /// sign and check service-account tokens with their key.
+    pub fn apiserver_args(&self) -> [String; 6] {
         [
             format!("--tls-cert-file={}", self.serving_cert_file.display()),
             format!("--tls-private-key-file={}", self.serving_key_file.display()),
             format!("--client-ca-file={}", self.ca_file.display()),
             format!("--token-auth-file={}", self.token_file.display()),
+            format!(
+                "--service-account-key-file={}",
+                self.service_account_public_key_file.display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                self.service_account_key_file.display()
+            ),
         ]
     }
 

@@ -357,14 +357,6 @@ impl KubeRegion {
                 "--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
             ))
             .arg(format!(
-                "--service-account-key-file={}",
-                credentials.service_account_public_key_file.display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                credentials.service_account_key_file.display()
-            ))
-            .arg(format!(
                 "--service-cluster-ip-range={}",
                 plan.service_range()
             ))
