@@ -105,34 +105,8 @@ impl OperatorRegion {
         let root_token = format!("hvs.{name}-operator-root");
         let vault = VaultServer::start(&region.sidecar, ROOT_KEY, &root_token).await?;
         let kube = KubeApiServer::start().await?;
-        let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let crd = std::fs::read_to_string(format!(
-            "{repo}/crds/replicationclusters.replication.ferry.dev.yaml"
-        ))?;
-        kube.apply_yaml(&crd).await.context("applying the CRD")?;
-        kube.wait_crd_established(
-            "replicationclusters.replication.ferry.dev",
-            Duration::from_secs(60),
-        )
-        .await?;
-        kube.apply_yaml(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
-        ))
-        .await?;
-        let rbac = std::fs::read_to_string(format!("{repo}/deploy/operator-rbac.yaml"))?
-            .replace("ferry-system", NAMESPACE);
-        kube.apply_yaml(&rbac).await.context("applying the RBAC")?;
-        let operator_kubeconfig = kube
-            .service_account_kubeconfig(NAMESPACE, "ferry-operator")
-            .await?;
+        let operator_kubeconfig = prepare_operator_namespace(&kube, &root_token).await?;
         let client = kube.client().await?;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-        secrets
-            .create(
-                &PostParams::default(),
-                &secret(ADMIN_SECRET, "token", &root_token),
-            )
-            .await?;
         Ok(Self {
             name: name.into(),
             region,
@@ -205,6 +179,41 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// A Secret with one key.
+/// What the operator needs on `kube` before it starts: the CRD (established), the namespace,
+/// the RBAC of `deploy/operator-rbac.yaml` in it, and the Secret with ferry-vault's admin token
+/// `root_token`. Returns the kubeconfig of the operator's service account.
+pub async fn prepare_operator_namespace(
+    kube: &KubeApiServer,
+    root_token: &str,
+) -> anyhow::Result<PathBuf> {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let crd = std::fs::read_to_string(format!(
+        "{repo}/crds/replicationclusters.replication.ferry.dev.yaml"
+    ))?;
+    kube.apply_yaml(&crd).await.context("applying the CRD")?;
+    kube.wait_crd_established(
+        "replicationclusters.replication.ferry.dev",
+        Duration::from_secs(60),
+    )
+    .await?;
+    kube.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
+    ))
+    .await?;
+    let rbac = std::fs::read_to_string(format!("{repo}/deploy/operator-rbac.yaml"))?
+        .replace("ferry-system", NAMESPACE);
+    kube.apply_yaml(&rbac).await.context("applying the RBAC")?;
+    let secrets: Api<Secret> = Api::namespaced(kube.client().await?, NAMESPACE);
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(ADMIN_SECRET, "token", root_token),
+        )
+        .await?;
+    kube.service_account_kubeconfig(NAMESPACE, "ferry-operator")
+        .await
+}
+
 pub fn secret(name: &str, key: &str, value: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {

@@ -9,10 +9,9 @@ use ferry_operator::crd::{
     ClusterRef, PrimarySpec, ReplicationCluster, ReplicationClusterSpec, Role, SecretKeyRef,
 };
 use ferry_tests::kube::KubeApiServer;
-use ferry_tests::operator::{ADMIN_SECRET, NAMESPACE, Operator, secret};
+use ferry_tests::operator::{ADMIN_SECRET, NAMESPACE, Operator, prepare_operator_namespace};
 use ferry_tests::region_nodes::NodeRegion;
 use ferry_tests::wait_for;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 
 const ROOT_TOKEN: &str = "hvs.operator-nodes-root";
@@ -36,35 +35,8 @@ async fn the_operator_status_lists_every_node_and_follows_a_new_active_node() ->
 {
     let mut west = NodeRegion::start("west", 3, Some(ROOT_TOKEN), &[TTL]).await?;
     let kube = KubeApiServer::start().await?;
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    kube.apply_yaml(&std::fs::read_to_string(format!(
-        "{repo}/crds/replicationclusters.replication.ferry.dev.yaml"
-    ))?)
-    .await?;
-    kube.wait_crd_established(
-        "replicationclusters.replication.ferry.dev",
-        Duration::from_secs(60),
-    )
-    .await?;
-    kube.apply_yaml(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
-    ))
-    .await?;
-    kube.apply_yaml(
-        &std::fs::read_to_string(format!("{repo}/deploy/operator-rbac.yaml"))?
-            .replace("ferry-system", NAMESPACE),
-    )
-    .await?;
+    let kubeconfig = prepare_operator_namespace(&kube, ROOT_TOKEN).await?;
     let client = kube.client().await?;
-    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
-        .create(
-            &PostParams::default(),
-            &secret(ADMIN_SECRET, "token", ROOT_TOKEN),
-        )
-        .await?;
-    let kubeconfig = kube
-        .service_account_kubeconfig(NAMESPACE, "ferry-operator")
-        .await?;
     let operator = Operator::start(&kubeconfig, "op-1")?;
 
     // The resource names a standby's ferry-vault (west-3): it still sees the whole cluster.
