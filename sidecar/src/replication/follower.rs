@@ -34,6 +34,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferry_proto::replication as pb;
 use ferry_proto::replication::replication_client::ReplicationClient;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -247,7 +249,11 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Tries each target with a heartbeat; the first that answers is the primary.
+/// Tries every target at once with a heartbeat; the one that answers is the primary's active
+/// node.
+/// Most primary addresses tried at once.
+const MAX_PARALLEL_CONNECTS: usize = 16;
+
 async fn connect(
     replication: &Replication,
     tls: &TlsMaterial,
@@ -257,25 +263,34 @@ async fn connect(
     if list.is_empty() {
         list = resolver::candidates(replication);
     }
+    // Every address at once: only the active node answers a heartbeat (standbys refuse it),
+    // so the first answer wins, and a dead address costs no more than the others' time.
+    let mut attempts: FuturesUnordered<_> = list
+        .iter()
+        .take(MAX_PARALLEL_CONNECTS)
+        .map(|address| async move {
+            let mut c = client(address, tls).map_err(|e| (false, format!("{address}: {e:#}")))?;
+            match timeout(c.heartbeat(heartbeat_request(replication))).await {
+                Ok(reply) => Ok((address, c, reply.into_inner())),
+                Err(status) => Err((
+                    ferry_proto::is_standby_refusal(&status),
+                    format!("{address}: {}", status.message()),
+                )),
+            }
+        })
+        .collect();
     let mut errors = Vec::new();
     let mut standbys = 0;
-    for address in &list {
-        let mut c = match client(address, tls) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(format!("{address}: {e:#}"));
-                continue;
-            }
-        };
-        match timeout(c.heartbeat(heartbeat_request(replication))).await {
-            Ok(reply) => {
-                note_heartbeat(replication, reply.into_inner(), Duration::ZERO, true).await;
+    while let Some(attempt) = attempts.next().await {
+        match attempt {
+            Ok((address, c, reply)) => {
+                note_heartbeat(replication, reply, Duration::ZERO, true).await;
                 info!(primary = %address, "connected to the primary");
                 return Ok((address.clone(), c));
             }
-            Err(status) => {
-                standbys += usize::from(ferry_proto::is_standby_refusal(&status));
-                errors.push(format!("{address}: {}", status.message()));
+            Err((standby, error)) => {
+                standbys += usize::from(standby);
+                errors.push(error);
             }
         }
     }

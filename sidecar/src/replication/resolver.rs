@@ -8,10 +8,11 @@
 //! `RemoteResolve` where the primary's active node is (performance standbys answer it too, see
 //! `standby`) and puts the answer first.
 //!
-//! The follower tries the targets in order; a performance standby refuses with
-//! `ferry_proto::STANDBY_REFUSAL` and the follower moves on, so when the primary's active node
-//! changes, the follower finds the new one among the addresses its heartbeats taught it, with
-//! no operator action.
+//! The follower tries all targets at once (a heartbeat to each); a performance standby refuses
+//! with `ferry_proto::STANDBY_REFUSAL`, so the one answer comes from the active node, and an
+//! address that does not answer (a pod gone, a firewall) costs no more time than the others.
+//! When the primary's active node changes, the follower finds the new one among the addresses
+//! its heartbeats taught it, with no operator action.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
