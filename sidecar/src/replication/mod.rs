@@ -36,6 +36,7 @@
 //! other.
 
 pub mod applied;
+pub mod apply;
 pub mod cluster_port;
 pub mod control;
 pub mod definition;

@@ -218,9 +218,9 @@ async fn sync(
             replication.follower_status().sync_total_keys = chunk.total_keys;
         }
         if let Some(path) =
-            super::follower::local_path(replication, chunk.keys.iter().map(|kv| kv.key.as_str()))
+            super::apply::local_path(replication, chunk.keys.iter().map(|kv| kv.key.as_str()))
         {
-            return Err(super::follower::shipped_local_path(path, None));
+            return Err(super::apply::shipped_local_path(path, None));
         }
         let received = chunk.keys.len() as u64;
         report.keys_received += received;
