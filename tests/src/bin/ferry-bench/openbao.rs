@@ -134,8 +134,8 @@ struct System {
 /// One case measured on one system.
 struct Measured {
     wrk: WrkOutcome,
-    /// CPU seconds of each process group while the case ran.
-    cpu: BTreeMap<&'static str, f64>,
+    /// CPU seconds of each process group while the case ran, in [`System::processes`]' order.
+    cpu: Vec<(&'static str, f64)>,
     /// wrk's own CPU seconds.
     client_cpu: f64,
 }
@@ -158,7 +158,7 @@ impl Measured {
     }
 
     fn total_cpu_us_per_request(&self) -> f64 {
-        self.cpu_us_per_request(self.cpu.values().sum())
+        self.cpu_us_per_request(self.cpu.iter().map(|(_, s)| s).sum())
     }
 
     /// CPU µs per request of each process group, as a JSON object.
@@ -177,7 +177,7 @@ impl Measured {
     }
 }
 
-fn cpu_of(system: &System) -> BTreeMap<&'static str, f64> {
+fn cpu_of(system: &System) -> Vec<(&'static str, f64)> {
     system
         .processes
         .iter()
@@ -220,7 +220,8 @@ async fn measure(
     wrk.check(&what)?;
     let cpu = after
         .iter()
-        .map(|(name, a)| (*name, a - before.get(name).copied().unwrap_or(f64::NAN)))
+        .zip(&before)
+        .map(|((name, a), (_, b))| (*name, a - b))
         .collect();
     let measured = Measured {
         wrk,
