@@ -17,6 +17,8 @@ wkt=/usr/include/google/protobuf/descriptor.proto
 [ -f "$wkt" ] || need+=(libprotobuf-dev)
 # A C compiler and libc headers: ring (rustls' crypto) builds C and assembly.
 { missing_cmd cc || [ ! -f /usr/include/stdio.h ]; } && need+=(gcc libc6-dev)
+# wrk: the `openbao` benchmark's HTTP client (ferry-vault against OpenBao).
+missing_cmd wrk && need+=(wrk)
 # curl: `make demo` polls and calls the servers with it.
 missing_cmd curl && need+=(curl)
 # kill(1): the tests stop and freeze the processes they started (SIGSTOP, SIGCONT, SIGTERM).
@@ -47,6 +49,7 @@ protoc --version >/dev/null 2>&1 || fail "protoc does not run (Debian package pr
 [ -f "$wkt" ] || fail "$wkt is missing: protoc cannot compile the well-known types (Debian package libprotobuf-dev)"
 command -v cc >/dev/null 2>&1 || fail "no C compiler: cc is not on PATH (Debian package gcc)"
 command -v curl >/dev/null 2>&1 || fail "curl is not on PATH (Debian package curl)"
+command -v wrk >/dev/null 2>&1 || fail "wrk is not on PATH (Debian package wrk)"
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || fail "kill(1) is missing (Debian package procps)"
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 ||
   fail "python3 cannot make a venv (Debian packages python3 and python3-venv)"

@@ -16,6 +16,8 @@ pub enum Bench {
     /// Only the replication lag cases (part of `replication`).
     Lag,
     Vault,
+    /// ferry-vault against OpenBao with `wrk`.
+    OpenBao,
     Operator,
     Nodes,
     /// The charts on real Kubernetes regions (needs root).
@@ -31,9 +33,9 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|lag|vault|operator|nodes|kube[,...]]\n\
+                     [--only write|recovery|memory|replication|lag|vault|openbao|operator|nodes|kube[,...]]\n\
                      lag: only the replication lag cases of replication\n\
-                     --seconds: measured time per write and lag case, and the catch-up outage \
+                     --seconds: measured time per write, lag and openbao case, and the catch-up outage \
                      (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
                      reconciliation (default 100k,1M; 20k with --quick)";
@@ -83,6 +85,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "replication" => Bench::Replication,
                         "lag" => Bench::Lag,
                         "vault" => Bench::Vault,
+                        "openbao" => Bench::OpenBao,
                         "operator" => Bench::Operator,
                         "nodes" => Bench::Nodes,
                         "kube" => Bench::Kube,
@@ -111,6 +114,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
             Bench::Memory,
             Bench::Replication,
             Bench::Vault,
+            Bench::OpenBao,
             Bench::Operator,
             Bench::Nodes,
             Bench::Kube,
@@ -147,7 +151,7 @@ mod tests {
         let a = parse("--quick --seconds 2").unwrap();
         assert_eq!(a.keys, vec![QUICK_KEYS]);
         assert_eq!(a.seconds, 2.0);
-        assert_eq!(a.only.len(), 8);
+        assert_eq!(a.only.len(), 9);
         let a = parse("--keys=100k,1M --only write,memory").unwrap();
         assert_eq!(a.keys, vec![100_000, 1_000_000]);
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());
@@ -157,6 +161,8 @@ mod tests {
         assert_eq!(a.only, [Bench::Replication].into());
         let a = parse("--only=nodes").unwrap();
         assert_eq!(a.only, [Bench::Nodes].into());
+        let a = parse("--only=openbao").unwrap();
+        assert_eq!(a.only, [Bench::OpenBao].into());
         let a = parse("--only=kube").unwrap();
         assert_eq!(a.only, [Bench::Kube].into());
         assert!(parse("--only disk").is_err());

@@ -32,6 +32,18 @@
 //!   against primary reads), transit encryptions a second on the secondary against the primary,
 //!   forwarded write latency p50/p99 against a direct write.
 //!
+//! * `openbao`: ferry-vault against OpenBao 2.7.2 (one node, raft), the server it replaces, one
+//!   after the other with one client (`wrk`, 16 connections, Lua scripts the benchmark writes):
+//!   KV v2 writes and reads over 1,000 keys of 200 bytes, transit encryptions, token creation
+//!   and lookup, all with an application token holding one policy, and the KV cases again with
+//!   the root token (which OpenBao serves faster: it skips the ACL). ferry-vault is a release
+//!   primary replicating to a secondary on this machine (which must hold the last writes).
+//!   Requests a second against OpenBao's (issue 19's targets: reads ≥2×, writes ≥1×), p50 and
+//!   p99 latency, CPU per request of each process (bao; ferry-vault, sidecar and etcd of the
+//!   primary, the secondary's three together), the primary ferry-vault's resident set after the
+//!   reads with its read cache's budget; OpenBao's reads run first and last, and their
+//!   difference is the machine's noise.
+//!
 //! * `operator`: two regions with their own kube-apiservers and operators: from applying the
 //!   resources to `stream-wals`, and from flipping the roles to writes accepted on the new
 //!   primary (target ≤5 s), median of three runs.
@@ -48,9 +60,10 @@
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
-//! Flags: `--seconds N` (measured time per write and lag case and the catch-up outage, default
-//! 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|lag|vault|operator|nodes|kube` (comma separated for several; all by default).
+//! Flags: `--seconds N` (measured time per write, lag and openbao case and the catch-up outage,
+//! default 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
+//! write|recovery|memory|replication|lag|vault|openbao|operator|nodes|kube` (comma separated for
+//! several; all by default).
 
 mod args;
 mod common;
@@ -58,6 +71,7 @@ mod harness;
 mod kube;
 mod memory;
 mod nodes;
+mod openbao;
 mod operator;
 mod procfs;
 mod recovery;
@@ -65,6 +79,7 @@ mod replication;
 mod report;
 mod vault;
 mod write;
+mod wrk;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -101,6 +116,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         vault::vault_bench(args, report)
             .await
             .context("vault benchmark failed")?;
+    }
+    if args.only.contains(&Bench::OpenBao) {
+        openbao::openbao_bench(args, report)
+            .await
+            .context("openbao benchmark failed")?;
     }
     if args.only.contains(&Bench::Nodes) {
         nodes::nodes_bench(args, report)
