@@ -41,8 +41,11 @@ use std::time::{Duration, Instant};
 pub const VALIDITY: Duration = Duration::from_secs(1);
 /// The default budget, in bytes.
 pub const DEFAULT_BUDGET: usize = 64 * 1024 * 1024;
-/// What an entry costs beyond its path and value (the map's slot, the allocations).
-const ENTRY_OVERHEAD: usize = 64;
+/// What an entry costs beyond its path and value: the map's slot (48 bytes) with the slack of
+/// its load factor, and the two allocations' headers and rounding. Measured: a million absent
+/// paths counted at 64 bytes each took 1.66× the counted bytes of resident memory; at this
+/// figure the count and the resident set agree within about a tenth.
+const ENTRY_OVERHEAD: usize = 144;
 /// Stripes of generations: a write bumps the generation of its path's stripe.
 const STRIPES: usize = 256;
 

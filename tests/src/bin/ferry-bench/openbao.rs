@@ -27,7 +27,10 @@
 //! OpenBao's read case runs first and again last in the run; the second against the first is the
 //! machine's noise (OpenBao has taken the writes and tokens of every case in between). The
 //! resident set of the primary's ferry-vault after the read cases is reported as `read_cache`,
-//! with the read cache's budget (its default `--read-cache-bytes`).
+//! with the read cache's budget (its default `--read-cache-bytes`). Then a million distinct
+//! paths are read (KV reads of secrets never written, each a 404 that leaves an absent path in
+//! the cache): `read_cache_1m_bytes` is the cache's own count (target: within its budget) and
+//! `read_cache_1m_vmrss` the process's resident set against before them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -210,6 +213,7 @@ async fn measure(
         lookup_token: &system.lookup_token,
         keys: KEYS,
         plaintext: &plaintext,
+        offset: 0,
     };
     let log = format!("wrk-{}-{}.log", system.name, case.name());
     let (warmup, _) = wrk::run(dir, &log, &system.url, WARMUP_SECONDS, &requests).await?;
@@ -559,6 +563,7 @@ pub async fn openbao_bench(args: &Args, report: &mut Report) -> anyhow::Result<(
                 report.add(row)?;
             }
         }
+        read_cache_at_a_million(dir.path(), &pair, &ferry, seconds, report).await?;
         // The pair stops here, before OpenBao's last case.
     }
 
@@ -584,6 +589,95 @@ pub async fn openbao_bench(args: &Args, report: &mut Report) -> anyhow::Result<(
         .extra(
             "cpu_us_per_request",
             round(again.total_cpu_us_per_request()),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Distinct paths the read cache's memory is measured after.
+const MILLION: u64 = 1_000_000;
+
+/// The read cache's memory after a million distinct paths were read: KV reads of secrets never
+/// written (each a 404, each leaving its absent metadata path in the cache), from wrk runs of
+/// `seconds` each until a million were sent. The cache's own byte count must stay within its
+/// budget, and the process's resident set is compared with what it was before.
+async fn read_cache_at_a_million(
+    dir: &Path,
+    pair: &VaultPair,
+    ferry: &System,
+    seconds: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let root = pair.west_root();
+    let rss_before = vmrss_mib(pair.west_vault.pid())?;
+    let mut sent = 0;
+    let mut runs = 0;
+    while sent < MILLION {
+        runs += 1;
+        ensure!(runs <= 40, "only {sent} reads in 40 runs");
+        let requests = wrk::Requests {
+            request: "kv_read_absent",
+            token: &ferry.root_token,
+            lookup_token: "",
+            keys: 0,
+            plaintext: "",
+            offset: sent,
+        };
+        let (wrk, _) = wrk::run(
+            dir,
+            "wrk-ferry-absent.log",
+            &ferry.url,
+            seconds.max(10),
+            &requests,
+        )
+        .await
+        .with_context(|| pair.west_vault.log())?;
+        wrk.check("ferry kv_read_absent")?;
+        sent += wrk.requests;
+        eprintln!("openbao: read cache: {sent} distinct paths read");
+    }
+    let metrics = root.get("/v1/sys/metrics").await?.ok()?;
+    let metric = |list: &str, name: &str, field: &str| {
+        metrics.body[list]
+            .as_array()
+            .and_then(|l| l.iter().find(|m| m["Name"] == name))
+            .and_then(|m| m[field].as_u64())
+            .with_context(|| format!("no {name} in sys/metrics: {}", metrics.body))
+    };
+    let bytes = metric("Gauges", "ferry.read_cache.bytes", "Value")?;
+    let entries = metric("Gauges", "ferry.read_cache.entries", "Value")?;
+    let budget =
+        read_cache_default(&ferry_vault_help()?).context("no --read-cache-bytes default")?;
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    report.add(
+        Row::new(
+            BENCH,
+            "read_cache_1m_bytes",
+            "bytes_mib",
+            round(mib(bytes)),
+            "MiB",
+        )
+        .target(Target::AtMost(mib(budget)))
+        .extra("entries", entries)
+        .extra("paths_read", sent)
+        .extra(
+            "note",
+            "the cache's own count after a million distinct paths were read",
+        ),
+    )?;
+    let rss_after = vmrss_mib(pair.west_vault.pid())?;
+    report.add(
+        Row::new(
+            BENCH,
+            "read_cache_1m_vmrss",
+            "vmrss_mib",
+            round(rss_after),
+            "MiB",
+        )
+        .baseline(round(rss_before))
+        .extra(
+            "note",
+            "the primary's ferry-vault after a million distinct paths, against before them",
         ),
     )?;
     Ok(())
