@@ -110,22 +110,32 @@ disable_mlock = true
     }
 }
 
+/// Waits until `sys/health` answers `status`, failing at once if bao exits.
+async fn wait_health(
+    api: &JsonClient,
+    process: &mut Process,
+    what: &str,
+    status: u16,
+) -> anyhow::Result<()> {
+    wait_for(what, START_TIMEOUT, || {
+        let exited = process.exited();
+        let api = api.clone();
+        async move {
+            if let Some(exit) = exited {
+                return Some(Err(anyhow::anyhow!("bao exited: {exit}")));
+            }
+            let health = api.get("/v1/sys/health").await.ok()?;
+            (health.status == status).then_some(Ok(()))
+        }
+    })
+    .await?
+}
+
 /// Waits for the listener, initialises the node (`sys/init`, one share), unseals it and waits
 /// until `sys/health` answers 200 (active); returns the root token.
 async fn initialise(api: &JsonClient, process: &mut Process) -> anyhow::Result<String> {
     // 501: listening, not initialised yet.
-    wait_for("bao to listen", START_TIMEOUT, || {
-        let exited = process.exited();
-        let api = api.clone();
-        async move {
-            if let Some(status) = exited {
-                return Some(Err(anyhow::anyhow!("bao exited: {status}")));
-            }
-            let health = api.get("/v1/sys/health").await.ok()?;
-            (health.status == 501).then_some(Ok(()))
-        }
-    })
-    .await??;
+    wait_health(api, process, "bao to listen", 501).await?;
     let init = api
         .send_json(
             "PUT",
@@ -150,17 +160,6 @@ async fn initialise(api: &JsonClient, process: &mut Process) -> anyhow::Result<S
         .await?
         .ok()
         .context("failed to unseal bao")?;
-    wait_for("bao to become active", START_TIMEOUT, || {
-        let exited = process.exited();
-        let api = api.clone();
-        async move {
-            if let Some(status) = exited {
-                return Some(Err(anyhow::anyhow!("bao exited: {status}")));
-            }
-            let health = api.get("/v1/sys/health").await.ok()?;
-            (health.status == 200).then_some(Ok(()))
-        }
-    })
-    .await??;
+    wait_health(api, process, "bao to become active", 200).await?;
     Ok(root_token)
 }

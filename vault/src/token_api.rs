@@ -387,16 +387,21 @@ impl<'s> Caller<'s> {
         Ok(envelope(json!({ "keys": keys })))
     }
 
-    async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
-        let req: AccessorField = parse_body(body)?;
-        validate_accessor(&req.accessor).map_err(bad)?;
-        let (_, entry) = self
-            .state
+    /// The token `accessor` names (its hash and entry); a malformed or unknown accessor is a
+    /// 400, as in Vault.
+    async fn by_accessor(&self, accessor: &str) -> Result<(String, TokenEntry), ApiError> {
+        validate_accessor(accessor).map_err(bad)?;
+        self.state
             .tokens()
-            .by_accessor(&req.accessor)
+            .by_accessor(accessor)
             .await
             .map_err(internal)?
-            .ok_or_else(|| bad("invalid accessor"))?;
+            .ok_or_else(|| bad("invalid accessor"))
+    }
+
+    async fn lookup_accessor(&self, body: &Bytes) -> ApiResult {
+        let req: AccessorField = parse_body(body)?;
+        let (_, entry) = self.by_accessor(&req.accessor).await?;
         Ok(envelope(lookup_data("", &entry)))
     }
 
@@ -436,14 +441,7 @@ impl<'s> Caller<'s> {
             increment: Option<Value>,
         }
         let req: RenewAccessor = parse_body(body)?;
-        validate_accessor(&req.accessor).map_err(bad)?;
-        let (hash, entry) = self
-            .state
-            .tokens()
-            .by_accessor(&req.accessor)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| bad("invalid accessor"))?;
+        let (hash, entry) = self.by_accessor(&req.accessor).await?;
         self.renew_token(&hash, "", entry, req.increment.as_ref())
             .await
     }
