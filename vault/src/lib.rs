@@ -17,6 +17,7 @@ pub mod audit;
 pub mod audit_api;
 pub mod barrier;
 pub mod config;
+pub mod forward_server;
 pub mod forwarding;
 pub mod ha;
 pub mod kv;
@@ -203,11 +204,10 @@ fn serve_forwarded(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = ferry_proto::bind_private_unix(socket)
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
-    let service =
-        ferry_proto::forward::forwarding_server::ForwardingServer::new(forwarding::ForwardServer {
-            routes,
-        })
-        .max_decoding_message_size(2 * server::MAX_BODY_BYTES);
+    let service = ferry_proto::forward::forwarding_server::ForwardingServer::new(
+        forward_server::ForwardServer { routes },
+    )
+    .max_decoding_message_size(2 * server::MAX_BODY_BYTES);
     info!(socket = %socket.display(), "taking forwarded requests");
     Ok(tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
