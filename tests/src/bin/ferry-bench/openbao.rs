@@ -409,13 +409,19 @@ fn read_cache_default(help: &str) -> Option<u64> {
     default[..default.find(']')?].trim().parse().ok()
 }
 
-fn ferry_vault_help() -> anyhow::Result<String> {
+/// The read cache's budget: the default of the ferry-vault under test, from its `--help`.
+fn read_cache_budget() -> anyhow::Result<u64> {
     let binary = ferry_tests::sidecar::bin_dir().join("ferry-vault");
     let output = Command::new(&binary)
         .arg("--help")
         .output()
         .with_context(|| format!("failed to run {} --help", binary.display()))?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    read_cache_default(&String::from_utf8_lossy(&output.stdout)).with_context(|| {
+        format!(
+            "{} --help shows no --read-cache-bytes default",
+            binary.display()
+        )
+    })
 }
 
 fn vmrss_mib(pid: Option<u32>) -> anyhow::Result<f64> {
@@ -556,10 +562,7 @@ pub async fn openbao_bench(args: &Args, report: &mut Report) -> anyhow::Result<(
                 .extra("note", "the primary's ferry-vault after the read cases")
                 .extra("keys", KEYS as u64)
                 .extra("openbao_vmrss_mib", round(bao_rss));
-                row = match read_cache_default(&ferry_vault_help()?) {
-                    Some(bytes) => row.extra("read_cache_bytes", bytes),
-                    None => row.extra("read_cache_bytes", "no --read-cache-bytes flag"),
-                };
+                row = row.extra("read_cache_bytes", read_cache_budget()?);
                 report.add(row)?;
             }
         }
@@ -646,8 +649,7 @@ async fn read_cache_at_a_million(
     };
     let bytes = metric("Gauges", "ferry.read_cache.bytes", "Value")?;
     let entries = metric("Gauges", "ferry.read_cache.entries", "Value")?;
-    let budget =
-        read_cache_default(&ferry_vault_help()?).context("no --read-cache-bytes default")?;
+    let budget = read_cache_budget()?;
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     report.add(
         Row::new(
