@@ -4,16 +4,34 @@ use clap::Parser;
 use ferry_sidecar::config::{AdminCli, Cli};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// mimalloc rather than glibc's malloc: every storage request allocates and frees dozens of
+/// small buffers (HTTP/2 frames, protobuf messages); measured at 64 writers, the sidecar's CPU
+/// per write fell by a fifth (36 to 29 µs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.admin {
-        Some(AdminCli::Admin {
-            storage_socket,
-            call,
-        }) => ferry_sidecar::admin_cli::run(&storage_socket, call).await,
-        None => serve(cli.config).await,
+    let threads = match &cli.admin {
+        Some(_) => 1,
+        None => usize::from(cli.config.worker_threads),
     };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("failed to start the async runtime: {e}"))
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.admin {
+                    Some(AdminCli::Admin {
+                        storage_socket,
+                        call,
+                    }) => ferry_sidecar::admin_cli::run(&storage_socket, call).await,
+                    None => serve(cli.config).await,
+                }
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
