@@ -15,6 +15,8 @@ pub enum Bench {
     Replication,
     /// Only the replication lag cases (part of `replication`).
     Lag,
+    /// Only the replication catch-up case (part of `replication`).
+    CatchUp,
     Vault,
     /// ferry-vault against OpenBao with `wrk`.
     OpenBao,
@@ -33,8 +35,8 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|lag|vault|openbao|operator|nodes|kube[,...]]\n\
-                     lag: only the replication lag cases of replication\n\
+                     [--only write|recovery|memory|replication|lag|catchup|vault|openbao|operator|nodes|kube[,...]]\n\
+                     lag, catchup: only the replication lag cases, or catch-up case, of replication\n\
                      --seconds: measured time per write, lag and openbao case, and the catch-up outage \
                      (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
@@ -84,6 +86,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "memory" => Bench::Memory,
                         "replication" => Bench::Replication,
                         "lag" => Bench::Lag,
+                        "catchup" => Bench::CatchUp,
                         "vault" => Bench::Vault,
                         "openbao" => Bench::OpenBao,
                         "operator" => Bench::Operator,

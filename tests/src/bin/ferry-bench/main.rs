@@ -107,10 +107,17 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         replication_bench(args, report)
             .await
             .context("replication benchmark failed")?;
-    } else if args.only.contains(&Bench::Lag) {
-        replication::lag_bench(args, report)
-            .await
-            .context("replication lag benchmark failed")?;
+    } else {
+        if args.only.contains(&Bench::Lag) {
+            replication::lag_bench(args, report)
+                .await
+                .context("replication lag benchmark failed")?;
+        }
+        if args.only.contains(&Bench::CatchUp) {
+            replication::catchup_bench(args, report)
+                .await
+                .context("replication catch-up benchmark failed")?;
+        }
     }
     if args.only.contains(&Bench::Vault) {
         vault::vault_bench(args, report)
