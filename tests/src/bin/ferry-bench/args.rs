@@ -15,6 +15,9 @@ pub enum Bench {
     Replication,
     /// Only the replication lag cases (part of `replication`).
     Lag,
+    /// Only the replication open-loop sweep for the highest sustainable rate (part of
+    /// `replication`).
+    Sweep,
     /// Only the replication catch-up case (part of `replication`).
     CatchUp,
     Vault,
@@ -35,10 +38,11 @@ pub struct Args {
 }
 
 const USAGE: &str = "usage: ferry-bench [--seconds N] [--keys N[,N...]] [--quick] \
-                     [--only write|recovery|memory|replication|lag|catchup|vault|openbao|operator|nodes|kube[,...]]\n\
-                     lag, catchup: only the replication lag cases, or catch-up case, of replication\n\
-                     --seconds: measured time per write, lag and openbao case, and the catch-up outage \
-                     (default 5)\n\
+                     [--only write|recovery|memory|replication|lag|sweep|catchup|vault|openbao|operator|nodes|kube[,...]]\n\
+                     lag, sweep, catchup: only the replication lag cases, the open-loop sweep for \
+                     the highest sustainable rate, or the catch-up case, of replication\n\
+                     --seconds: measured time per write, lag, sweep and openbao case, and the \
+                     catch-up outage (default 5)\n\
                      --keys: key counts for recovery; the largest for memory and merkle \
                      reconciliation (default 100k,1M; 20k with --quick)";
 
@@ -86,6 +90,7 @@ pub fn parse_args(raw: impl IntoIterator<Item = String>) -> anyhow::Result<Args>
                         "memory" => Bench::Memory,
                         "replication" => Bench::Replication,
                         "lag" => Bench::Lag,
+                        "sweep" => Bench::Sweep,
                         "catchup" => Bench::CatchUp,
                         "vault" => Bench::Vault,
                         "openbao" => Bench::OpenBao,
@@ -160,6 +165,8 @@ mod tests {
         assert_eq!(a.only, [Bench::Write, Bench::Memory].into());
         let a = parse("--only=lag").unwrap();
         assert_eq!(a.only, [Bench::Lag].into());
+        let a = parse("--only=sweep,lag").unwrap();
+        assert_eq!(a.only, [Bench::Lag, Bench::Sweep].into());
         let a = parse("--only=replication").unwrap();
         assert_eq!(a.only, [Bench::Replication].into());
         let a = parse("--only=nodes").unwrap();

@@ -19,6 +19,10 @@
 //!     make-mirror` between two etcd servers driven the same way. At 500/s each system runs in
 //!     six alternating slices, pooled; each system's p99 over its first three slices against
 //!     its other three is the machine's noise.
+//!   - The highest sustainable rate: the primary's maximum write rate (64 closed-loop writers),
+//!     then an open-loop sweep at 2,000, 5,000, 10,000 puts a second and upward, Ferry and
+//!     make-mirror, each until the achieved rate falls below 95% of the offered one or lag p99
+//!     passes 50 ms; and Ferry's lag p99 at 80% of the primary's maximum (target ≤50 ms).
 //!   - Catch-up: the secondary is killed while 64 writers put on the primary for `--seconds`;
 //!     its apply rate when it streams the backlog against the primary's write rate (no merkle
 //!     pass allowed).
@@ -60,10 +64,10 @@
 //! Results: a table on stdout, one JSON object per measured case appended to
 //! `target/bench/results.jsonl`, progress on stderr.
 //!
-//! Flags: `--seconds N` (measured time per write, lag and openbao case and the catch-up outage,
-//! default 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys), `--only
-//! write|recovery|memory|replication|lag|vault|openbao|operator|nodes|kube` (comma separated for
-//! several; all by default).
+//! Flags: `--seconds N` (measured time per write, lag, sweep and openbao case and the catch-up
+//! outage, default 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys),
+//! `--only write|recovery|memory|replication|lag|sweep|vault|openbao|operator|nodes|kube` (comma
+//! separated for several; all by default).
 
 mod args;
 mod common;
@@ -112,6 +116,11 @@ async fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             replication::lag_bench(args, report)
                 .await
                 .context("replication lag benchmark failed")?;
+        }
+        if args.only.contains(&Bench::Sweep) {
+            replication::sweep_bench(args, report)
+                .await
+                .context("replication sweep failed")?;
         }
         if args.only.contains(&Bench::CatchUp) {
             replication::catchup_bench(args, report)

@@ -4,17 +4,23 @@
 //! * [`lag`]: commit acknowledged on the primary → put event on the secondary's etcd, p50 and
 //!   p99 at 500 and 2,000 writes a second, against `etcdctl make-mirror` between two etcd
 //!   servers driven by the same open-loop writer.
+//! * [`sweep`]: the highest sustainable rate: the primary's maximum write rate, then an
+//!   open-loop sweep from 2,000 writes a second upward, Ferry and make-mirror, until lag p99
+//!   passes 50 ms or the achieved rate falls short; and Ferry at 80% of the primary's maximum.
 //! * [`reconcile`]: the merkle reconciliation of a secondary that fell behind WAL retention, at
 //!   the largest `--keys` count with 10, 1,000 and 100,000 differing keys, against the
 //!   secondary's initial full copy of the keyspace.
 //! * catch-up (here): a secondary that was down while the primary wrote at full speed streams
 //!   the backlog; its apply rate against the primary's write rate.
 
+mod case;
 mod lag;
 mod open_loop;
 mod reconcile;
+mod sweep;
 
 pub use lag::lag_bench;
+pub use sweep::sweep_bench;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,13 +43,17 @@ use crate::report::{Report, Row, Target, round};
 const POLL: Duration = Duration::from_millis(20);
 /// How often a long wait reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// Concurrent writers of the catch-up case: the primary at full speed.
-const CATCHUP_WRITERS: usize = 64;
+/// Concurrent writers that put the primary at full speed (the catch-up case's outage, the
+/// sweep's maximum).
+const FULL_SPEED_WRITERS: usize = 64;
 
 pub async fn replication_bench(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     lag::lag_bench(args, report)
         .await
         .context("replication lag")?;
+    sweep::sweep_bench(args, report)
+        .await
+        .context("replication sweep")?;
     catchup_bench(args, report)
         .await
         .context("replication catch-up")?;
@@ -189,13 +199,17 @@ async fn catchup_at(
         .context("no last_remote_wal")?;
     secondary.sidecar.kill();
     eprintln!(
-        "replication: catch-up: secondary killed at WAL {applied_before}; {CATCHUP_WRITERS} \
+        "replication: catch-up: secondary killed at WAL {applied_before}; {FULL_SPEED_WRITERS} \
          writers on the primary for {:.1}s",
         args.seconds
     );
-    let (puts, write_seconds) = full_speed_puts(primary, Duration::from_secs_f64(args.seconds))
-        .await
-        .context("writing to the primary")?;
+    let (puts, write_seconds) = full_speed_puts(
+        primary,
+        "logical/catchup/",
+        Duration::from_secs_f64(args.seconds),
+    )
+    .await
+    .context("writing to the primary")?;
     let primary_status = primary.status().await?;
     let target = primary_status["last_wal"].as_u64().context("no last_wal")?;
     let primary_rate = puts as f64 / write_seconds;
@@ -258,7 +272,7 @@ async fn catchup_at(
     report.add(
         Row::new(
             "replication",
-            format!("primary_writes@{CATCHUP_WRITERS}"),
+            format!("primary_writes@{FULL_SPEED_WRITERS}"),
             "put_throughput",
             primary_rate,
             "ops/s",
@@ -294,23 +308,28 @@ async fn catchup_at(
     Ok(())
 }
 
-/// [`CATCHUP_WRITERS`] tasks put distinct keys on `primary` for `duration`; returns the puts
-/// acknowledged and the seconds from start to the last acknowledgement.
-async fn full_speed_puts(primary: &Region, duration: Duration) -> anyhow::Result<(u64, f64)> {
+/// [`FULL_SPEED_WRITERS`] tasks put distinct keys under `prefix` on `primary` for `duration`;
+/// returns the puts acknowledged and the seconds from start to the last acknowledgement.
+async fn full_speed_puts(
+    primary: &Region,
+    prefix: &str,
+    duration: Duration,
+) -> anyhow::Result<(u64, f64)> {
     let puts = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let until = started + duration;
-    let mut tasks = Vec::with_capacity(CATCHUP_WRITERS);
-    for w in 0..CATCHUP_WRITERS {
+    let mut tasks = Vec::with_capacity(FULL_SPEED_WRITERS);
+    for w in 0..FULL_SPEED_WRITERS {
         let mut storage = primary.sidecar.storage();
         let puts = puts.clone();
+        let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
             let value = value_for(w as u64 + 0xCA7C);
             let mut i = 0u64;
             while Instant::now() < until {
                 storage
                     .put(PutRequest {
-                        key: format!("logical/catchup/w{w}/k{i}"),
+                        key: format!("{prefix}w{w}/k{i}"),
                         value: value.clone(),
                     })
                     .await

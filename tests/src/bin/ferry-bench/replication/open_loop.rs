@@ -1,6 +1,7 @@
 //! An open-loop writer and a watch on the destination: sends are due on a fixed timeline
-//! whatever happened to the sends before them, each in its own task, and every key's put event
-//! at the destination is timed against its acknowledgement at the source.
+//! whatever happened to the sends before them, each in its own task (at most [`MAX_IN_FLIGHT`]
+//! at once: past that, sends start late and their lateness is measured), and every key's put
+//! event at the destination is timed against its acknowledgement at the source.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,6 +111,9 @@ pub struct Samples {
     /// Seconds from the window's first due send to its last acknowledgement, summed.
     span_s: f64,
     pub errors: u64,
+    /// Keys acknowledged but not at the destination by the cutoff (their lag in `lags` is the
+    /// cutoff − acknowledgement, a lower bound).
+    pub missing: u64,
 }
 
 impl Samples {
@@ -119,6 +123,7 @@ impl Samples {
         self.late.extend(other.late);
         self.span_s += other.span_s;
         self.errors += other.errors;
+        self.missing += other.missing;
     }
 
     /// The percentiles and rates of what was pooled.
@@ -136,6 +141,7 @@ impl Samples {
             late_p99_ms: percentile(&late, 0.99),
             late_max_ms: late.last().copied().unwrap_or(f64::NAN),
             errors: self.errors,
+            missing: self.missing,
         }
     }
 }
@@ -150,6 +156,9 @@ pub struct Lag {
     pub late_p99_ms: f64,
     pub late_max_ms: f64,
     pub errors: u64,
+    /// Keys acknowledged that had not arrived by the cutoff: with any, the percentiles and the
+    /// maximum are lower bounds.
+    pub missing: u64,
 }
 
 /// Watches `prefix` on `destination` (the watch is created before this returns) and records
@@ -246,13 +255,15 @@ pub async fn drive(
 }
 
 /// Lag (arrival − acknowledgement, at least 0) and lateness of the sends `warm..total`, which
-/// were due from `started + schedule.offset(warm)` on.
+/// were due from `started + schedule.offset(warm)` on. A key acknowledged but not arrived by
+/// `cutoff` counts as missing, with `cutoff` − acknowledgement as its lag.
 pub fn summarize(
     t: &Tracker,
     schedule: Schedule,
     started: Instant,
     warm: u64,
     total: u64,
+    cutoff: Instant,
 ) -> Samples {
     let mut samples = Samples {
         errors: t.errors,
@@ -260,7 +271,11 @@ pub fn summarize(
     };
     let mut last_ack = None::<Instant>;
     for n in warm as usize..total as usize {
-        if let (Some(ack), Some(applied)) = (t.acked[n], t.applied[n]) {
+        if let Some(ack) = t.acked[n] {
+            let applied = t.applied[n].unwrap_or_else(|| {
+                samples.missing += 1;
+                cutoff
+            });
             samples
                 .lags
                 .push(applied.saturating_duration_since(ack).as_secs_f64() * 1000.0);
@@ -328,8 +343,10 @@ mod tests {
         t.applied[1] = Some(start + schedule.offset(1) + ms(5));
         t.applied[2] = Some(start + schedule.offset(2) + ms(1));
         t.applied[3] = Some(start + schedule.offset(3) + ms(12));
-        let lag = summarize(&t, schedule, start, 1, 4).lag();
+        let cutoff = start + ms(1000);
+        let lag = summarize(&t, schedule, start, 1, 4, cutoff).lag();
         assert_eq!(lag.samples, 3);
+        assert_eq!(lag.missing, 0);
         assert_eq!(lag.p50_ms, 3.0);
         assert_eq!(lag.max_ms, 10.0);
         assert_eq!(lag.p99_ms, 10.0);
@@ -342,11 +359,39 @@ mod tests {
         );
 
         // Two windows pooled: their samples and spans add up.
-        let mut pooled = summarize(&t, schedule, start, 1, 4);
-        pooled.pool(summarize(&t, schedule, start, 1, 4));
+        let mut pooled = summarize(&t, schedule, start, 1, 4, cutoff);
+        pooled.pool(summarize(&t, schedule, start, 1, 4, cutoff));
         let both = pooled.lag();
         assert_eq!(both.samples, 6);
         assert_eq!(both.max_ms, 10.0);
         assert!((both.achieved_rate - 750.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_key_missing_at_the_cutoff_counts_with_a_lower_bound() {
+        let tracker = Tracker::shared(3);
+        let mut t = tracker.lock().unwrap();
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let schedule = Schedule { rate: 1000 };
+        for n in 0..3u64 {
+            let due = start + schedule.offset(n);
+            t.due[n as usize] = Some(due);
+            t.started[n as usize] = Some(due);
+            t.acked[n as usize] = Some(due + ms(1));
+        }
+        t.applied[0] = Some(start + ms(3));
+        t.applied[1] = Some(start + schedule.offset(1) + ms(4));
+        // Key 2 never arrives: its lag is at least the cutoff − its ack, 100 ms.
+        let cutoff = start + schedule.offset(2) + ms(101);
+        let lag = summarize(&t, schedule, start, 0, 3, cutoff).lag();
+        assert_eq!(lag.samples, 3);
+        assert_eq!(lag.missing, 1);
+        assert_eq!(lag.max_ms, 100.0);
+        assert_eq!(lag.p50_ms, 3.0);
+        // Unacknowledged keys are neither samples nor missing.
+        t.acked[2] = None;
+        let lag = summarize(&t, schedule, start, 0, 3, cutoff).lag();
+        assert_eq!((lag.samples, lag.missing), (2, 0));
     }
 }
