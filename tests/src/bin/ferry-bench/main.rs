@@ -66,8 +66,8 @@
 //!
 //! Flags: `--seconds N` (measured time per write, lag, sweep and openbao case and the catch-up
 //! outage, default 5), `--keys 100000,1000000` (`k`/`M` suffixes allowed), `--quick` (20k keys),
-//! `--only write|recovery|memory|replication|lag|sweep|vault|openbao|operator|nodes|kube` (comma
-//! separated for several; all by default).
+//! `--only write|recovery|memory|replication|lag|sweep|catchup|vault|openbao|operator|nodes|kube`
+//! (comma separated for several; all by default).
 
 mod args;
 mod common;
