@@ -216,8 +216,9 @@ pub struct Config {
 
     /// Threads that run the sidecar's tasks. One is the default: the sidecar relays requests
     /// and waits on etcd, and a request's tasks on one thread hand work to each other without
-    /// waking another (measured on two cores shared with etcd: a fifth less CPU per write and
-    /// more writes a second than two threads). Raise it for a node serving many secondaries.
+    /// waking another (measured on two cores shared with etcd: a quarter to a third less sidecar
+    /// CPU per write, and more writes a second, than two threads). Raise it for a node serving
+    /// many secondaries.
     #[arg(long, env = "FERRY_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
 
