@@ -68,6 +68,10 @@ pub const MAX_IN_FLIGHT: usize = 1;
 const MAX_LINGER: Duration = Duration::from_millis(3);
 /// How often a group refused for ordering is sent again before it fails.
 const MAX_RESENDS: u32 = 8;
+/// How often the committer asks etcd whether the fence is still ours before it gives up.
+const FENCE_CHECKS: u32 = 3;
+/// Longest one of those checks may take.
+const FENCE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a pause may hold the committer before it resumes by itself.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 /// Most merkle leaves the subpage records carried by one transaction hold: 32 KiB of hashes,
@@ -452,13 +456,20 @@ impl Committer {
                 "the transaction task failed: {e}"
             )))),
         };
+        // A refusal is definite: etcd evaluated the group and wrote nothing. Whether the fence
+        // is still ours says why, so it is checked afresh (a node that slept past its lease
+        // learns here that it lost the fence, before its keep-alive task has said so).
+        let refused_with_fence = match result {
+            Err(None) => Some(self.fence_is_ours().await),
+            _ => None,
+        };
         match result {
             Ok(()) => self.committed(flight),
             Err(None)
                 if !self.diverged
                     && flight.txn.is_some()
                     && flight.sends <= MAX_RESENDS
-                    && self.fence_is_ours().await =>
+                    && matches!(refused_with_fence, Some(Ok(true))) =>
             {
                 // Evaluated before its predecessor's WAL entry existed: send it again, first.
                 debug!(index = ?flight.entry.map(|e| e.index), "resending a transaction that overtook its predecessor");
@@ -468,12 +479,13 @@ impl Committer {
                 self.window.push_front(flight);
             }
             Err(reason) => {
-                let error = reason.unwrap_or_else(|| {
-                    if self.core.fence.is_held() {
-                        StoreError::Unavailable("an earlier write in the pipeline failed".into())
-                    } else {
-                        self.core.fence.lost_error()
-                    }
+                let error = reason.unwrap_or_else(|| match refused_with_fence {
+                    Some(Ok(false)) => self.core.fence.lost_error(),
+                    Some(Err(e)) => StoreError::Unavailable(format!(
+                        "the write was refused and the write fence could not be checked: {e}"
+                    )),
+                    _ if !self.core.fence.is_held() => self.core.fence.lost_error(),
+                    _ => StoreError::Unavailable("an earlier write in the pipeline failed".into()),
                 });
                 self.diverged = true;
                 if let Some(records) = flight.records.take() {
@@ -491,12 +503,27 @@ impl Committer {
         }
     }
 
-    async fn fence_is_ours(&self) -> bool {
-        self.core
-            .fence
-            .verify(&self.core.client)
+    /// Whether the fence is still ours, asked of etcd (a few times, as one slow answer after a
+    /// pause must not decide it); marks it lost when it is not.
+    async fn fence_is_ours(&self) -> Result<bool, StoreError> {
+        let mut last = None;
+        for _ in 0..FENCE_CHECKS {
+            match tokio::time::timeout(
+                FENCE_CHECK_TIMEOUT,
+                self.core.fence.verify(&self.core.client),
+            )
             .await
-            .unwrap_or(false)
+            {
+                Ok(Ok(ours)) => return Ok(ours),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(StoreError::Unavailable(
+                        "etcd did not answer the write fence check in time".into(),
+                    ))
+                }
+            }
+        }
+        Err(last.expect("checked at least once"))
     }
 
     /// A transaction committed: apply it to the index (unless a resync will) and acknowledge.
