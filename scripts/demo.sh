@@ -259,7 +259,7 @@ for r in "${regions[@]}"; do
     etcd --name="ferry-demo-$r" --data-dir="$state/$r/etcd" \
     --listen-client-urls="http://127.0.0.1:$p" --advertise-client-urls="http://127.0.0.1:$p" \
     --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
-    --initial-cluster="ferry-demo-$r=$peer" --logger=zap --log-level=warn
+    --initial-cluster="ferry-demo-$r=$peer" --max-txn-ops=1024 --logger=zap --log-level=warn
 done
 for r in "${regions[@]}"; do
   wait_ready "etcd ($r)" "$state/$r/etcd.log" 30 "etcd ($r) to be healthy" etcd_healthy "$(port "$r" etcd)"
@@ -270,6 +270,7 @@ for r in "${regions[@]}"; do
     "$bin_dir/ferry-sidecar" --cluster="$r" --node-id="$r-1" \
     --etcd-endpoints="http://127.0.0.1:$(port "$r" etcd)" \
     --storage-socket="$state/$r/storage.sock" --key-encryption-key-file="$state/kek" \
+    --etcd-max-txn-ops=1024 \
     --cluster-listen="127.0.0.1:$(port "$r" cluster)"
 done
 for r in "${regions[@]}"; do

@@ -18,13 +18,23 @@ use crate::path::{PathClass, validate_key};
 /// free too, so that a secondary can apply any of its WAL entries in one transaction.
 pub const RESERVED_OPS: usize = 2;
 
+/// etcd's default `--max-txn-ops`. Every WAL entry fits a transaction of this many operations,
+/// whatever the primary's own etcd allows, so that any secondary can apply any entry in one
+/// transaction; a secondary whose etcd allows more merges consecutive entries up to its limit.
+pub const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
+
 /// Size limits on keys, values, batches and transactions.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
-    /// Most operations in one write request (see [`RESERVED_OPS`]).
+    /// Most operations in one write request, and in one group of them (one WAL entry): etcd's
+    /// default limit less [`RESERVED_OPS`], or less when this cluster's etcd allows fewer.
     pub max_batch_ops: usize,
+    /// Most keys a secondary writes in one transaction when it applies the primary's entries:
+    /// this cluster's etcd limit less [`RESERVED_OPS`]. Fewer, larger transactions are what
+    /// makes catch-up fast: etcd's cost per transaction dwarfs its cost per key.
+    pub max_apply_ops: usize,
     /// Most key and value bytes in one write request.
     pub max_batch_bytes: usize,
     /// Most operations in one transaction, etcd's `--max-txn-ops`.
@@ -40,7 +50,8 @@ impl Limits {
         Self {
             max_key_bytes,
             max_value_bytes,
-            max_batch_ops: max_txn_ops - RESERVED_OPS,
+            max_batch_ops: max_txn_ops.min(ETCD_DEFAULT_MAX_TXN_OPS) - RESERVED_OPS,
+            max_apply_ops: max_txn_ops - RESERVED_OPS,
             max_batch_bytes,
             max_txn_ops,
             max_txn_bytes: 2 * max_batch_bytes + 64 * 1024,
@@ -50,7 +61,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self::new(1024, 512 * 1024, 128)
+        Self::new(1024, 512 * 1024, ETCD_DEFAULT_MAX_TXN_OPS)
     }
 }
 
@@ -160,12 +171,13 @@ impl Group {
         }
     }
 
-    /// Adds `request` if it fits; gives it back otherwise. An empty group takes any valid request.
+    /// Adds `request` if it fits; gives it back otherwise. An empty group takes any valid request
+    /// (and a secondary's merged apply, which may be larger than a client's).
     pub fn offer(&mut self, request: Pending) -> Result<(), Pending> {
         let ops = request.ops.len();
         let bytes: usize = request.ops.iter().map(WriteOp::txn_bytes).sum();
         let fits = self.requests.is_empty()
-            || (self.ops + ops <= self.limits.max_txn_ops
+            || (self.ops + ops <= self.limits.max_batch_ops + RESERVED_OPS
                 && self.bytes + bytes <= self.limits.max_txn_bytes
                 && request.ops.iter().all(|op| !self.keys.contains(&op.key)));
         if !fits {
@@ -263,6 +275,25 @@ mod tests {
         }
         // 126 writes, the WAL entry and the applied record slot make 128 operations.
         assert_eq!(taken, 126);
+    }
+
+    #[test]
+    fn wal_entries_stay_within_etcds_default_limit_when_etcd_allows_more() {
+        let limits = Limits::new(1024, 512 * 1024, 1024);
+        assert_eq!(limits.max_batch_ops, 126);
+        assert_eq!(limits.max_apply_ops, 1022);
+        let too_many: Vec<_> = (0..127).map(|i| put(&format!("k{i}"), 1)).collect();
+        assert!(validate(&too_many, &limits).is_err());
+        let mut group = Group::new(limits);
+        let taken = (0..200)
+            .take_while(|i| group.offer(pending(vec![put(&format!("k{i}"), 8)])).is_ok())
+            .count();
+        assert_eq!(taken, 126);
+        // A secondary's merged apply travels alone, at its own etcd's size.
+        let merged: Vec<_> = (0..limits.max_apply_ops)
+            .map(|i| put(&format!("m{i}"), 8))
+            .collect();
+        assert!(Group::new(limits).offer(pending(merged)).is_ok());
     }
 
     #[test]

@@ -117,8 +117,11 @@ pub struct Config {
     #[arg(long, default_value_t = 512 * 1024, value_parser = clap::value_parser!(u32).range(1024..=600 * 1024))]
     pub max_value_bytes: u32,
 
-    /// etcd's `--max-txn-ops` (128 by default): no transaction carries more operations.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    /// etcd's `--max-txn-ops` (128 by default, the least Ferry accepts): no transaction carries
+    /// more operations. Raise both together (the chart's etcd runs with 1024): a secondary then
+    /// applies a backlog in fewer, larger transactions. Write requests and WAL entries stay
+    /// within 128 whatever this says, so that every secondary can apply them.
+    #[arg(long, env = "FERRY_ETCD_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(128..=10_000))]
     pub etcd_max_txn_ops: u32,
 
     /// Most write requests waiting for the committer; senders wait when it is full.

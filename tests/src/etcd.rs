@@ -12,6 +12,10 @@ use tempfile::TempDir;
 use crate::ports::free_port;
 use crate::process::Process;
 
+/// Every test etcd's `--max-txn-ops`, as the chart's bundled etcd runs; the harness's sidecars
+/// are told the same (etcd's default is 128).
+pub const MAX_TXN_OPS: u32 = 1024;
+
 /// Options for a test etcd.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
@@ -109,6 +113,7 @@ impl EtcdServer {
             ))
             .arg("--logger=zap")
             .arg("--log-level=warn")
+            .arg(format!("--max-txn-ops={MAX_TXN_OPS}"))
             // etcd 3.4 refuses to start on architectures it does not list unless told to.
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
         if let Some(tls) = &self.options.tls {

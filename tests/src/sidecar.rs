@@ -110,6 +110,10 @@ impl Sidecar {
             .args(&self.options.args)
             .args(self.kek_arg()?)
             .env(
+                "FERRY_ETCD_MAX_TXN_OPS",
+                crate::etcd::MAX_TXN_OPS.to_string(),
+            )
+            .env(
                 "FERRY_LOG",
                 std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()),
             );

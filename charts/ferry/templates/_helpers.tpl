@@ -66,6 +66,15 @@ app.kubernetes.io/component: etcd
 {{- end -}}
 
 {{/* The etcd client URLs the sidecar connects to (comma-separated). */}}
+{{/* etcd's --max-txn-ops, as the bundled etcd runs or the external one says it runs. */}}
+{{- define "ferry.etcdMaxTxnOps" -}}
+{{- if eq .Values.etcd.mode "bundled" -}}
+{{- .Values.etcd.maxTxnOps -}}
+{{- else -}}
+{{- .Values.etcd.external.maxTxnOps -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "ferry.etcdEndpoints" -}}
 {{- if eq .Values.etcd.mode "bundled" -}}
 {{- $etcd := include "ferry.etcdName" . -}}

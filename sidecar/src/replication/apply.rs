@@ -22,7 +22,7 @@ pub(super) async fn apply_entries(
     let core = &replication.core;
     for batch in merge(
         entries,
-        core.limits.max_batch_ops,
+        core.limits.max_apply_ops,
         core.limits.max_txn_bytes,
     ) {
         let last = batch.last;
@@ -64,8 +64,8 @@ struct Batch<'e> {
 }
 
 /// Splits `entries` into runs whose merged writes (the last write to each key wins) fit one
-/// transaction: at most `max_ops` keys and about `max_bytes`. A single entry always fits,
-/// because the primary built it within the same limits.
+/// transaction: at most `max_ops` keys and about `max_bytes`. A single entry always fits: the
+/// primary built it within etcd's default limits, and this cluster's etcd allows at least those.
 fn merge(entries: &[WalEntry], max_ops: usize, max_bytes: usize) -> Vec<Batch<'_>> {
     let mut batches = Vec::new();
     let mut i = 0;

@@ -298,7 +298,7 @@ impl<'r> Batcher<'r> {
         });
         let size: usize = ops.iter().map(WriteOp::txn_bytes).sum();
         if !self.ops.is_empty()
-            && (self.ops.len() + ops.len() > limits.max_batch_ops
+            && (self.ops.len() + ops.len() > limits.max_apply_ops
                 || self.bytes + size > limits.max_batch_bytes)
         {
             self.flush().await?;
