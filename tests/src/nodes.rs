@@ -1,10 +1,12 @@
 //! Several nodes of one cluster on one etcd: each a real ferry-sidecar and ferry-vault, the
 //! sidecar told its server's address (`--api-addr`) so that standbys can forward to it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::etcd::EtcdServer;
 use crate::http::JsonClient;
+use crate::pki::CertFiles;
 use crate::ports::free_port;
 use crate::sidecar::{Sidecar, SidecarOptions};
 use crate::vault::VaultServer;
@@ -61,14 +63,26 @@ pub async fn start_nodes(
 
 /// One more node of cluster `west` on `etcd`.
 pub async fn start_node(etcd: &EtcdServer, id: &str, args: &[&str]) -> anyhow::Result<Node> {
+    start_node_with(etcd, id, args, None).await
+}
+
+/// [`start_node`], the server serving TLS with `tls` (its certificate signed by the CA at the
+/// path given) and advertising an `https://` address.
+pub async fn start_node_with(
+    etcd: &EtcdServer,
+    id: &str,
+    args: &[&str],
+    tls: Option<(CertFiles, &Path)>,
+) -> anyhow::Result<Node> {
     let port = free_port();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut options =
-        SidecarOptions::new("west", id).arg(format!("--api-addr=http://127.0.0.1:{port}"));
+        SidecarOptions::new("west", id).arg(format!("--api-addr={scheme}://127.0.0.1:{port}"));
     for arg in args {
         options = options.arg(*arg);
     }
     let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
-    let vault = VaultServer::start_on(&sidecar, ROOT_KEY_HEX, ROOT_TOKEN, None, port).await?;
+    let vault = VaultServer::start_on(&sidecar, ROOT_KEY_HEX, ROOT_TOKEN, tls, port).await?;
     Ok(Node {
         vault,
         sidecar,

@@ -1,7 +1,8 @@
 //! Several nodes per cluster on one etcd: exactly one active node (the write fence's holder),
 //! performance standbys that serve reads and forward writes to it, Vault's `sys/health`,
-//! `sys/leader` and `sys/ha-status` per role, failover after `kill -9` of the active node, and
-//! a frozen former active node that cannot commit when it wakes.
+//! `sys/leader` and `sys/ha-status` per role, forwarding between nodes that serve TLS, failover
+//! after `kill -9` of the active node, and a frozen former active node that cannot commit when it
+//! wakes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use ferry_proto::storage::{GetRequest, PutRequest};
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::hvac::run_script;
-use ferry_tests::nodes::{ROOT_TOKEN, start_nodes, wait_single_active};
+use ferry_tests::nodes::{ROOT_TOKEN, start_node_with, start_nodes, wait_single_active};
+use ferry_tests::pki::TestPki;
 use serde_json::json;
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -172,6 +174,59 @@ async fn one_active_node_standbys_serve_reads_and_forward_writes() -> anyhow::Re
         format!("{}\n--- active ---\n{}", n2.vault.log(), n1.vault.log())
     })
     .await?;
+    Ok(())
+}
+
+/// Nodes that serve TLS (as the chart's examples do) forward over HTTPS: a standby trusts the
+/// active node because it serves the same certificate, and one serving another certificate is
+/// not trusted, whoever signed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_forward_writes_over_tls_to_a_node_with_the_same_certificate() -> anyhow::Result<()>
+{
+    let pki = TestPki::new("nodes")?;
+    let shared = pki.server("node")?;
+    let other = pki.server("other")?;
+    let etcd = EtcdServer::start()?;
+    let n1 = start_node_with(&etcd, "node-1", &[], Some((shared.clone(), &pki.ca))).await?;
+    let n2 = start_node_with(&etcd, "node-2", &[], Some((shared, &pki.ca))).await?;
+    let n3 = start_node_with(&etcd, "node-3", &[], Some((other, &pki.ca))).await?;
+    assert_eq!(
+        wait_single_active(&[&n1, &n2, &n3], Duration::from_secs(10)).await?,
+        0
+    );
+    assert!(n1.vault.api.base().starts_with("https://"));
+
+    let written = n2
+        .root()
+        .post(
+            "/v1/secret/data/app",
+            json!({ "data": { "v": "over tls" } }),
+        )
+        .await?
+        .ok()?;
+    assert_eq!(written.body["data"]["version"], 1, "{:?}", written.body);
+    let read = n2.root().get("/v1/secret/data/app").await?.ok()?;
+    assert_eq!(read.body["data"]["data"]["v"], "over tls");
+    assert_eq!(
+        n2.sidecar.status().await?.last_wal,
+        0,
+        "the active node wrote"
+    );
+
+    // Same CA, other certificate: refused before anything is sent, saying why.
+    let refused = n3
+        .root()
+        .post("/v1/secret/data/app", json!({ "data": { "v": "never" } }))
+        .await?;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    let text = refused.body.to_string();
+    assert!(
+        text.contains("certificate other than this node's"),
+        "{text}"
+    );
+    let read = n1.root().get("/v1/secret/data/app").await?.ok()?;
+    assert_eq!(read.body["data"]["data"]["v"], "over tls");
+    assert_eq!(read.body["data"]["metadata"]["version"], 1);
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! (its sidecar's `--api-addr`). A standby serves reads from its own view of storage. A request
 //! whose handler hits a write is refused by the standby's sidecar ("not active") before anything
 //! is stored; the forwarding layer then sends the whole request, as the client sent it (method,
-//! path and query, headers with the client's own token, body), to the active node over HTTP and
+//! path and query, headers with the client's own token, body), to the active node over HTTP (over
+//! HTTPS when the nodes serve TLS, trusting only the certificate this node serves: see `tls`) and
 //! returns its answer unchanged ([`forward_to_active`]). The active node authenticates and
 //! authorizes it again, so forwarding grants nothing. It is bounded: one request body
 //! ([`MAX_BODY_BYTES`](crate::server::MAX_BODY_BYTES)) out, [`MAX_RESPONSE_BYTES`] back, within
@@ -18,6 +19,7 @@
 //! etcd, so a forwarded write is visible on the standby when the answer arrives; the layer still
 //! checks the answer's `X-Vault-Index` (as for a secondary) and warns if it is not.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -25,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_proto::storage::{LeaderResponse, NodeInfo, NodePresence};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -32,6 +35,7 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use crate::server::{ServerState, VERSION, error};
+use crate::tls::ReloadingCert;
 
 /// How long a forwarded request may take on the active node.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,16 +58,58 @@ const HOP_BY_HOP: [&str; 9] = [
     "host",
 ];
 
-/// The HTTP client a standby forwards with; cheap to clone.
+/// The HTTP client a standby forwards with; cheap to clone. It speaks HTTPS when this node
+/// serves TLS, trusting only this node's own certificate (see `tls`), and plain HTTP otherwise.
 #[derive(Clone)]
-pub struct ActiveClient(Client<HttpConnector, Full<Bytes>>);
+pub struct ActiveClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    tls: bool,
+}
 
-impl Default for ActiveClient {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        Self(Client::builder(TokioExecutor::new()).build(connector))
+impl ActiveClient {
+    /// A client for a node that serves `tls` (`None`: plain HTTP).
+    pub fn new(tls: Option<&Arc<ReloadingCert>>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let builder = HttpsConnectorBuilder::new();
+        let connector = match tls {
+            Some(cert) => builder
+                .with_tls_config(cert.peer_client_config())
+                .https_or_http(),
+            // Never used for https:// (refused before), but the type wants a configuration.
+            None => builder
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http(),
+        }
+        .enable_http1()
+        .wrap_connector(http);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            tls: tls.is_some(),
+        }
     }
+}
+
+/// An error and its causes, outermost first: the client's own text ("client error (Connect)")
+/// says nothing of a refused certificate or connection.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A node's role, as `sys/health`, `sys/leader` and the forwarding layer see it.
@@ -130,11 +176,23 @@ pub async fn forward_to_active(
         );
     }
     let base = active.api_addr.trim_end_matches('/');
-    if !base.starts_with("http://") {
+    let https = base.starts_with("https://");
+    if !https && !base.starts_with("http://") {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "the active node {} is at {base}: forwarding supports http:// addresses only",
+                "the active node {} advertises {base}, neither an http:// nor an https:// address",
+                active.node_id
+            ),
+        );
+    }
+    if https && !state.active_client.tls {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the active node {} serves TLS at {base} and this node does not: it cannot \
+                 verify that node's certificate; give every node the same --tls-cert-file and \
+                 --tls-key-file",
                 active.node_id
             ),
         );
@@ -165,7 +223,9 @@ pub async fn forward_to_active(
         )
     };
     let answer =
-        match tokio::time::timeout(FORWARD_TIMEOUT, state.active_client.0.request(request)).await {
+        match tokio::time::timeout(FORWARD_TIMEOUT, state.active_client.client.request(request))
+            .await
+        {
             Err(_) => {
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -176,7 +236,7 @@ pub async fn forward_to_active(
                     ),
                 );
             }
-            Ok(Err(e)) => return unavailable(e.to_string()),
+            Ok(Err(e)) => return unavailable(error_chain(&e)),
             Ok(Ok(answer)) => answer,
         };
     let (parts, body) = answer.into_parts();

@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mount_cache: Default::default(),
         audit,
         root: root.clone(),
-        active_client: ha::ActiveClient::default(),
+        active_client: ha::ActiveClient::new(tls.as_ref()),
         sidecar_api: replication_proxy::SidecarApi::new(
             config
                 .sidecar_api_socket

@@ -10,16 +10,27 @@
 //!
 //! Handshakes run in their own tasks, at most [`MAX_HANDSHAKES`] at once and each within
 //! [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up the others.
+//!
+//! The same pair serves one more purpose: a performance standby forwards writes to its cluster's
+//! active node over HTTPS (see `ha`), and every node of a cluster serves the same certificate
+//! (the chart mounts one Secret in every pod). So a standby trusts exactly that certificate,
+//! the one it serves itself, or the one it served before the last renewal (nodes load a renewed
+//! Secret minutes apart): [`ReloadingCert::peer_client_config`]. Pod addresses are rarely in a
+//! certificate's names, and they need not be: the peer must present this very certificate and
+//! prove, in the handshake, that it holds its key.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -49,7 +60,15 @@ type Stamp = [(SystemTime, u64); 2];
 #[derive(Debug)]
 pub struct ReloadingCert {
     files: TlsFiles,
-    current: RwLock<(Stamp, Arc<CertifiedKey>)>,
+    current: RwLock<Loaded>,
+}
+
+/// The pair in service, the stamp of the files it came from, and the pair served before it.
+#[derive(Debug)]
+struct Loaded {
+    stamp: Stamp,
+    key: Arc<CertifiedKey>,
+    previous: Option<Arc<CertifiedKey>>,
 }
 
 impl ReloadingCert {
@@ -59,7 +78,11 @@ impl ReloadingCert {
         let key = load_pair(&files)?;
         Ok(Arc::new(Self {
             files,
-            current: RwLock::new((stamp, key)),
+            current: RwLock::new(Loaded {
+                stamp,
+                key,
+                previous: None,
+            }),
         }))
     }
 
@@ -67,11 +90,20 @@ impl ReloadingCert {
     /// whether a new pair is in service.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
         let stamp = stamp(&self.files)?;
-        if self.current.read().expect("certificate lock poisoned").0 == stamp {
+        if self
+            .current
+            .read()
+            .expect("certificate lock poisoned")
+            .stamp
+            == stamp
+        {
             return Ok(false);
         }
         let key = load_pair(&self.files)?;
-        *self.current.write().expect("certificate lock poisoned") = (stamp, key);
+        let mut current = self.current.write().expect("certificate lock poisoned");
+        let previous = std::mem::replace(&mut current.key, key);
+        current.stamp = stamp;
+        current.previous = Some(previous);
         Ok(true)
     }
 
@@ -115,9 +147,88 @@ impl ResolvesServerCert for ReloadingCert {
             self.current
                 .read()
                 .expect("certificate lock poisoned")
-                .1
+                .key
                 .clone(),
         )
+    }
+}
+
+impl ReloadingCert {
+    /// A rustls client configuration for reaching another node of this cluster: it accepts a
+    /// server that presents the certificate this node serves, or served before its last renewal.
+    pub fn peer_client_config(self: &Arc<Self>) -> rustls::ClientConfig {
+        let provider = rustls::crypto::ring::default_provider();
+        let verifier = Arc::new(SameCertificate {
+            cert: self.clone(),
+            algorithms: provider.signature_verification_algorithms,
+        });
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth()
+    }
+
+    /// Whether `presented` is the end-entity certificate in service or the one before it.
+    fn is_ours(&self, presented: &CertificateDer<'_>) -> bool {
+        let current = self.current.read().expect("certificate lock poisoned");
+        std::iter::once(&current.key)
+            .chain(current.previous.as_ref())
+            .any(|pair| pair.end_entity_cert().is_ok_and(|ours| ours == presented))
+    }
+}
+
+/// Trusts a server that presents this node's own certificate (see the module header); the
+/// handshake's signatures are checked as usual, so the server must hold the certificate's key.
+#[derive(Debug)]
+struct SameCertificate {
+    cert: Arc<ReloadingCert>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SameCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // A renewal this node has not loaded yet may be what the peer serves: look once more.
+        if self.cert.is_ours(end_entity)
+            || (self.cert.reload_if_changed().unwrap_or(false) && self.cert.is_ours(end_entity))
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::General(format!(
+            "the node presents a certificate other than this node's ({}): every node of a \
+             cluster must serve the same certificate (one Secret mounted in every pod)",
+            self.cert.files.cert.display()
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
