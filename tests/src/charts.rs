@@ -220,8 +220,8 @@ impl ChartRegion {
         let mut out = String::new();
         for (selector, container) in [
             ("app.kubernetes.io/name=ferry-operator", "operator"),
-            ("app.kubernetes.io/component=vault", "ferry-sidecar"),
-            ("app.kubernetes.io/component=vault", "ferry-vault"),
+            ("app.kubernetes.io/component=node", "ferry-sidecar"),
+            ("app.kubernetes.io/component=node", "ferry-vault"),
         ] {
             let logs = self
                 .region
