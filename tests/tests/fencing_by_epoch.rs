@@ -17,9 +17,11 @@ use ferry_tests::wait_for;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-/// Stalls longer and shorter than the sidecar's default fence lease (10 s).
+/// Stalls longer and shorter than the sidecar's default fence lease (5 s, renewed every third of
+/// it, so a stall of up to 3.3 s always ends within the lease). The shorter one still exceeds the
+/// 2 s after which a sidecar suspects a freeze and checks for a newer primary.
 const PAST_THE_LEASE: Duration = Duration::from_secs(15);
-const WITHIN_THE_LEASE: Duration = Duration::from_secs(4);
+const WITHIN_THE_LEASE: Duration = Duration::from_millis(2500);
 /// How long writes may take to resume once a primary runs again with nobody else on its fence.
 const RESUME_WITHIN: Duration = Duration::from_secs(10);
 /// Where a former primary at epoch 1 keeps what its first reconciliation replaced.
@@ -53,20 +55,32 @@ async fn an_old_primary_stalled_for(stall: Duration) -> anyhow::Result<()> {
     .await?;
     b.wait_caught_up(&a).await?;
 
-    let first_on_b = force_promote_during_stall(&a, &b, stall).await?;
+    let (stalled_at, first_on_b) = force_promote_during_stall(&a, &b, stall).await?;
     wait_fenced(&a).await?;
     let acked = load.stop().await?;
-    let late: Vec<&Acked> = acked.iter().filter(|w| w.sent > first_on_b).collect();
+    // Acknowledged after the new primary's first write: only a write already in etcd's hands
+    // when the old primary froze may be, its answer read once it runs again (it was committed
+    // before the promotion; unshipped, it is kept aside below). Nothing sent later.
+    let late: Vec<&Acked> = acked
+        .iter()
+        .filter(|w| w.acked > first_on_b && w.sent >= stalled_at)
+        .collect();
     if let Some(w) = late.first() {
         panic!(
-            "the old primary acknowledged {} writes sent after the new primary acknowledged its \
-             first, e.g. {} sent {:?} after it, acknowledged at epoch {}",
+            "the old primary acknowledged {} writes after the new primary acknowledged its first, \
+             though they were sent after it froze: e.g. {} sent {:?} after the freeze, \
+             acknowledged {:?} after the new primary's first write, at epoch {}",
             late.len(),
             w.key,
-            w.sent - first_on_b,
+            w.sent - stalled_at,
+            w.acked - first_on_b,
             w.epoch
         );
     }
+    assert!(
+        acked.iter().all(|w| w.epoch == 1),
+        "west wrote at epoch 1 only"
+    );
 
     // A restart does not make it writable at epoch 1 again, not even before it has settled.
     a.restart().await?;
@@ -298,6 +312,7 @@ struct Acked {
     key: String,
     value: Vec<u8>,
     sent: Instant,
+    acked: Instant,
     /// The epoch the acknowledgement named.
     epoch: u64,
 }
@@ -339,6 +354,7 @@ impl WriteLoad {
                                     key,
                                     value,
                                     sent,
+                                    acked: Instant::now(),
                                     epoch,
                                 });
                                 acknowledged.fetch_add(1, Ordering::Relaxed);
@@ -373,14 +389,25 @@ impl WriteLoad {
 }
 
 /// Stops `old`'s sidecar for `stall`, and meanwhile force-promotes `new`. Returns once `old`
-/// runs again and `new` has acknowledged its first write, to [`SHIPPED_THEN_CHANGED`]: when it
-/// did.
+/// runs again and `new` has acknowledged its first write, to [`SHIPPED_THEN_CHANGED`]: when
+/// `old` was seen stopped, and when `new` acknowledged.
 async fn force_promote_during_stall(
     old: &Region,
     new: &Region,
     stall: Duration,
-) -> anyhow::Result<Instant> {
+) -> anyhow::Result<(Instant, Instant)> {
     old.sidecar.signal("STOP")?;
+    let pid = old
+        .sidecar
+        .pid()
+        .context("the old primary's sidecar is not running")?;
+    wait_for("the sidecar to stop", Duration::from_secs(5), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state follows the command name's closing parenthesis.
+        (stat.rsplit_once(") ")?.1.starts_with('T')).then_some(())
+    })
+    .await?;
+    let stopped = Instant::now();
     let resume = async {
         tokio::time::sleep(stall).await;
         old.sidecar.signal("CONT")
@@ -405,7 +432,7 @@ async fn force_promote_during_stall(
     };
     let (resumed, first) = tokio::join!(resume, promote);
     resumed?;
-    first
+    Ok((stopped, first?))
 }
 
 /// Puts `key` to `region` until it is acknowledged, failing after `within`; returns when it was.
