@@ -107,7 +107,7 @@ impl Forwarding for ForwardServer {
 
 #[cfg(test)]
 mod tests {
-    use ferry_proto::forward::Identity;
+    use ferry_proto::forward::{Identity, ReplicatedState};
     use proptest::prelude::*;
 
     use super::*;
@@ -203,8 +203,16 @@ mod tests {
         /// a status that says why, or runs on a forwardable path; never a panic.
         #[test]
         fn forwarded_requests_run_or_are_refused(request in forwarded_request()) {
+            // Every route writes, as what a secondary forwards does.
             let server = ForwardServer {
-                routes: axum::Router::new().fallback(|| async { "ran" }),
+                routes: axum::Router::new().fallback(|| async {
+                    crate::forwarding::note_write(ReplicatedState {
+                        stream_id: vec![1; 16],
+                        epoch: 1,
+                        index: 7,
+                    });
+                    "ran"
+                }),
             };
             let path = request.path_and_query.split('?').next().unwrap_or_default().to_owned();
             let has_identity = request.identity.is_some();
@@ -220,5 +228,32 @@ mod tests {
             }
         }
 
+    }
+
+    /// What writes nothing here is not answered, however it went: no reads, decrypts or rewraps
+    /// for another cluster's made-up identity.
+    #[test]
+    fn a_forwarded_request_that_writes_nothing_is_not_answered() {
+        let server = ForwardServer {
+            routes: axum::Router::new().fallback(|| async { "the plaintext" }),
+        };
+        let request = ForwardedRequest {
+            method: "POST".into(),
+            path_and_query: "/v1/transit/decrypt/k".into(),
+            identity: Some(Identity {
+                policies: vec!["root".into()],
+                ..Identity::default()
+            }),
+            secondary_id: "east".into(),
+            ..ForwardedRequest::default()
+        };
+        let response = runtime()
+            .block_on(server.forward(tonic::Request::new(request)))
+            .expect("refused before running")
+            .into_inner();
+        assert_eq!(response.status, 412);
+        let body = String::from_utf8_lossy(&response.body);
+        assert!(!body.contains("the plaintext"), "{body}");
+        assert!(body.contains("only what writes"), "{body}");
     }
 }

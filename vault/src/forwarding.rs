@@ -413,6 +413,12 @@ fn primary_response(reply: ForwardedResponse, warning: Option<&str>) -> Response
 /// as [`crate::forward_server`] does for what a secondary forwarded: the handlers see that
 /// identity instead of authenticating a token, and the response carries `X-Vault-Index` as a
 /// direct write's would.
+///
+/// A secondary forwards only what it could not do itself because it writes (its handler hit a
+/// replicated write). So a forwarded request that succeeds here without writing anything is not
+/// answered: with a member's credentials and a made-up identity it would be a way to decrypt,
+/// rewrap or sign as anyone (transit's are POSTs). It gets a 412, which Vault's clients retry;
+/// a secondary asked again serves it itself once the write that made it one is replicated.
 pub(crate) async fn run_forwarded(
     routes: axum::Router,
     forwarded: TokenEntry,
@@ -426,8 +432,16 @@ pub(crate) async fn run_forwarded(
         Ok(r) => r,
         Err(never) => match never {},
     };
+    if response.status().is_success() && scope.written().is_none() {
+        return error(StatusCode::PRECONDITION_FAILED, WROTE_NOTHING);
+    }
     with_index(response, &scope)
 }
+
+/// The answer to a forwarded request that wrote nothing here (see [`run_forwarded`]).
+pub const WROTE_NOTHING: &str = "the primary executes for another cluster only what writes, and \
+    this forwarded request wrote nothing there (what made it a write may just have been \
+    replicated): retry it, the cluster that forwarded it serves it itself";
 
 #[cfg(test)]
 mod tests {
