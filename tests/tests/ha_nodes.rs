@@ -102,7 +102,10 @@ async fn one_active_node_standbys_serve_reads_and_forward_writes() -> anyhow::Re
     assert_eq!(n2.vault.api.get("/v1/sys/ha-status").await?.status, 403);
     for asked in [n1, n2, n3] {
         let ha = asked.root().get("/v1/sys/ha-status").await?.ok()?;
-        let listed = ha.body["Nodes"].as_array().cloned().unwrap_or_default();
+        let listed = ha.body["data"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let names: Vec<_> = listed.iter().map(|n| n["hostname"].clone()).collect();
         assert_eq!(names, ["node-1", "node-2", "node-3"], "{:?}", ha.body);
         assert_eq!(listed[0]["active_node"], true);
@@ -334,7 +337,7 @@ async fn a_standby_takes_over_within_10s_of_kill_9_and_no_acknowledged_write_is_
         Duration::from_secs(25),
         || async {
             let ha = nodes[1].root().get("/v1/sys/ha-status").await.ok()?;
-            let names: Vec<String> = ha.body["Nodes"]
+            let names: Vec<String> = ha.body["data"]["nodes"]
                 .as_array()?
                 .iter()
                 .filter_map(|n| n["hostname"].as_str().map(str::to_owned))

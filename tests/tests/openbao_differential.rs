@@ -64,6 +64,17 @@ const KNOWN_DIFFERENCES: &[Known] = &[
                  OpenBao 2.7 has none and leaves the field out",
     },
     Known {
+        cases: &["leader"],
+        pointers: &[
+            "/raft_applied_index",
+            "/raft_committed_index",
+            "/performance_standby",
+            "/performance_standby_last_remote_wal",
+        ],
+        reason: "OpenBao reports its integrated storage's raft indexes; ferry-vault's storage is \
+                 etcd, and it reports Vault's performance standby fields instead",
+    },
+    Known {
         cases: &["seal status", "hvac: seal status"],
         pointers: &["/cluster_id", "/cluster_name", "/commit_date"],
         reason: "no cluster name or id in sys/seal-status either (see sys/health), and \

@@ -281,14 +281,17 @@ pub async fn leader(state: &ServerState) -> Response {
     .into_response()
 }
 
-/// `sys/ha-status`: every node of the cluster, the active one first, as Vault lists them. The
+/// `sys/ha-status`: every node of the cluster, the active one first, as Vault lists them (under
+/// `nodes`, in `data` and at the top level, as OpenBao answers). The
 /// list is the cluster's presence records (the sidecar's `presence` module: each node rewrites
 /// its own every 5 s, and a node gone for 15 s drops out), so every node gives the same answer.
 /// The active node's `last_echo` is null, as in Vault; a standby's is its last rewrite.
 pub async fn ha_status(state: &ServerState) -> Result<Response, crate::server::ApiError> {
     let leader = state.storage.leader().await?;
     let present = state.storage.nodes().await?;
-    Ok(axum::Json(json!({ "Nodes": ha_nodes(leader.active.as_ref(), &present) })).into_response())
+    Ok(crate::server::top_level_envelope(
+        json!({ "nodes": ha_nodes(leader.active.as_ref(), &present) }),
+    ))
 }
 
 /// The nodes `sys/ha-status` lists: the active node first (from the fence when its record is
@@ -307,7 +310,6 @@ fn ha_nodes(active: Option<&NodeInfo>, present: &[NodePresence]) -> Vec<Value> {
             }),
             "version": version,
             "upgrade_version": version,
-            "redundancy_zone": "",
         })
     };
     let active_id = active.map(|a| a.node_id.as_str());
