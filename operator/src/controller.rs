@@ -34,6 +34,7 @@ use crate::crd::{IssuedToken, ReplicationCluster, ReplicationClusterStatus, Role
 use crate::decide::{self, Inputs, Step, TokenSecret};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
+use crate::secret_use;
 use crate::steps::act;
 use crate::token_secret::{self, LABEL_SECONDARY};
 use crate::validate;
@@ -156,18 +157,6 @@ pub(crate) struct Target<'a> {
 }
 
 impl Target<'_> {
-    async fn secret_value(&self, name: &str, key: &str) -> Result<Option<String>, Error> {
-        let Some(secret) = self.secrets.get_opt(name).await? else {
-            return Ok(None);
-        };
-        Ok(secret
-            .data
-            .and_then(|d| d.get(key).cloned())
-            .and_then(|v| String::from_utf8(v.0).ok())
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty()))
-    }
-
     async fn event(&self, type_: EventType, reason: &str, note: String, action: &str) {
         let reference = self.rc.object_ref(&());
         let event = KubeEvent {
@@ -234,13 +223,16 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
 
     // Observe.
     let token_ref = &rc.spec.cluster.token_secret_ref;
-    let admin_token = match t.secret_value(&token_ref.name, &token_ref.key).await? {
-        Some(v) => v,
-        None => {
-            let why = format!(
-                "the admin token Secret {:?} (key {:?}) is missing or empty",
-                token_ref.name, token_ref.key
-            );
+    let admin_secret = t.secrets.get_opt(&token_ref.name).await?;
+    let admin_token = match secret_use::admin_token(
+        &token_ref.name,
+        admin_secret.as_ref(),
+        &token_ref.key,
+        &rc.spec.cluster.address,
+    ) {
+        Ok(v) => v,
+        Err(refused) => {
+            let why = format!("the admin token: {refused}");
             finish_unreachable(&t, status, &previous, &problems, &why).await?;
             return Ok(Action::requeue(SOON));
         }
@@ -278,7 +270,25 @@ async fn apply(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .and_then(|s| s.token_secret_ref.as_ref())
     {
-        Some(r) if rc.spec.role == Role::Secondary => t.secret_value(&r.name, &r.key).await?,
+        Some(r) if rc.spec.role == Role::Secondary => {
+            let secret = t.secrets.get_opt(&r.name).await?;
+            match secret_use::activation_token(&r.name, secret.as_ref(), &r.key) {
+                Ok(token) => Some(token),
+                Err(refused @ secret_use::Refused::NotAnActivationToken { .. }) => {
+                    warn!(%refused, "not sending the activation token Secret's value");
+                    t.event(
+                        EventType::Warning,
+                        "NotAnActivationToken",
+                        refused.to_string(),
+                        "Enable",
+                    )
+                    .await;
+                    None
+                }
+                // Not there yet: the wait says which Secret it waits for.
+                Err(_) => None,
+            }
+        }
         _ => None,
     };
     // Tokens issued before: as the status says, and as the Secrets this resource wrote say (a
@@ -491,17 +501,17 @@ async fn cleanup(rc: &ReplicationCluster, ctx: &Context) -> Result<Action, Error
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let owned = own_token_secrets(&secrets, rc).await?;
     let token_ref = &rc.spec.cluster.token_secret_ref;
-    let admin = secrets
-        .get_opt(&token_ref.name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(&token_ref.key).cloned())
-        .and_then(|v| String::from_utf8(v.0).ok());
-    // The same client as in reconciles: it refuses a plain http:// address unless the spec
-    // allows it, so a deletion never sends the token where a reconcile would not.
-    let vault = admin.and_then(|token| VaultApi::new(&rc.spec.cluster, token.trim()).ok());
+    let admin_secret = secrets.get_opt(&token_ref.name).await.ok().flatten();
+    let admin = secret_use::admin_token(
+        &token_ref.name,
+        admin_secret.as_ref(),
+        &token_ref.key,
+        &rc.spec.cluster.address,
+    )
+    .ok();
+    // The same rules as in reconciles: the token goes only where its Secret allows, and not to
+    // a plain http:// address unless the spec allows it.
+    let vault = admin.and_then(|token| VaultApi::new(&rc.spec.cluster, &token).ok());
     // Which secondaries use their tokens; unknown (None) when the cluster does not answer,
     // and then nothing is revoked: a replicating secondary must never be cut off by this.
     let activated: Option<BTreeSet<String>> = match &vault {

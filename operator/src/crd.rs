@@ -70,7 +70,9 @@ pub struct ClusterRef {
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub address: String,
     /// A Secret in this namespace holding a token with `sudo` on `sys/replication/*`. The
-    /// operator sends it, as `X-Vault-Token`, to `address` and nowhere else.
+    /// operator sends it, as `X-Vault-Token`, to `address` and nowhere else, and only if the
+    /// Secret's annotation `replication.ferry.dev/send-to` (comma-separated addresses) names
+    /// `address`.
     pub token_secret_ref: SecretKeyRef,
     /// PEM certificates to trust for an `https` address (the cluster's CA). Without it the
     /// system's roots are used.

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod secret_use;
 mod steps;
 pub mod token_secret;
 pub mod validate;

@@ -14,6 +14,7 @@ use ferry_operator::crd::{
     ClusterRef, PrimarySpec, ReplicationCluster, ReplicationClusterSpec, Role, SecondaryGrant,
     SecondarySpec, SecretKeyRef,
 };
+use ferry_operator::secret_use::SEND_TO;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -105,7 +106,8 @@ impl OperatorRegion {
         let root_token = format!("hvs.{name}-operator-root");
         let vault = VaultServer::start(&region.sidecar, ROOT_KEY, &root_token).await?;
         let kube = KubeApiServer::start().await?;
-        let operator_kubeconfig = prepare_operator_namespace(&kube, &root_token).await?;
+        let operator_kubeconfig =
+            prepare_operator_namespace(&kube, &root_token, vault.api.base()).await?;
         let client = kube.client().await?;
         Ok(Self {
             name: name.into(),
@@ -178,13 +180,14 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A Secret with one key.
 /// What the operator needs on `kube` before it starts: the CRD (established), the namespace,
 /// the RBAC of `deploy/operator-rbac.yaml` in it, and the Secret with ferry-vault's admin token
-/// `root_token`. Returns the kubeconfig of the operator's service account.
+/// `root_token`, allowed to be sent to `address` (ferry-vault's). Returns the kubeconfig of the
+/// operator's service account.
 pub async fn prepare_operator_namespace(
     kube: &KubeApiServer,
     root_token: &str,
+    address: &str,
 ) -> anyhow::Result<PathBuf> {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let crd = std::fs::read_to_string(format!(
@@ -207,13 +210,25 @@ pub async fn prepare_operator_namespace(
     secrets
         .create(
             &PostParams::default(),
-            &secret(ADMIN_SECRET, "token", root_token),
+            &send_to(secret(ADMIN_SECRET, "token", root_token), address),
         )
         .await?;
     kube.service_account_kubeconfig(NAMESPACE, "ferry-operator")
         .await
 }
 
+/// `secret`, its value allowed to be sent to `addresses` (comma-separated), as the operator
+/// requires of an admin token's Secret.
+pub fn send_to(mut secret: Secret, addresses: &str) -> Secret {
+    secret.metadata.annotations = Some(
+        [(SEND_TO.to_owned(), addresses.to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    secret
+}
+
+/// A Secret with one key.
 pub fn secret(name: &str, key: &str, value: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {

@@ -34,13 +34,13 @@ fn listed(rc: &ReplicationCluster) -> Vec<(String, String)> {
 async fn the_operator_status_lists_every_node_and_follows_a_new_active_node() -> anyhow::Result<()>
 {
     let mut west = NodeRegion::start("west", 3, Some(ROOT_TOKEN), &[TTL]).await?;
+    // The resource names a standby's ferry-vault (west-3): it still sees the whole cluster.
+    let address = west.nodes[2].vault.as_ref().unwrap().api.base().to_owned();
     let kube = KubeApiServer::start().await?;
-    let kubeconfig = prepare_operator_namespace(&kube, ROOT_TOKEN).await?;
+    let kubeconfig = prepare_operator_namespace(&kube, ROOT_TOKEN, &address).await?;
     let client = kube.client().await?;
     let operator = Operator::start(&kubeconfig, "op-1")?;
 
-    // The resource names a standby's ferry-vault (west-3): it still sees the whole cluster.
-    let address = west.nodes[2].vault.as_ref().unwrap().api.base().to_owned();
     let spec = ReplicationClusterSpec {
         cluster: ClusterRef {
             insecure_http: true,

@@ -1,16 +1,21 @@
 //! The operator sends the admin token (`X-Vault-Token`) to a plain `http://` address only when
 //! the resource says `spec.cluster.insecureHttp: true`. Without it the spec is invalid
 //! (`InvalidSpec` naming the field) and nothing reaches the address: not while reconciling, not
-//! when the resource is deleted. A listener of the test's stands at the address and records
-//! every connection.
+//! when the resource is deleted. Nor does it go to an address its Secret's annotation
+//! `replication.ferry.dev/send-to` does not name (a confused deputy otherwise: whoever may create
+//! a resource could have any Secret sent anywhere). A listener of the test's stands at the
+//! address and records every connection.
 
 use std::sync::{Arc, Mutex};
 
 use ferry_operator::crd::{ClusterRef, ReplicationClusterSpec};
+use ferry_operator::secret_use::SEND_TO;
 use ferry_tests::operator::{
-    LONG, OperatorRegion, cluster_ref, condition, condition_message, create, primary_spec,
+    ADMIN_SECRET, LONG, OperatorRegion, cluster_ref, condition, condition_message, create,
+    primary_spec, secret, send_to,
 };
 use ferry_tests::ports::free_port;
+use kube::api::PostParams;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -129,8 +134,34 @@ async fn the_admin_token_goes_to_a_plain_http_address_only_when_the_spec_allows_
         listener.seen()
     );
 
-    // Allowed explicitly, the token goes there: the listener would have seen it.
+    // Allowed by the spec but not by the admin token's Secret, which names only ferry-vault's
+    // address: nothing goes there either, and the status says which annotation would allow it.
     create(&west, "west", at(&listener, &west, true)).await?;
+    let rc = west
+        .wait_resource(
+            "west",
+            "unreachable, or a call to the address",
+            LONG,
+            |rc| condition_message(rc, "Ready").contains(SEND_TO) || !listener.seen().is_empty(),
+        )
+        .await?;
+    anyhow::ensure!(
+        listener.seen().is_empty(),
+        "the operator sent the admin token to an address its Secret does not name: {:?}",
+        listener.seen()
+    );
+    let message = condition_message(&rc, "Ready");
+    assert!(message.contains(&listener.address), "{message}");
+
+    // Allowed by both, the token goes there: the listener would have seen it.
+    let both = format!("{}, {}", west.vault.api.base(), listener.address);
+    west.secrets()
+        .replace(
+            ADMIN_SECRET,
+            &PostParams::default(),
+            &send_to(secret(ADMIN_SECRET, "token", &west.root_token), &both),
+        )
+        .await?;
     let request = ferry_tests::wait_for("a call to the address", LONG, || async {
         listener.seen().into_iter().find(|r| !r.is_empty())
     })
