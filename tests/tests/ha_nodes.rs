@@ -13,6 +13,7 @@ use ferry_tests::etcd::EtcdServer;
 use ferry_tests::hvac::run_script;
 use ferry_tests::nodes::{ROOT_TOKEN, start_node_with, start_nodes, wait_single_active};
 use ferry_tests::pki::TestPki;
+use ferry_tests::wait_for;
 use serde_json::json;
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -177,6 +178,29 @@ async fn one_active_node_standbys_serve_reads_and_forward_writes() -> anyhow::Re
         format!("{}\n--- active ---\n{}", n2.vault.log(), n1.vault.log())
     })
     .await?;
+
+    // A node whose sidecar does not answer is neither active nor a performance standby: Vault's
+    // plain standby, 429 unless standbyok or standbycode say otherwise.
+    n3.sidecar.signal("KILL")?;
+    let health = wait_for(
+        "a node without its sidecar to answer 429",
+        Duration::from_secs(10),
+        || async {
+            let h = n3.vault.api.get("/v1/sys/health").await.ok()?;
+            (h.status == 429).then_some(h)
+        },
+    )
+    .await?;
+    assert_eq!(health.body["standby"], true, "{:?}", health.body);
+    assert_eq!(health.body["performance_standby"], false);
+    for (query, status) in [
+        ("standbyok=true", 200),
+        ("standbycode=299", 299),
+        ("perfstandbyok=true", 429),
+    ] {
+        let h = n3.vault.api.get(&format!("/v1/sys/health?{query}")).await?;
+        assert_eq!(h.status, status, "{query}: {:?}", h.body);
+    }
     Ok(())
 }
 
