@@ -373,3 +373,60 @@ fn a_region_has_three_nodes_each_advertising_its_own_cluster_address_by_default(
         "{shared}"
     );
 }
+
+#[test]
+fn external_etcd_and_the_service_monitor_render() {
+    // External etcd with TLS and a client certificate: no bundled etcd, the endpoints and the
+    // Secret's files handed to the sidecar, the external etcd's transaction limit.
+    let yaml = render(&[
+        "x",
+        FERRY_CHART,
+        "--set",
+        "etcd.mode=external",
+        "--set",
+        "etcd.external.endpoints={https://etcd-0.example:2379,https://etcd-1.example:2379}",
+        "--set",
+        "etcd.external.tlsSecret=etcd-client",
+        "--set",
+        "etcd.external.clientCertificate=true",
+    ]);
+    let rendered = objects(&yaml);
+    assert!(
+        !rendered.iter().any(|(_, _, name)| name.ends_with("-etcd")),
+        "a bundled etcd object rendered: {rendered:?}"
+    );
+    for wanted in [
+        "https://etcd-0.example:2379,https://etcd-1.example:2379",
+        "{name: FERRY_ETCD_CA_FILE, value: /var/run/ferry-keys/ca.crt}",
+        "{name: FERRY_ETCD_CERT_FILE, value: /var/run/ferry-keys/tls.crt}",
+        "{name: FERRY_ETCD_KEY_FILE, value: /var/run/ferry-keys/tls.key}",
+        "secretName: etcd-client",
+    ] {
+        assert!(yaml.contains(wanted), "no {wanted:?} in\n{yaml}");
+    }
+    let txn_ops = yaml
+        .lines()
+        .find(|l| l.contains("FERRY_ETCD_MAX_TXN_OPS"))
+        .expect("the etcd transaction limit");
+    assert!(txn_ops.contains("\"128\""), "{txn_ops}");
+
+    // The operator's ServiceMonitor, when asked for, scrapes the metrics Service.
+    let yaml = render(&[
+        "x",
+        OPERATOR_CHART,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "serviceMonitor.interval=15s",
+    ]);
+    let rendered = objects(&yaml);
+    assert!(
+        rendered
+            .iter()
+            .any(|(api, kind, _)| api == "monitoring.coreos.com/v1" && kind == "ServiceMonitor"),
+        "{rendered:?}"
+    );
+    assert!(yaml.contains("interval: 15s"), "{yaml}");
+    let without = render(&["x", OPERATOR_CHART]);
+    assert!(!without.contains("kind: ServiceMonitor"));
+}
