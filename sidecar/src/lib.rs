@@ -266,6 +266,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     cluster_port.activate(replication::service::ReplicationService::new(
         replication.clone(),
+        supervisor.shutdown_signal(),
     ));
     admin_api.activate(replication.clone());
     node.activate(

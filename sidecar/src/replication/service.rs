@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ferry_proto::replication as pb;
 use ferry_proto::replication::replication_server::Replication as ReplicationRpc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -39,11 +39,32 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct ReplicationService {
     replication: Arc<Replication>,
+    /// Becomes true when the sidecar begins to shut down: the WAL and sync streams end then,
+    /// so that the cluster port's graceful stop, which waits for open calls, stops at once.
+    closing: watch::Receiver<bool>,
 }
 
 impl ReplicationService {
-    pub fn new(replication: Arc<Replication>) -> Self {
-        Self { replication }
+    pub fn new(replication: Arc<Replication>, closing: watch::Receiver<bool>) -> Self {
+        Self {
+            replication,
+            closing,
+        }
+    }
+
+    /// The response stream of a long call fed by `rx`, ending when shutdown begins.
+    fn until_closing<T: Send + 'static>(
+        &self,
+        rx: mpsc::Receiver<Result<T, Status>>,
+    ) -> ResponseStream<T> {
+        let mut closing = self.closing.clone();
+        let closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        Box::pin(futures::StreamExt::take_until(
+            ReceiverStream::new(rx),
+            closed,
+        ))
     }
 
     fn core(&self) -> &crate::core::Core {
@@ -408,7 +429,7 @@ impl ReplicationRpc for ReplicationService {
             "ship-wals",
             ship(self.replication.clone(), stream.stream_id, after, tx),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.until_closing(rx)))
     }
 
     async fn merkle_pages(
@@ -491,7 +512,7 @@ impl ReplicationRpc for ReplicationService {
             "serve-merkle-sync",
             super::sync_serve::serve_sync(self.replication.clone(), snapshot, wanted, total, tx),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.until_closing(rx)))
     }
 
     async fn announce_epoch(
