@@ -16,7 +16,9 @@
 //! ```
 //!
 //! A progress message is sent when etcd answers a progress request on the same watch stream,
-//! so it proves that etcd was reachable and the watch live a moment ago. A node cut off from
+//! so it proves that etcd was reachable and the watch live a moment ago; it carries the time the
+//! sidecar received the answer, so that ferry-vault counts its second from then, however long
+//! the message queued. A node cut off from
 //! etcd stops sending them, and ferry-vault stops trusting its cache within a second: long
 //! before another node can take the write fence (its lease is seconds long) and change what
 //! this one cached. The stream's end tells ferry-vault to forget everything.
@@ -100,7 +102,7 @@ impl Changes for ChangesService {
                 if response.created() {
                     continue;
                 }
-                let paths = response
+                let paths: Vec<String> = response
                     .events()
                     .iter()
                     .filter(|e| matches!(e.event_type(), EventType::Put | EventType::Delete))
@@ -110,11 +112,28 @@ impl Changes for ChangesService {
                     .collect();
                 // A full queue: the subscriber is too slow to trust; ending its stream makes it
                 // forget its cache.
-                if tx.try_send(Ok(WatchResponse { paths })).is_err() {
+                let received_unix_ms = progress_stamp(&paths);
+                if tx
+                    .try_send(Ok(WatchResponse {
+                        paths,
+                        received_unix_ms,
+                    }))
+                    .is_err()
+                {
                     break;
                 }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A progress message's stamp: now, in Unix milliseconds; 0 for a message of changes.
+fn progress_stamp(paths: &[String]) -> i64 {
+    if !paths.is_empty() {
+        return 0;
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -11,7 +11,8 @@
 //!   any writer (the active node, replication) ──▶ sidecar's Changes.Watch ──▶ forget the paths
 //!   a write forwarded elsewhere (to the active node or the primary) ──▶ forget everything
 //!   a request with X-Vault-Index                ──▶ reads around the cache (`forwarding`)
-//!   the watch's progress message (every 250 ms) ──▶ trust the cache for VALIDITY more
+//!   the watch's progress message (every 250 ms) ──▶ trust the cache until VALIDITY after the
+//!                                                   sidecar received it (its stamp)
 //!   no progress for VALIDITY, or the watch ended ──▶ reads go around the cache; when it comes
 //!                                                   back, everything is forgotten first
 //! ```
@@ -211,15 +212,21 @@ impl ReadCache {
         }
     }
 
-    /// The watch is live: trust the cache for [`VALIDITY`] more. After a lapse (the watch
-    /// stalled, or this is a new one) everything is forgotten first.
-    pub fn confirm(&self) {
+    /// The watch was live `age` ago (when the sidecar received etcd's progress answer): trust
+    /// the cache until [`VALIDITY`] after that. Counting from then, not from now, matters when
+    /// messages queued: a progress message read late, behind others, vouches for nothing newer
+    /// than its own time, and one older than [`VALIDITY`] for nothing at all. After a lapse (the
+    /// watch stalled, or this is a new one) everything is forgotten first.
+    pub fn confirm(&self, age: Duration) {
+        let Some(left) = VALIDITY.checked_sub(age).filter(|l| !l.is_zero()) else {
+            return;
+        };
         let now = self.now_ms();
         if now >= self.valid_until_ms.load(Ordering::Acquire) {
             self.forget_all();
         }
         self.valid_until_ms
-            .store(now + VALIDITY.as_millis() as u64, Ordering::Release);
+            .fetch_max(now + left.as_millis() as u64, Ordering::AcqRel);
     }
 
     /// The watch ended: stop trusting the cache, and forget it.
@@ -245,7 +252,7 @@ mod tests {
 
     fn trusted(budget: usize) -> ReadCache {
         let cache = ReadCache::new(budget);
-        cache.confirm();
+        cache.confirm(Duration::ZERO);
         cache
     }
 
@@ -258,13 +265,33 @@ mod tests {
     fn nothing_is_served_before_the_first_progress_or_after_the_watch_ended() {
         let cache = ReadCache::new(DEFAULT_BUDGET);
         assert!(cache.ticket("a").is_none());
-        cache.confirm();
+        cache.confirm(Duration::ZERO);
         read(&cache, "a", Some(b"1"));
         assert_eq!(cache.get("a"), Some(Some(b"1".to_vec())));
         cache.distrust();
         assert_eq!(cache.get("a"), None);
-        cache.confirm();
+        cache.confirm(Duration::ZERO);
         assert_eq!(cache.get("a"), None, "a new watch starts empty");
+    }
+
+    #[test]
+    fn a_progress_message_vouches_only_for_validity_after_it_was_received() {
+        let cache = ReadCache::new(DEFAULT_BUDGET);
+        // Read late, after queueing behind others: too old to vouch for anything.
+        cache.confirm(VALIDITY);
+        assert!(cache.ticket("a").is_none());
+        cache.confirm(VALIDITY + Duration::from_secs(5));
+        assert!(cache.ticket("a").is_none());
+        // Received 900 ms ago: trusted for the 100 ms left, not for a whole VALIDITY.
+        cache.confirm(VALIDITY - Duration::from_millis(100));
+        let until = cache.valid_until_ms.load(Ordering::Acquire);
+        assert!(until <= cache.now_ms() + 100, "{until}");
+        assert!(cache.ticket("a").is_some());
+        // An older message read after a newer one does not shorten the trust.
+        cache.confirm(Duration::ZERO);
+        let fresh = cache.valid_until_ms.load(Ordering::Acquire);
+        cache.confirm(VALIDITY - Duration::from_millis(1));
+        assert_eq!(cache.valid_until_ms.load(Ordering::Acquire), fresh);
     }
 
     #[test]
@@ -307,7 +334,7 @@ mod tests {
         cache.valid_until_ms.store(0, Ordering::Release); // VALIDITY passed without progress
         assert_eq!(cache.get("a"), None);
         assert!(cache.ticket("a").is_none());
-        cache.confirm();
+        cache.confirm(Duration::ZERO);
         assert_eq!(cache.get("a"), None);
     }
 

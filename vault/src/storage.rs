@@ -127,7 +127,7 @@ impl Storage {
                                     );
                                     healthy = true;
                                 }
-                                self.cache.confirm();
+                                self.cache.confirm(progress_age(change.received_unix_ms));
                             }
                             Ok(Some(change)) => {
                                 self.cache.forget(change.paths.iter().map(String::as_str))
@@ -270,4 +270,17 @@ impl Storage {
             .into_inner();
         Ok(reply.keys)
     }
+}
+
+/// How long ago the sidecar received a progress message it stamped `received_unix_ms` (its
+/// clock is this server's: they share a host). An unstamped one (a sidecar older than the stamp)
+/// counts as just received, as it did before.
+fn progress_age(received_unix_ms: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if received_unix_ms <= 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(now.saturating_sub(received_unix_ms).max(0) as u64)
 }
