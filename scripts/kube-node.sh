@@ -14,9 +14,9 @@
 #
 # where <dir> is ${FERRY_CACHE:-$HOME/.cache/ferry}/kube-node/v1.20.2. It also installs the Debian
 # packages a node runs on: containerd (1.6, CRI v1alpha2, which kubelet 1.20 speaks), runc,
-# containernetworking-plugins (bridge, host-local, loopback), iptables, conntrack, socat, and
-# busybox-static for the test image. Debian has no CoreDNS: the cluster's DNS is Ferry's own
-# (kube-dns/).
+# containernetworking-plugins (bridge, host-local, loopback), iptables, conntrack, socat,
+# iproute2 (the test harness's `ip`), and busybox-static for the test image. Debian has no
+# CoreDNS: the cluster's DNS is Ferry's own (kube-dns/).
 #
 # Idempotent and cached: a warm run checks files and commands and exits within a second. The
 # first run builds for about 3 minutes on 2 cores (plus the source download when kube-apiserver.sh
@@ -54,6 +54,10 @@ done
 missing_cmd iptables && need+=(iptables)
 missing_cmd conntrack && need+=(conntrack)
 missing_cmd socat && need+=(socat)
+# The test harness makes each region's network (ip), and enters its namespaces (util-linux).
+missing_cmd ip && need+=(iproute2)
+{ missing_cmd unshare || missing_cmd nsenter; } && need+=(util-linux)
+missing_cmd mount && need+=(mount)
 [ -x /bin/busybox ] || need+=(busybox-static)
 # gcc -static needs libc.a (libc6-dev).
 { missing_cmd gcc || [ ! -f /usr/lib/x86_64-linux-gnu/libc.a ]; } && need+=(gcc libc6-dev)
@@ -67,7 +71,7 @@ if [ ${#need[@]} -gt 0 ]; then
   # Debian starts containerd as a service on install where systemd runs; the tests start their
   # own per region and need none on the host.
 fi
-for cmd in containerd ctr runc iptables conntrack socat gcc; do
+for cmd in containerd ctr runc iptables conntrack socat ip unshare nsenter mount gcc; do
   missing_cmd "$cmd" && die "$cmd is not on PATH after installing the Debian packages"
 done
 [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge is missing (Debian package containernetworking-plugins)"
