@@ -66,6 +66,30 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub resync: Duration,
+    pub unreachable: UnreachableSince,
+}
+
+/// When each resource's planned promotion first found its old primary unreachable, by the
+/// resource's uid (see [`crate::steps::FORCE_AFTER`]). Kept in memory: an operator that restarts,
+/// or a new leader, counts again from its first try, which only waits longer before forcing.
+#[derive(Debug, Default)]
+pub struct UnreachableSince(std::sync::Mutex<BTreeMap<String, std::time::Instant>>);
+
+impl UnreachableSince {
+    /// How long the old primary of `uid` has been unreachable, counted from the first call
+    /// since the last [`Self::clear`].
+    pub(crate) fn for_how_long(&self, uid: &str) -> Duration {
+        let mut since = self.0.lock().expect("unreachable map poisoned");
+        since
+            .entry(uid.to_owned())
+            .or_insert_with(std::time::Instant::now)
+            .elapsed()
+    }
+
+    /// The promotion of `uid` is over (done, or no longer blocked).
+    pub(crate) fn clear(&self, uid: &str) {
+        self.0.lock().expect("unreachable map poisoned").remove(uid);
+    }
 }
 
 /// Runs the controller until the stream ends (shutdown).
@@ -157,6 +181,20 @@ pub(crate) struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// How long this resource's planned promotion has found the old primary unreachable.
+    pub(crate) fn old_primary_unreachable_for(&self) -> Duration {
+        self.ctx
+            .unreachable
+            .for_how_long(&self.rc.uid().unwrap_or_default())
+    }
+
+    /// This resource's promotion no longer waits for an unreachable old primary.
+    pub(crate) fn old_primary_answered(&self) {
+        self.ctx
+            .unreachable
+            .clear(&self.rc.uid().unwrap_or_default());
+    }
+
     async fn event(&self, type_: EventType, reason: &str, note: String, action: &str) {
         let reference = self.rc.object_ref(&());
         let event = KubeEvent {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod observe;
 pub mod secret_use;
 mod steps;
+pub use steps::FORCE_AFTER;
 pub mod token_secret;
 pub mod validate;
 pub mod vault_api;

@@ -147,6 +147,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client,
         metrics: metrics.clone(),
         resync: Duration::from_secs(args.resync_seconds),
+        unreachable: Default::default(),
     });
     info!(namespace = namespace.as_deref().unwrap_or("<all>"), %identity, "reconciling ReplicationClusters");
     tokio::select! {

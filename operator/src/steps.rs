@@ -13,6 +13,11 @@ use crate::token_secret::{self, NotOurs};
 use crate::vault_api::{VaultApi, VaultError};
 use ferry_proto::PRIMARY_UNREACHABLE;
 
+/// How long a planned promotion must find the old primary unreachable before `force` promotes
+/// without it: a few fence leases (5 s by default), so that a primary whose pods roll or whose
+/// own operator is demoting it is waited for, and one that is gone is not waited for long.
+pub const FORCE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs one step; returns what it did, for the event.
 pub(crate) async fn act(
     t: &Target<'_>,
@@ -82,18 +87,36 @@ pub(crate) async fn act(
             // Always the planned promotion first: `force` stays in Git after the day it was
             // needed, and must not skip the demotion of an old primary that can be reached.
             match vault.promote(false).await {
-                Ok(()) => Ok(
-                    "promoted to primary after applying everything the old primary wrote".into(),
-                ),
+                Ok(()) => {
+                    t.old_primary_answered();
+                    Ok(
+                        "promoted to primary after applying everything the old primary wrote"
+                            .into(),
+                    )
+                }
                 Err(VaultError::Refused {
                     message,
                     code: Some(code),
                     ..
                 }) if *force && code == PRIMARY_UNREACHABLE => {
+                    // A primary that does not answer for a moment (its pods rolling, its own
+                    // operator demoting it right now in a switchover) is not a dead one: forcing
+                    // then would leave what it acknowledged and had not shipped behind.
+                    let waited = t.old_primary_unreachable_for();
+                    if waited < FORCE_AFTER {
+                        return Err(StepError::WaitingToForce { waited, message });
+                    }
                     vault.promote(true).await?;
-                    Ok(format!("promoted to primary by force: {message}"))
+                    t.old_primary_answered();
+                    Ok(format!(
+                        "promoted to primary by force, the old primary unreachable for {}s: {message}",
+                        waited.as_secs()
+                    ))
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => {
+                    t.old_primary_answered();
+                    Err(e.into())
+                }
             }
         }
         Step::FollowAddrs { addrs } => {
@@ -124,6 +147,16 @@ pub(crate) enum StepError {
     SecretInTheWay { name: String, why: NotOurs },
     #[error("no activation token")]
     NoActivationToken,
+    #[error(
+        "the old primary is unreachable ({message}); spec.promotion.force promotes without it \
+         once it has not answered for {}s (so far {}s)",
+        FORCE_AFTER.as_secs(),
+        waited.as_secs()
+    )]
+    WaitingToForce {
+        waited: std::time::Duration,
+        message: String,
+    },
     #[error("the resource has no uid yet")]
     NotStored,
 }

@@ -369,15 +369,32 @@ async fn promotion_waits_for_an_unreachable_old_primary_unless_forced() -> anyho
         status.body["data"]["mode"], "secondary",
         "not promoted without force"
     );
-    // Forced, it goes ahead.
+    // Forced, it goes ahead, once west has not answered for FORCE_AFTER: a moment's silence
+    // (pods rolling, a demotion under way) is not taken for a dead primary.
     let mut forced = primary_spec(&east, &[]);
     forced.promotion.force = true;
+    let asked = std::time::Instant::now();
     set_spec(&east, "east", &forced).await?;
+    let waiting = east
+        .wait_resource("east", "a promotion waiting to force", LONG, |rc| {
+            condition_message(rc, "Promoting").contains("spec.promotion.force promotes without it")
+        })
+        .await?;
+    assert_ne!(
+        waiting.status.as_ref().and_then(|s| s.role.as_deref()),
+        Some("primary")
+    );
     east.wait_resource("east", "east promoted by force", LONG, |rc| {
         rc.status.as_ref().and_then(|s| s.role.as_deref()) == Some("primary")
             && is_true(rc, "Ready")
     })
     .await?;
+    assert!(
+        asked.elapsed() >= ferry_operator::FORCE_AFTER,
+        "forced after {:?}, before west had been unreachable for {:?}",
+        asked.elapsed(),
+        ferry_operator::FORCE_AFTER
+    );
     let written = east
         .vault_api()
         .post(
