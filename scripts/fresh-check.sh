@@ -110,7 +110,11 @@ bind() { # bind SOURCE TARGET [ro]
   [ "${3:-}" != ro ] || mount -o remount,bind,ro "$root$2"
 }
 mount -t proc proc "$root/proc" && mounts+=("$root/proc")
-bind /sys /sys ro
+# /sys with what is mounted below it (the cgroup tree, which a machine's init mounts and the
+# real-node tests create their cgroups in); only the top is read-only.
+mkdir -p "$root/sys"
+mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys" && mounts+=("$root/sys")
+mount -o remount,bind,ro "$root/sys"
 bind /dev /dev
 bind /dev/pts /dev/pts
 mkdir -p /tmp/ferry-test-ports && bind /tmp/ferry-test-ports /tmp/ferry-test-ports
