@@ -21,6 +21,9 @@ use crate::token::{TokenEntry, TokenStore, new_token};
 
 pub const REPLICATED_KEYRING: &str = "core/keyring";
 pub const LOCAL_KEYRING: &str = "core/local/keyring";
+/// How long start-up waits for storage that answers but fails (a sidecar still recovering).
+const STORAGE_WAIT: Duration = Duration::from_secs(60);
+
 /// Opens the local keyring, creating it (and the root token) on the first start.
 pub async fn local_keyring(
     storage: &Storage,
@@ -28,8 +31,24 @@ pub async fn local_keyring(
     initial_token: Option<String>,
 ) -> anyhow::Result<Keyring> {
     let mut warned = false;
+    let started = std::time::Instant::now();
+    let mut storage_warned = false;
     loop {
         match open_or_create_local_keyring(storage, root, initial_token.clone()).await {
+            // The sidecar answers but cannot serve yet (it took the write fence and is
+            // recovering, or etcd is restarting): wait, within bounds, as for its socket.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<StorageError>(),
+                    Some(StorageError::Failed(_))
+                ) && started.elapsed() < STORAGE_WAIT =>
+            {
+                if !storage_warned {
+                    warn!(error = %format!("{e:#}"), "storage is not ready yet; retrying for up to {}s", STORAGE_WAIT.as_secs());
+                    storage_warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Err(e)
                 if matches!(
                     e.downcast_ref::<StorageError>(),
