@@ -109,6 +109,9 @@ bind() { # bind SOURCE TARGET [ro]
   mounts+=("$root$2")
   [ "${3:-}" != ro ] || mount -o remount,bind,ro "$root$2"
 }
+# The root as a mount point of its own, private: in a chroot whose / is a mere directory,
+# `unshare --propagation=private` (the real-node tests' namespaces) fails with EINVAL.
+mount --bind "$root" "$root" && mount --make-private "$root" && mounts+=("$root")
 mount -t proc proc "$root/proc" && mounts+=("$root/proc")
 # /sys with what is mounted below it (the cgroup tree, which a machine's init mounts and the
 # real-node tests create their cgroups in); only the top is read-only.
