@@ -74,6 +74,19 @@ pub fn is_standby_refusal(status: &tonic::Status) -> bool {
             .is_some_and(|v| v.as_bytes() == STANDBY_REFUSAL.as_bytes())
 }
 
+/// `first`, then each cause from `source` on, joined by ": ". Clients' own texts ("client error
+/// (Connect)", a status message) say nothing of the refused certificate or connection below.
+pub fn with_causes(first: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut text = first;
+    let mut cause = source;
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Where a server whose sidecar listens on `storage_socket` takes forwarded requests: beside it,
 /// `storage.sock` giving `storage.forward.sock`.
 pub fn forward_socket(storage_socket: &Path) -> PathBuf {

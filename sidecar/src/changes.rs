@@ -130,10 +130,9 @@ impl Changes for ChangesService {
 
 /// A progress message's stamp: now, in Unix milliseconds; 0 for a message of changes.
 fn progress_stamp(paths: &[String]) -> i64 {
-    if !paths.is_empty() {
-        return 0;
+    if paths.is_empty() {
+        crate::replication::unix_now_ms() as i64
+    } else {
+        0
     }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

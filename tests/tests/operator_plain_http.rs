@@ -62,6 +62,13 @@ impl Listener {
     fn seen(&self) -> Vec<String> {
         self.seen.lock().expect("lock").clone()
     }
+
+    /// Fails, saying `what` happened, when anything reached the listener.
+    fn ensure_untouched(&self, what: &str) -> anyhow::Result<()> {
+        let seen = self.seen();
+        anyhow::ensure!(seen.is_empty(), "{what}: {seen:?}");
+        Ok(())
+    }
 }
 
 impl Drop for Listener {
@@ -101,11 +108,8 @@ async fn the_admin_token_goes_to_a_plain_http_address_only_when_the_spec_allows_
             },
         )
         .await?;
-    anyhow::ensure!(
-        listener.seen().is_empty(),
-        "the operator called a plain http:// address without insecureHttp: {:?}",
-        listener.seen()
-    );
+    listener
+        .ensure_untouched("the operator called a plain http:// address without insecureHttp")?;
     let message = condition_message(&rc, "InvalidSpec");
     assert!(
         message.contains("spec.cluster.address") && message.contains("spec.cluster.insecureHttp"),
@@ -128,11 +132,8 @@ async fn the_admin_token_goes_to_a_plain_http_address_only_when_the_spec_allows_
             .then_some(())
     })
     .await?;
-    anyhow::ensure!(
-        listener.seen().is_empty(),
-        "the finalizer called a plain http:// address without insecureHttp: {:?}",
-        listener.seen()
-    );
+    listener
+        .ensure_untouched("the finalizer called a plain http:// address without insecureHttp")?;
 
     // Allowed by the spec but not by the admin token's Secret, which names only ferry-vault's
     // address: nothing goes there either, and the status says which annotation would allow it.
@@ -145,11 +146,9 @@ async fn the_admin_token_goes_to_a_plain_http_address_only_when_the_spec_allows_
             |rc| condition_message(rc, "Ready").contains(SEND_TO) || !listener.seen().is_empty(),
         )
         .await?;
-    anyhow::ensure!(
-        listener.seen().is_empty(),
-        "the operator sent the admin token to an address its Secret does not name: {:?}",
-        listener.seen()
-    );
+    listener.ensure_untouched(
+        "the operator sent the admin token to an address its Secret does not name",
+    )?;
     let message = condition_message(&rc, "Ready");
     assert!(message.contains(&listener.address), "{message}");
 

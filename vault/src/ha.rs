@@ -99,19 +99,6 @@ impl ActiveClient {
     }
 }
 
-/// An error and its causes, outermost first: the client's own text ("client error (Connect)")
-/// says nothing of a refused certificate or connection.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// A node's role, as `sys/health`, `sys/leader` and the forwarding layer see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeRole {
@@ -236,7 +223,12 @@ pub async fn forward_to_active(
                     ),
                 );
             }
-            Ok(Err(e)) => return unavailable(error_chain(&e)),
+            Ok(Err(e)) => {
+                return unavailable(ferry_proto::with_causes(
+                    e.to_string(),
+                    std::error::Error::source(&e),
+                ));
+            }
             Ok(Ok(answer)) => answer,
         };
     let (parts, body) = answer.into_parts();

@@ -276,11 +276,11 @@ impl Storage {
 /// clock is this server's: they share a host). An unstamped one (a sidecar older than the stamp)
 /// counts as just received, as it did before.
 fn progress_age(received_unix_ms: i64) -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    if received_unix_ms <= 0 {
+    let Some(received) = u64::try_from(received_unix_ms).ok().filter(|&ms| ms > 0) else {
         return Duration::ZERO;
-    }
-    Duration::from_millis(now.saturating_sub(received_unix_ms).max(0) as u64)
+    };
+    let received = std::time::UNIX_EPOCH + Duration::from_millis(received);
+    std::time::SystemTime::now()
+        .duration_since(received)
+        .unwrap_or_default()
 }

@@ -484,7 +484,8 @@ impl Replication {
                 return Err(invalid(s.message().to_owned()));
             }
             Ok(Err(s)) => {
-                let detail = error_chain(&s);
+                let detail =
+                    ferry_proto::with_causes(s.message().to_owned(), std::error::Error::source(&s));
                 if detail.contains("UnknownIssuer") || detail.contains("certificate") {
                     return Err(invalid(
                         TokenError::Foreign(format!(
@@ -539,17 +540,6 @@ impl Replication {
         .await?;
         Ok(())
     }
-}
-
-fn error_chain(status: &tonic::Status) -> String {
-    let mut out = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 /// At least one of `addrs` must answer a heartbeat as an active primary of this replication
