@@ -116,10 +116,12 @@ impl Region {
         Ok(())
     }
 
-    /// Makes this region a secondary of `primary` under `id`.
-    pub async fn follow(&self, primary: &Region, id: &str) -> anyhow::Result<()> {
+    /// Makes this region a secondary of `primary` under `id`; returns the activation token it
+    /// used up.
+    pub async fn follow(&self, primary: &Region, id: &str) -> anyhow::Result<String> {
         let token = primary.token(id).await?;
-        self.enable_secondary(&token).await
+        self.enable_secondary(&token).await?;
+        Ok(token)
     }
 
     /// Polls the status until `done` holds; returns it.

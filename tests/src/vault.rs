@@ -256,6 +256,8 @@ pub struct VaultPair {
     pub east: crate::region::Region,
     pub west_vault: VaultServer,
     pub east_vault: VaultServer,
+    /// The activation token east used up when it joined.
+    pub east_activation: String,
 }
 
 impl VaultPair {
@@ -268,7 +270,7 @@ impl VaultPair {
         let east_vault =
             VaultServer::start(&east.sidecar, SHARED_ROOT_KEY, EAST_ROOT_TOKEN).await?;
         west.enable_primary().await?;
-        east.follow(&west, "east").await?;
+        let east_activation = east.follow(&west, "east").await?;
         // A secret written on the primary and readable on the secondary: the data arrived and
         // east's server took the primary's keyring.
         let path = "/v1/secret/data/pair-canary";
@@ -294,6 +296,7 @@ impl VaultPair {
             east,
             west_vault,
             east_vault,
+            east_activation,
         })
     }
 

@@ -4,41 +4,12 @@
 //! cluster's CA key stays in that cluster, through a promotion too.
 
 use base64::Engine;
-use etcd_client::GetOptions;
-use ferry_sidecar::keyspace::Keyspace;
 use ferry_sidecar::replication::pki::ReplicationCa;
-use ferry_sidecar::seal::{KeyEncryptionKey, is_sealed};
 use ferry_tests::etcd::EtcdServer;
+use ferry_tests::inspect::opened_values;
 use ferry_tests::member::TestMember;
 use ferry_tests::region::{Region, primary_and_secondary};
-use ferry_tests::sidecar::TEST_KEK;
 use serde_json::{Value, json};
-
-/// Every value of cluster `cluster`'s data keys in `etcd`, opened with the test KEK when
-/// sealed, as text.
-async fn opened_values(etcd: &EtcdServer, cluster: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let kek = KeyEncryptionKey::from_hex(TEST_KEK).map_err(anyhow::Error::msg)?;
-    let keyspace = Keyspace::for_cluster(cluster);
-    let all = etcd
-        .client()
-        .await?
-        .get(
-            keyspace.data_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await?;
-    let mut out = Vec::new();
-    for kv in all.kvs() {
-        let path = keyspace.path_of(kv.key()).unwrap_or_default().to_owned();
-        let value = if is_sealed(kv.value()) {
-            kek.open(&path, kv.value())?
-        } else {
-            kv.value().to_vec()
-        };
-        out.push((path, String::from_utf8_lossy(&value).into_owned()));
-    }
-    Ok(out)
-}
 
 /// The CA a cluster keeps for itself, opened.
 async fn own_ca(etcd: &EtcdServer, cluster: &str) -> anyhow::Result<ReplicationCa> {
