@@ -74,6 +74,14 @@ impl Region {
         self.wait_api().await
     }
 
+    /// Restarts the sidecar serving its cluster port on `port` (another region's, say).
+    pub async fn move_cluster_port(&mut self, port: u16) -> anyhow::Result<()> {
+        self.sidecar.kill();
+        self.sidecar.set_cluster_port(port);
+        self.cluster_port = port;
+        self.restart().await
+    }
+
     /// Restarts the sidecar with `extra` flags instead of the ones it had.
     pub async fn restart_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.extra = extra.iter().map(|s| s.to_string()).collect();

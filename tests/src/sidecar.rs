@@ -243,6 +243,11 @@ impl Sidecar {
         self.process()?.signal(signal)
     }
 
+    /// Serves the cluster port on `port` from the next (re)start on.
+    pub fn set_cluster_port(&mut self, port: u16) {
+        self.options.cluster_port = port;
+    }
+
     /// SIGKILL: no clean shutdown, no final flush, the fence lease left to expire.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -114,6 +114,7 @@ impl Replication {
             primary_cluster_addr,
             secondary_id: member.clone(),
             member_cas_pem: member_cas_pem(std::slice::from_ref(&record), &[]),
+            primary_ca_cert_pem: ca.key.cert_pem.clone(),
             identity,
             client_cert_pem,
         };
@@ -361,9 +362,12 @@ impl Replication {
                 // cluster following nobody, and a demoted primary that stops answering as one
                 // blocks the planned promotion of its successor: refuse, change nothing, and
                 // let the caller retry once the new primary is promoted.
-                require_active_primary(&current, &addrs).await?;
+                // Only a member that proves it is the primary is followed, and from then on only
+                // its CA is trusted for the primary's servers.
+                let primary_ca_cert_pem = self.find_active_primary(&current, &addrs).await?;
                 let definition = ClusterDefinition {
                     primary_cluster_addr: addrs[0].clone(),
+                    primary_ca_cert_pem,
                     ..current.clone()
                 };
                 (definition, addrs)
@@ -525,10 +529,73 @@ impl Replication {
                 &[],
                 &[&claims.ca_cert_pem, &reply.member_cas_pem, &ca.key.cert_pem],
             ),
+            primary_ca_cert_pem: claims.ca_cert_pem,
             identity,
             client_cert_pem: reply.client_cert_pem,
         };
         Ok((definition, addrs, ca))
+    }
+
+    /// At least one of `addrs` must answer a heartbeat as an active primary of this replication
+    /// set, prove its epoch (at least the newest this cluster knows) and serve with the CA of
+    /// the member its proof names. Returns that CA's certificate; otherwise a 503 naming each
+    /// address's answer.
+    async fn find_active_primary(
+        &self,
+        current: &ClusterDefinition,
+        addrs: &[String],
+    ) -> Result<String, ControlError> {
+        let tls = TlsMaterial::to_members(current);
+        // All at once, each bounded by the probe's own deadline.
+        let probes = addrs.iter().map(|address| {
+            let tls = tls.clone();
+            async move { (address, probe(address, &tls, &current.secondary_id).await) }
+        });
+        let mut answers = Vec::new();
+        for (address, answer) in futures::future::join_all(probes).await {
+            match answer {
+                Ok(reply) if reply.active => match self.pin_primary(current, address, &reply).await
+                {
+                    Ok(ca_cert_pem) => return Ok(ca_cert_pem),
+                    Err(why) => answers.push(format!("{address}: {why}")),
+                },
+                Ok(_) => answers.push(format!("{address}: a demoted primary")),
+                Err(e) => answers.push(format!("{address}: {}", e.message())),
+            }
+        }
+        Err(ControlError::Unavailable(format!(
+            "no active primary to follow ({}); nothing changed: try again once the new primary is promoted",
+            answers.join("; ")
+        )))
+    }
+
+    /// The CA certificate of the member that `reply`, from `address`, proves to be the primary,
+    /// once `address` has answered a call that trusts that CA alone.
+    async fn pin_primary(
+        &self,
+        current: &ClusterDefinition,
+        address: &str,
+        reply: &pb::HeartbeatResponse,
+    ) -> Result<String, String> {
+        let known = self.core.stream().epoch.max(self.follower_status().primary_epoch);
+        let (epoch, member) = self
+            .proven_primary(reply.epoch_proof.as_ref(), reply.epoch.max(known))
+            .await
+            .map_err(|why| format!("an active primary whose epoch is not proven ({why})"))?;
+        let pinned = TlsMaterial {
+            ca_cert_pem: member.ca_cert_pem.clone(),
+            identity: Some(current.client_identity()),
+        };
+        probe(address, &pinned, &current.secondary_id)
+            .await
+            .map_err(|e| {
+                format!(
+                    "proves epoch {epoch} for member {:?} but does not serve as it ({})",
+                    member.id,
+                    e.message()
+                )
+            })?;
+        Ok(member.ca_cert_pem)
     }
 
     /// Stores this cluster's own CA, sealed, on its local path.
@@ -540,32 +607,6 @@ impl Replication {
         .await?;
         Ok(())
     }
-}
-
-/// At least one of `addrs` must answer a heartbeat as an active primary of this replication
-/// set; otherwise a 503 naming each address's answer.
-async fn require_active_primary(
-    current: &ClusterDefinition,
-    addrs: &[String],
-) -> Result<(), ControlError> {
-    let tls = TlsMaterial::of(current);
-    // All at once, each bounded by the probe's own deadline.
-    let probes = addrs.iter().map(|address| {
-        let tls = tls.clone();
-        async move { (address, probe(address, &tls, &current.secondary_id).await) }
-    });
-    let mut answers = Vec::new();
-    for (address, answer) in futures::future::join_all(probes).await {
-        match answer {
-            Ok(reply) if reply.active => return Ok(()),
-            Ok(_) => answers.push(format!("{address}: a demoted primary")),
-            Err(e) => answers.push(format!("{address}: {}", e.message())),
-        }
-    }
-    Err(ControlError::Unavailable(format!(
-        "no active primary to follow ({}); nothing changed: try again once the new primary is promoted",
-        answers.join("; ")
-    )))
 }
 
 /// Checks a `host:port` address.

@@ -50,8 +50,14 @@ pub struct ClusterDefinition {
     #[serde(default)]
     pub secondary_id: String,
     /// Every member's CA certificate, PEM, concatenated: whom this cluster's cluster port
-    /// trusts, as client and as server.
+    /// trusts for client certificates, and whose servers it may ask about epochs.
     pub member_cas_pem: String,
+    /// The CA certificate of the primary this cluster follows (its own CA's, as the primary):
+    /// the one CA it trusts for the primary's servers, so that no other member, which holds a
+    /// CA of its own, can pose as the primary at its address. Empty in a definition stored
+    /// before it existed: then every member's CA, until the next activation or update-primary.
+    #[serde(default)]
+    pub primary_ca_cert_pem: String,
     /// This cluster's own key, with the server certificate its own CA issued for it.
     pub identity: CertifiedKey,
     /// The short-lived client certificate for `identity`'s key, signed by the primary's CA
@@ -75,6 +81,15 @@ impl ClusterDefinition {
         }
     }
 
+    /// The CA certificates trusted for the primary's servers (see `primary_ca_cert_pem`).
+    pub fn primary_cas_pem(&self) -> &str {
+        if self.primary_ca_cert_pem.is_empty() {
+            &self.member_cas_pem
+        } else {
+            &self.primary_ca_cert_pem
+        }
+    }
+
     /// Whether this cluster follows a primary.
     pub fn follows_primary(&self) -> bool {
         self.role.is_secondary() && !self.primary_cluster_addr.is_empty()
@@ -91,6 +106,7 @@ impl ClusterDefinition {
             primary_cluster_addr: "127.0.0.1:1".into(),
             secondary_id: "primary-c".into(),
             member_cas_pem: String::new(),
+            primary_ca_cert_pem: String::new(),
             identity: CertifiedKey {
                 cert_pem: String::new(),
                 key_pem: String::new(),

@@ -154,6 +154,16 @@ impl Replication {
         proof: Option<&pb::EpochProof>,
         epoch: u64,
     ) -> Result<u64, String> {
+        self.proven_primary(proof, epoch).await.map(|(epoch, _)| epoch)
+    }
+
+    /// The epoch `proof` proves, when it proves at least `epoch`, with the record of the member
+    /// it names as that epoch's primary. Otherwise why not.
+    pub(crate) async fn proven_primary(
+        &self,
+        proof: Option<&pb::EpochProof>,
+        epoch: u64,
+    ) -> Result<(u64, SecondaryRecord), String> {
         let proof = proof.ok_or("the claim carries no proof of its epoch")?;
         if proof.epoch < epoch {
             return Err(format!(
@@ -180,7 +190,7 @@ impl Replication {
                 proof.epoch
             ));
         }
-        Ok(proof.epoch)
+        Ok((proof.epoch, record))
     }
 
     /// The newest epoch proof this cluster holds: its own as a primary, its primary's as a
@@ -283,7 +293,7 @@ impl Replication {
         if addrs.is_empty() {
             return None;
         }
-        let tls = TlsMaterial::of(definition);
+        let tls = TlsMaterial::to_members(definition);
         let asks = addrs.iter().map(|address| {
             let tls = &tls;
             async move { (address, probe(address, tls, &definition.secondary_id).await) }

@@ -5,10 +5,14 @@
 //! sealed, on a local path). A member's CA issues exactly one kind of certificate for others:
 //!
 //! * **its own server certificate** (server authentication only, the fixed DNS name
-//!   [`SERVER_NAME`]), with which its cluster port serves. Peers trust every member's CA for
-//!   servers: any member may be promoted, and only the holder of a CA's key can serve a
-//!   certificate that chains to it. An activating secondary trusts only the CA its token names,
-//!   which pins the primary that issued the token.
+//!   [`SERVER_NAME`]), with which its cluster port serves; only the holder of a CA's key can
+//!   serve a certificate that chains to it. A secondary trusts one CA for its primary's servers
+//!   (`ClusterDefinition::primary_ca_cert_pem`): the one its activation token names, later the
+//!   one of the member a new primary proves to be when an operator names it (update-primary by
+//!   address), or the one its former primary hands over after a planned switchover (in
+//!   `RemoteResolve`). No other member can pose as its primary. Every member's CA is trusted
+//!   only where any member may answer: a primary asking its secondaries which epoch they know,
+//!   a secondary probing the addresses it was told for a new primary.
 //! * **client certificates** (client authentication only, short-lived), which the primary's CA
 //!   signs for each secondary's certificate signing request: at activation, with the single-use
 //!   token as credential, and at half-life afterwards over the live connection. A primary signs

@@ -120,7 +120,7 @@ impl Replication {
             applied_stream_id: applied.map_or_else(Vec::new, |a| a.stream_id.0.to_vec()),
             epoch_proof: Some(proof),
         };
-        let tls = TlsMaterial::of(&definition);
+        let tls = TlsMaterial::to_primary(&definition);
         if drained == Drained::StillActive {
             // It answered a moment ago: fence it before this cluster takes its first write, so
             // that nothing is acknowledged there at the old epoch after that.
@@ -138,6 +138,7 @@ impl Replication {
             primary_cluster_addr: primary_cluster_addr.unwrap_or_default(),
             secondary_id: definition.secondary_id.clone(),
             member_cas_pem,
+            primary_ca_cert_pem: ca.key.cert_pem.clone(),
             identity: definition.identity.clone(),
             client_cert_pem,
         };
@@ -161,7 +162,7 @@ impl Replication {
         definition: &ClusterDefinition,
         force: bool,
     ) -> Result<Drained, ControlError> {
-        let tls = TlsMaterial::of(definition);
+        let tls = TlsMaterial::to_primary(definition);
         let address = {
             let connected = self.follower_status().connected_to.clone();
             if connected.is_empty() {

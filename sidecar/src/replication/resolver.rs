@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ferry_proto::replication::RemoteResolveRequest;
 use tokio::sync::{Notify, watch};
-use tracing::{info, trace};
+use tracing::{info, trace, warn};
 
 use super::Replication;
 use super::transport::{CONNECT_TIMEOUT, TlsMaterial, client};
@@ -81,7 +81,7 @@ pub async fn run(
     let mut resolve = true; // the first pass asks RemoteResolve
     loop {
         let mut list = candidates(&replication);
-        let tls = replication.definition().as_ref().map(TlsMaterial::of);
+        let tls = replication.definition().as_ref().map(TlsMaterial::to_primary);
         if resolve
             && let Some(tls) = tls
             && let Some(active) = remote_resolve(&replication, &tls, &list).await
@@ -99,7 +99,25 @@ pub async fn run(
     }
 }
 
-/// Asks each candidate in turn where the primary's active node is.
+/// The primary this cluster trusts, answering at `address` over a connection that trusted its
+/// CA alone, follows another now (a planned switchover): trust the CA it trusts for that one,
+/// `ca_cert_pem`, instead.
+async fn hand_over(replication: &Replication, address: &str, ca_cert_pem: String) {
+    if let Err(e) = super::pki::check_ca_cert(&ca_cert_pem) {
+        warn!(via = %address, error = %e, "the former primary named an unusable CA for its new primary; ignored");
+        return;
+    }
+    match replication
+        .store_definition(|d| d.primary_ca_cert_pem = ca_cert_pem)
+        .await
+    {
+        Ok(()) => info!(via = %address, "the former primary follows a new one: trusting the new primary's CA"),
+        Err(e) => warn!(error = %e, "failed to store the new primary's CA"),
+    }
+}
+
+/// Asks each candidate in turn where the primary's active node is; a candidate that follows a
+/// new primary hands this cluster's trust over to it.
 async fn remote_resolve(
     replication: &Replication,
     tls: &TlsMaterial,
@@ -114,7 +132,13 @@ async fn remote_resolve(
             secondary_id: secondary_id.clone(),
         });
         if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
-            let active = reply.into_inner().address;
+            let reply = reply.into_inner();
+            if !reply.primary_ca_cert_pem.is_empty()
+                && reply.primary_ca_cert_pem != tls.ca_cert_pem
+            {
+                hand_over(replication, address, reply.primary_ca_cert_pem).await;
+            }
+            let active = reply.address;
             if !active.is_empty() {
                 info!(via = %address, active = %active, "resolved the primary's active node");
                 return Some(active);

@@ -350,17 +350,26 @@ impl ReplicationRpc for ReplicationService {
         self.authenticate(&request, &request.get_ref().secondary_id)
             .await?;
         // As in Vault: the address the primary was enabled with, else the active node's.
-        let address = match self.replication.definition() {
+        let reply = match self.replication.definition() {
             Some(d) if d.role.is_active_primary() && !d.primary_cluster_addr.is_empty() => {
-                d.primary_cluster_addr
+                pb::RemoteResolveResponse {
+                    address: d.primary_cluster_addr,
+                    primary_ca_cert_pem: String::new(),
+                }
             }
-            Some(d) if d.role.is_active_primary() => self.own_address(),
+            Some(d) if d.role.is_active_primary() => pb::RemoteResolveResponse {
+                address: self.own_address(),
+                primary_ca_cert_pem: String::new(),
+            },
             Some(d) if d.follows_primary() => {
                 let connected = self.replication.follower_status().connected_to.clone();
-                if connected.is_empty() {
-                    d.primary_cluster_addr
-                } else {
-                    connected
+                pb::RemoteResolveResponse {
+                    address: if connected.is_empty() {
+                        d.primary_cluster_addr.clone()
+                    } else {
+                        connected
+                    },
+                    primary_ca_cert_pem: d.primary_ca_cert_pem,
                 }
             }
             _ => {
@@ -369,7 +378,7 @@ impl ReplicationRpc for ReplicationService {
                 ));
             }
         };
-        Ok(Response::new(pb::RemoteResolveResponse { address }))
+        Ok(Response::new(reply))
     }
 
     type StreamWalsStream = ResponseStream<pb::StreamWalsResponse>;

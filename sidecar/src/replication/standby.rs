@@ -155,6 +155,11 @@ impl StandbyView {
             Some(d) => Some(d),
             None => self.load().await?,
         };
+        let primary_ca_cert_pem = definition
+            .as_ref()
+            .filter(|d| d.follows_primary())
+            .map(|d| d.primary_ca_cert_pem.clone())
+            .unwrap_or_default();
         let address = definition
             .map(|d| d.primary_cluster_addr)
             .filter(|a| !a.is_empty())
@@ -166,7 +171,10 @@ impl StandbyView {
             })
             .ok_or_else(|| self.refusal())?;
         debug!(secondary_id = %id, %address, "answered RemoteResolve as a standby");
-        Ok(pb::RemoteResolveResponse { address })
+        Ok(pb::RemoteResolveResponse {
+            address,
+            primary_ca_cert_pem,
+        })
     }
 }
 
@@ -228,7 +236,7 @@ async fn heartbeat(
     else {
         return false;
     };
-    let tls = TlsMaterial::of(definition);
+    let tls = TlsMaterial::to_members(definition);
     if active
         .as_ref()
         .is_none_or(|a| a.address != holder.cluster_addr || a.tls != tls)

@@ -53,7 +53,18 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    pub fn of(definition: &ClusterDefinition) -> Self {
+    /// For calls to the primary `definition` follows: only that primary's CA is trusted.
+    pub fn to_primary(definition: &ClusterDefinition) -> Self {
+        Self {
+            ca_cert_pem: definition.primary_cas_pem().to_owned(),
+            identity: Some(definition.client_identity()),
+        }
+    }
+
+    /// For calls to any member (a primary asking its secondaries which epoch they know, a
+    /// standby reaching its own cluster's active node, a secondary looking for a new
+    /// primary): every member's CA is trusted.
+    pub fn to_members(definition: &ClusterDefinition) -> Self {
         Self {
             ca_cert_pem: definition.member_cas_pem.clone(),
             identity: Some(definition.client_identity()),
