@@ -152,14 +152,14 @@ fn example_values_render_a_region_for_old_and_current_kubernetes() {
                 yaml.contains("secretName: ferry-root-key"),
                 "{region}: the pods do not mount Secret ferry-root-key"
             );
-            // Three bundled etcd members in west, each named in the initial cluster.
+            // Three bundled etcd members in west, each named in the initial cluster, over TLS.
             if region == "west" {
                 assert!(
                     yaml.contains(
-                        "ferry-etcd-2=http://ferry-etcd-2.ferry-etcd.ferry-system.svc:2380"
+                        "ferry-etcd-2=https://ferry-etcd-2.ferry-etcd.ferry-system.svc:2380"
                     )
                 );
-                assert!(yaml.contains("http://ferry-etcd-2.ferry-etcd.ferry-system.svc:2379"));
+                assert!(yaml.contains("https://ferry-etcd-2.ferry-etcd.ferry-system.svc:2379"));
             }
         }
     }
@@ -429,4 +429,116 @@ fn external_etcd_and_the_service_monitor_render() {
     assert!(yaml.contains("interval: 15s"), "{yaml}");
     let without = render(&["x", OPERATOR_CHART]);
     assert!(!without.contains("kind: ServiceMonitor"));
+}
+
+#[test]
+fn the_bundled_etcd_speaks_tls_by_default_and_plain_http_only_when_asked() {
+    let yaml = render(&["x", FERRY_CHART]);
+    assert!(
+        has(&objects(&yaml), "v1", "Secret", "x-ferry-etcd-tls"),
+        "no generated etcd TLS Secret"
+    );
+    for wanted in [
+        r#"{name: ETCD_LISTEN_CLIENT_URLS, value: "https://0.0.0.0:2379"}"#,
+        r#"{name: ETCD_CLIENT_CERT_AUTH, value: "true"}"#,
+        r#"{name: ETCD_PEER_CLIENT_CERT_AUTH, value: "true"}"#,
+        r#"{name: FERRY_ETCD_ENDPOINTS, value: "https://x-ferry-etcd-0.x-ferry-etcd.default.svc:2379"}"#,
+        "{name: FERRY_ETCD_CERT_FILE, value: /var/run/ferry-keys/tls.crt}",
+        "httpGet: {path: /health, port: health}",
+    ] {
+        assert!(yaml.contains(wanted), "no {wanted:?} in\n{yaml}");
+    }
+    // Three members find each other over TLS.
+    let three = render(&["x", FERRY_CHART, "--set", "etcd.replicas=3"]);
+    assert!(
+        three.contains("x-ferry-etcd-2=https://x-ferry-etcd-2.x-ferry-etcd.default.svc:2380"),
+        "{three}"
+    );
+    // A Secret of one's own replaces the generated one.
+    let own = render(&["x", FERRY_CHART, "--set", "etcd.tls.secret=my-etcd-tls"]);
+    assert!(!has(&objects(&own), "v1", "Secret", "x-ferry-etcd-tls"));
+    assert_eq!(own.matches("secretName: my-etcd-tls").count(), 2, "{own}");
+
+    let plain = render(&["x", FERRY_CHART, "--set", "etcd.tls.enabled=false"]);
+    assert!(!has(&objects(&plain), "v1", "Secret", "x-ferry-etcd-tls"));
+    assert!(!plain.contains("FERRY_ETCD_CA_FILE"), "{plain}");
+    assert!(
+        plain.contains(r#"{name: ETCD_LISTEN_CLIENT_URLS, value: "http://0.0.0.0:2379"}"#),
+        "{plain}"
+    );
+}
+
+/// The certificates the chart makes for its bundled etcd work with a real etcd and the real
+/// sidecar: the members' certificate serves (it names 127.0.0.1 as well as the members' names),
+/// and etcd, requiring client certificates, admits the sidecar's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_etcd_certificates_serve_etcd_and_admit_the_sidecar() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use base64::Engine;
+    use ferry_proto::storage::{GetRequest, PutRequest};
+    use ferry_tests::etcd::{EtcdOptions, EtcdServer, EtcdTls};
+    use ferry_tests::pki::CertFiles;
+    use ferry_tests::sidecar::{Sidecar, SidecarOptions};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let yaml = render(&["x", FERRY_CHART]);
+    let secret = yaml
+        .split("\n---")
+        .find(|d| d.contains("kind: Secret") && d.contains("name: x-ferry-etcd-tls"))
+        .context("no etcd TLS Secret rendered")?;
+    let dir = tempfile::tempdir()?;
+    let file = |key: &str| -> anyhow::Result<PathBuf> {
+        let b64 = secret
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .with_context(|| format!("no {key} in the Secret"))?;
+        let path = dir.path().join(key);
+        let mut out = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(
+            &mut out,
+            &base64::engine::general_purpose::STANDARD.decode(b64)?,
+        )?;
+        Ok(path)
+    };
+    let ca = file("ca.crt")?;
+    let client = CertFiles {
+        cert: file("client.crt")?,
+        key: file("client.key")?,
+    };
+    let etcd = EtcdServer::start_with(EtcdOptions {
+        tls: Some(EtcdTls {
+            ca: ca.clone(),
+            server: CertFiles {
+                cert: file("server.crt")?,
+                key: file("server.key")?,
+            },
+            client: client.clone(),
+        }),
+        ..EtcdOptions::default()
+    })?;
+    let options = SidecarOptions::new("chart-tls", "n1")
+        .arg(format!("--etcd-ca-file={}", ca.display()))
+        .arg(format!("--etcd-cert-file={}", client.cert.display()))
+        .arg(format!("--etcd-key-file={}", client.key.display()));
+    let sidecar = Sidecar::start(&etcd.endpoint(), options).await?;
+    sidecar
+        .storage()
+        .put(PutRequest {
+            key: "logical/over-tls".into(),
+            value: b"1".to_vec(),
+        })
+        .await?;
+    let got = sidecar
+        .storage()
+        .get(GetRequest {
+            key: "logical/over-tls".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(got.found && got.value == b"1", "{got:?}");
+    Ok(())
 }

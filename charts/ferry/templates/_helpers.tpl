@@ -65,7 +65,29 @@ app.kubernetes.io/component: etcd
 {{- printf "%s-etcd" (include "ferry.fullname" .) -}}
 {{- end -}}
 
-{{/* The etcd client URLs the sidecar connects to (comma-separated). */}}
+{{/* The Secret with the bundled etcd's CA and certificates (etcd.tls). */}}
+{{- define "ferry.etcdTlsSecret" -}}
+{{- default (printf "%s-tls" (include "ferry.etcdName" .)) .Values.etcd.tls.secret -}}
+{{- end -}}
+
+{{/* "true" when the sidecar speaks TLS to etcd, bundled or external; else empty. */}}
+{{- define "ferry.etcdTls" -}}
+{{- if eq .Values.etcd.mode "bundled" -}}
+{{- if .Values.etcd.tls.enabled }}true{{ end -}}
+{{- else if .Values.etcd.external.tlsSecret -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the sidecar presents a client certificate to etcd; else empty. */}}
+{{- define "ferry.etcdClientCertificate" -}}
+{{- if eq .Values.etcd.mode "bundled" -}}
+{{- if .Values.etcd.tls.enabled }}true{{ end -}}
+{{- else if and .Values.etcd.external.tlsSecret .Values.etcd.external.clientCertificate -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* etcd's --max-txn-ops, as the bundled etcd runs or the external one says it runs. */}}
 {{- define "ferry.etcdMaxTxnOps" -}}
 {{- if eq .Values.etcd.mode "bundled" -}}
@@ -75,12 +97,14 @@ app.kubernetes.io/component: etcd
 {{- end -}}
 {{- end -}}
 
+{{/* The etcd client URLs the sidecar connects to (comma-separated). */}}
 {{- define "ferry.etcdEndpoints" -}}
 {{- if eq .Values.etcd.mode "bundled" -}}
 {{- $etcd := include "ferry.etcdName" . -}}
+{{- $scheme := ternary "https" "http" .Values.etcd.tls.enabled -}}
 {{- $urls := list -}}
 {{- range $i := until (int .Values.etcd.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc:2379" $etcd $i $etcd $.Release.Namespace) -}}
+{{- $urls = append $urls (printf "%s://%s-%d.%s.%s.svc:2379" $scheme $etcd $i $etcd $.Release.Namespace) -}}
 {{- end -}}
 {{- join "," $urls -}}
 {{- else -}}
