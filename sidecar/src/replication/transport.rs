@@ -1,6 +1,8 @@
 //! The cluster port: mutual TLS for the replication service, server and client side.
 //!
-//! There is no plaintext mode. Both sides trust every member's CA (see `pki`). The client checks
+//! There is no plaintext mode. The server trusts every member's CA for client certificates; a
+//! client trusts what [`TlsMaterial`] names: its primary's CA alone when it calls its primary,
+//! every member's where any member may answer (see `pki`). The client checks
 //! the server's chain and the fixed name [`SERVER_NAME`]; the server checks the chain of a client
 //! certificate when one is presented, and each call but `Activate` requires one, whose key the
 //! service then matches with the member's record. A certificate from another CA fails the
