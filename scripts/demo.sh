@@ -7,10 +7,12 @@
 #
 # Ports (each is checked to be free first):
 #                      west    east
-#   ferry-vault (HTTP) 8200    9200
+#   ferry-vault (HTTPS) 8200   9200
 #   sidecar cluster    8201    9201    replication between regions, mutual TLS
-#   etcd client        2379    3379
-#   etcd peer          2380    3380
+#   etcd client        2379    3379    TLS, client certificates required
+#   etcd peer          2380    3380    TLS
+# Every listener speaks TLS with certificates from a CA the demo makes for itself (openssl):
+# <state>/tls/ca.crt is what clients trust (VAULT_CACERT).
 # With FERRY_DEMO_BASE_PORT=B: west uses B (vault), B+1 (cluster), B+3 (etcd), B+4 (peer); east
 # B+10, B+11, B+13, B+14.
 # Each sidecar's replication API (sys/replication/..., fronted by ferry-vault) is on a Unix socket
@@ -87,7 +89,7 @@ check_ports() {
 venv="${FERRY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/venv}"
 python="$venv/bin/python"
 if ! command -v etcd >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 ||
-  ! "$python" -c "import hvac" >/dev/null 2>&1; then
+  ! command -v openssl >/dev/null 2>&1 || ! "$python" -c "import hvac" >/dev/null 2>&1; then
   say "demo: installing what is missing (scripts/setup.sh)"
   scripts/setup.sh
 fi
@@ -222,14 +224,18 @@ wait_ready() {
   done
 }
 
-etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$1/health" | grep -q '"health":"true"'; }
+etcd_healthy() {
+  curl -fsS --max-time 2 --cacert "$tls/ca.crt" --cert "$tls/client.crt" --key "$tls/client.key" \
+    "https://127.0.0.1:$1/health" | grep -q '"health":"true"'
+}
 sidecar_ready() {
   [ -S "$1" ] && curl -fsS --max-time 2 --unix-socket "$2" \
     "http://sidecar/v1/sys/replication/performance/status"
 }
 vault_active() {
   # 200: initialised, unsealed and active.
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/v1/sys/health")" = 200 ]
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$tls/ca.crt" \
+    "https://127.0.0.1:$1/v1/sys/health")" = 200 ]
 }
 
 # 32 random bytes as hex: the root key both regions share.
@@ -249,16 +255,42 @@ for r in "${regions[@]}"; do
   printf '%s\n' "${token[$r]}" >"$state/$r/root.token"
 done
 
+# The demo's own CA and what it signs, EC P-256, valid 30 days: the servers' certificate (ferry-vault
+# and etcd on 127.0.0.1) and the sidecars' client certificate for etcd. Keys are 0600 (umask).
+tls="$state/tls"
+mkdir -p "$tls"
+certify() { # certify NAME SUBJECT EXTENSIONS: a key and a certificate the demo CA signs
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/$1.key" 2>/dev/null
+  openssl req -new -key "$tls/$1.key" -subj "$2" -out "$tls/$1.csr"
+  openssl x509 -req -in "$tls/$1.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -days 30 \
+    -set_serial "0x$(random_hex 16)" -extfile <(printf '%s\n' "$3") -out "$tls/$1.crt" 2>/dev/null
+  rm -f "$tls/$1.csr"
+}
+{
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$tls/ca.key" -subj "/CN=Ferry demo CA" -days 30 -out "$tls/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+  certify server "/CN=localhost" "$(printf '%s\n' \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost")"
+  certify client "/CN=ferry-sidecar" "$(printf '%s\n' \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth")"
+} || die "openssl could not make the demo's certificates"
+
 say ""
 say "demo: state and logs in $state"
 for r in "${regions[@]}"; do
   p="$(port "$r" etcd)"
-  peer="http://127.0.0.1:$(port "$r" peer)"
+  peer="https://127.0.0.1:$(port "$r" peer)"
   # etcd 3.4 refuses to start on architectures it does not list unless told to.
   start "etcd ($r)" "$state/$r/etcd.log" env ETCD_UNSUPPORTED_ARCH="$(uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')" \
     etcd --name="ferry-demo-$r" --data-dir="$state/$r/etcd" \
-    --listen-client-urls="http://127.0.0.1:$p" --advertise-client-urls="http://127.0.0.1:$p" \
+    --listen-client-urls="https://127.0.0.1:$p" --advertise-client-urls="https://127.0.0.1:$p" \
     --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
+    --cert-file="$tls/server.crt" --key-file="$tls/server.key" \
+    --trusted-ca-file="$tls/ca.crt" --client-cert-auth \
+    --peer-cert-file="$tls/server.crt" --peer-key-file="$tls/server.key" \
+    --peer-trusted-ca-file="$tls/ca.crt" --peer-client-cert-auth \
     --initial-cluster="ferry-demo-$r=$peer" --max-txn-ops=1024 --logger=zap --log-level=warn
 done
 for r in "${regions[@]}"; do
@@ -268,7 +300,8 @@ done
 for r in "${regions[@]}"; do
   start "ferry-sidecar ($r)" "$state/$r/sidecar.log" env FERRY_LOG="${FERRY_LOG:-info}" \
     "$bin_dir/ferry-sidecar" --cluster="$r" --node-id="$r-1" \
-    --etcd-endpoints="http://127.0.0.1:$(port "$r" etcd)" \
+    --etcd-endpoints="https://127.0.0.1:$(port "$r" etcd)" --etcd-ca-file="$tls/ca.crt" \
+    --etcd-cert-file="$tls/client.crt" --etcd-key-file="$tls/client.key" \
     --storage-socket="$state/$r/storage.sock" --key-encryption-key-file="$state/kek" \
     --etcd-max-txn-ops=1024 \
     --cluster-listen="127.0.0.1:$(port "$r" cluster)"
@@ -281,6 +314,7 @@ done
 for r in "${regions[@]}"; do
   start "ferry-vault ($r)" "$state/$r/vault.log" env FERRY_LOG="${FERRY_LOG:-info}" \
     "$bin_dir/ferry-vault" --listen="127.0.0.1:$(port "$r" vault)" \
+    --tls-cert-file="$tls/server.crt" --tls-key-file="$tls/server.key" \
     --storage-socket="$state/$r/storage.sock" \
     --root-key-file="$state/root.key" --initial-root-token-file="$state/$r/root.token"
 done
@@ -291,7 +325,7 @@ done
 
 # --- replication -----------------------------------------------------------------------------
 
-addr() { printf 'http://127.0.0.1:%s' "$(port "$1" vault)"; }
+addr() { printf 'https://127.0.0.1:%s' "$(port "$1" vault)"; }
 # json_field FIELD.PATH: reads JSON on stdin, prints the field (empty when absent).
 json_field() {
   "$python" -c 'import json, sys
@@ -304,7 +338,7 @@ print("" if v is None else v)' "$1"
 # ferry-vault with the root token; prints the response body, fails on an error status.
 replication() {
   local r="$1" path="$2" body="$3" out code
-  out="$(curl -sS --max-time 30 -X POST -H "X-Vault-Token: ${token[$r]}" \
+  out="$(curl -sS --max-time 30 --cacert "$tls/ca.crt" -X POST -H "X-Vault-Token: ${token[$r]}" \
     -H 'Content-Type: application/json' -d "$body" -w '\n%{http_code}' \
     "$(addr "$r")/v1/sys/replication/performance/$path")" ||
     die "POST $(addr "$r")/v1/sys/replication/performance/$path failed"
@@ -314,7 +348,8 @@ replication() {
   printf '%s' "$out"
 }
 east_state() {
-  curl -fsS --max-time 2 "$(addr east)/v1/sys/replication/performance/status" | json_field data.state
+  curl -fsS --max-time 2 --cacert "$tls/ca.crt" "$(addr east)/v1/sys/replication/performance/status" |
+    json_field data.state
 }
 east_streams() { [ "$(east_state)" = stream-wals ]; }
 
@@ -338,7 +373,7 @@ say "demo: east streams west's WAL (state: stream-wals)"
 # --- the tour --------------------------------------------------------------------------------
 
 say ""
-FERRY_DEMO_WEST_ADDR="$(addr west)" FERRY_DEMO_EAST_ADDR="$(addr east)" \
+FERRY_DEMO_WEST_ADDR="$(addr west)" FERRY_DEMO_EAST_ADDR="$(addr east)" FERRY_DEMO_CACERT="$tls/ca.crt" \
   FERRY_DEMO_WEST_TOKEN="${token[west]}" FERRY_DEMO_EAST_TOKEN="${token[east]}" \
   "$python" -u scripts/demo_tour.py || die "the tour failed (logs in $state; FERRY_DEMO_KEEP=1 keeps them)"
 
@@ -350,23 +385,25 @@ Ferry is running: two regions on 127.0.0.1.
 
   west (primary)    VAULT_ADDR=$(addr west)   root token ${token[west]}
   east (secondary)  VAULT_ADDR=$(addr east)   root token ${token[east]}
+  every server speaks TLS; trust the demo's CA: VAULT_CACERT=$tls/ca.crt
   sidecar replication API (Unix sockets, this user only):
     curl --unix-socket $state/west/admin/replication-api.sock http://sidecar/v1/sys/replication/status
-  etcd: west http://127.0.0.1:$west_etcd, east http://127.0.0.1:$east_etcd
+  etcd: west https://127.0.0.1:$west_etcd, east https://127.0.0.1:$east_etcd
+    (client certificate: $tls/client.crt, $tls/client.key)
   state and logs: $state  (etcd.log, sidecar.log, vault.log per region)
 
 Tokens are local to each cluster: use west's token on west and east's on east.
 
 curl:
-  export VAULT_ADDR=$(addr east) VAULT_TOKEN=${token[east]}
-  curl -s -H "X-Vault-Token: \$VAULT_TOKEN" -X POST \$VAULT_ADDR/v1/secret/data/hello -d '{"data":{"who":"me"}}'   # forwarded to west
-  curl -s -H "X-Vault-Token: \$VAULT_TOKEN" \$VAULT_ADDR/v1/secret/data/hello
-  curl -s \$VAULT_ADDR/v1/sys/replication/status
+  export VAULT_ADDR=$(addr east) VAULT_TOKEN=${token[east]} VAULT_CACERT=$tls/ca.crt
+  curl -s --cacert \$VAULT_CACERT -H "X-Vault-Token: \$VAULT_TOKEN" -X POST \$VAULT_ADDR/v1/secret/data/hello -d '{"data":{"who":"me"}}'   # forwarded to west
+  curl -s --cacert \$VAULT_CACERT -H "X-Vault-Token: \$VAULT_TOKEN" \$VAULT_ADDR/v1/secret/data/hello
+  curl -s --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/sys/replication/status
 
 hvac ($python):
   import hvac
-  west = hvac.Client(url="$(addr west)", token="${token[west]}")
-  east = hvac.Client(url="$(addr east)", token="${token[east]}")
+  west = hvac.Client(url="$(addr west)", token="${token[west]}", verify="$tls/ca.crt")
+  east = hvac.Client(url="$(addr east)", token="${token[east]}", verify="$tls/ca.crt")
   west.secrets.kv.v2.create_or_update_secret(path="hello", secret={"who": "me"})
   east.secrets.kv.v2.read_secret_version(path="hello", raise_on_deleted_version=True)["data"]["data"]
   east.secrets.transit.encrypt_data(name="demo-payments", plaintext="aGVsbG8=")["data"]["ciphertext"]

@@ -1,7 +1,8 @@
 """The `make demo` tour: the real hvac client from PyPI, unmodified, against two Ferry regions.
 
 Run by scripts/demo.sh once west is the primary and east its secondary, with
-FERRY_DEMO_{WEST,EAST}_{ADDR,TOKEN} set. Prints every step and its result; exits 1 when a step
+FERRY_DEMO_{WEST,EAST}_{ADDR,TOKEN} set, and FERRY_DEMO_CACERT to the CA the servers' certificate
+chains to. Prints every step and its result; exits 1 when a step
 fails.
 """
 import base64
@@ -20,11 +21,12 @@ WEST = os.environ["FERRY_DEMO_WEST_ADDR"]
 EAST = os.environ["FERRY_DEMO_EAST_ADDR"]
 WEST_TOKEN = os.environ["FERRY_DEMO_WEST_TOKEN"]
 EAST_TOKEN = os.environ["FERRY_DEMO_EAST_TOKEN"]
+CACERT = os.environ["FERRY_DEMO_CACERT"]
 
-west = hvac.Client(url=WEST, token=WEST_TOKEN)
-east = hvac.Client(url=EAST, token=EAST_TOKEN)
+west = hvac.Client(url=WEST, token=WEST_TOKEN, verify=CACERT)
+east = hvac.Client(url=EAST, token=EAST_TOKEN, verify=CACERT)
 # The same client with hvac's RawAdapter: the HTTP response itself, to show its headers.
-east_raw = hvac.Client(url=EAST, token=EAST_TOKEN, adapter=RawAdapter)
+east_raw = hvac.Client(url=EAST, token=EAST_TOKEN, adapter=RawAdapter, verify=CACERT)
 
 # How long a write on the primary may take to be readable on the secondary.
 REPLICATION_TIMEOUT_S = 30
@@ -96,12 +98,12 @@ def step_local_tokens():
     """Tokens are local to their cluster: a token of one is refused by the other (403)"""
     created = west.auth.token.create(policies=["default"], ttl="15m", display_name="demo")["auth"]
     show("west: created a token", f"accessor {created['accessor']}, policies {created['policies']}")
-    on_west = hvac.Client(url=WEST, token=created["client_token"]).auth.token.lookup_self()["data"]
+    on_west = hvac.Client(url=WEST, token=created["client_token"], verify=CACERT).auth.token.lookup_self()["data"]
     show("west: lookup-self with it", f"accepted ({on_west['display_name']})")
     for name, url, token in [("east", EAST, created["client_token"]), ("west", WEST, EAST_TOKEN)]:
         what = "west's new token" if name == "east" else "east's root token"
         try:
-            hvac.Client(url=url, token=token).auth.token.lookup_self()
+            hvac.Client(url=url, token=token, verify=CACERT).auth.token.lookup_self()
             raise StepFailed(f"{name} accepted {what}")
         except Forbidden as e:
             show(f"{name}: lookup-self with {what}", f"refused: 403 {'; '.join(e.errors or [str(e)])}")
@@ -129,7 +131,7 @@ def step_status():
     """Replication status (sys/replication/status, unauthenticated)"""
     modes = {}
     for name, url in [("west", WEST), ("east", EAST)]:
-        perf = hvac.Client(url=url).read("sys/replication/status")["data"]["performance"]
+        perf = hvac.Client(url=url, verify=CACERT).read("sys/replication/status")["data"]["performance"]
         modes[name] = perf
         summary = {k: perf.get(k) for k in ("mode", "state", "last_wal", "last_remote_wal")}
         show(name, " ".join(f"{k}={v}" for k, v in summary.items() if v is not None))

@@ -21,6 +21,8 @@ wkt=/usr/include/google/protobuf/descriptor.proto
 missing_cmd wrk && need+=(wrk)
 # curl: `make demo` polls and calls the servers with it.
 missing_cmd curl && need+=(curl)
+# openssl: `make demo` makes its CA and certificates with it.
+missing_cmd openssl && need+=(openssl)
 # kill(1): the tests stop and freeze the processes they started (SIGSTOP, SIGCONT, SIGTERM).
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 # HTTPS to PyPI for the venv below.
@@ -49,6 +51,7 @@ protoc --version >/dev/null 2>&1 || fail "protoc does not run (Debian package pr
 [ -f "$wkt" ] || fail "$wkt is missing: protoc cannot compile the well-known types (Debian package libprotobuf-dev)"
 command -v cc >/dev/null 2>&1 || fail "no C compiler: cc is not on PATH (Debian package gcc)"
 command -v curl >/dev/null 2>&1 || fail "curl is not on PATH (Debian package curl)"
+command -v openssl >/dev/null 2>&1 || fail "openssl is not on PATH (Debian package openssl)"
 command -v wrk >/dev/null 2>&1 || fail "wrk is not on PATH (Debian package wrk)"
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || fail "kill(1) is missing (Debian package procps)"
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 ||

@@ -191,12 +191,13 @@ fn the_demo_runs_the_tour_and_stops_everything_it_started() -> anyhow::Result<()
         "{out}"
     );
     // The addresses, root tokens and examples are printed.
-    let west = format!("VAULT_ADDR=http://127.0.0.1:{base}");
-    let east = format!("VAULT_ADDR=http://127.0.0.1:{}", base + 10);
+    let west = format!("VAULT_ADDR=https://127.0.0.1:{base}");
+    let east = format!("VAULT_ADDR=https://127.0.0.1:{}", base + 10);
     for expected in [
         west.as_str(),
         east.as_str(),
         "root token hvs.demo-west-",
+        "VAULT_CACERT=",
         "root token hvs.demo-east-",
         "X-Vault-Token: $VAULT_TOKEN",
         "hvac.Client(url=",
