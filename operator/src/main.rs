@@ -119,7 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let metrics = metrics.clone();
         let addr = args.metrics_addr;
-        tokio::spawn(async move {
+        ferry_proto::tasks::spawn_reported("metrics", async move {
             if let Err(e) = metrics::serve(addr, metrics).await {
                 error!(error = %format!("{e:#}"), "the metrics endpoint failed");
                 std::process::exit(1);

@@ -23,6 +23,7 @@ pub mod storage {
     tonic::include_proto!("ferry.storage.v1");
 }
 
+pub mod tasks;
 pub mod time;
 pub mod tls_accept;
 

@@ -1,13 +1,14 @@
-//! Sealing what the sidecar stores that would let a reader of etcd act as this cluster: the
-//! replication CA and the cluster's own identity, each with its private key.
+//! Sealing what the sidecar stores that would let a reader of etcd act as this cluster: its own
+//! replication CA and its cluster definition (its identity), each with a private key.
 //!
 //! They are stored as storage values like any other, so without sealing anyone who can read a
 //! region's etcd (a backup, a snapshot, a too-broad RBAC rule) could present this cluster's
 //! certificate to its peers. So each such value is sealed with AES-256-GCM under a
 //! key-encryption key (KEK) that is not in etcd: a file (`--key-encryption-key-file`, 32 bytes as
 //! 64 hex digits; readable by its owner only) that the chart mounts from a Kubernetes Secret.
-//! Every region of a replication set uses the same KEK, as it uses the same root key: the CA
-//! record is replicated, and a promoted secondary must open it.
+//! Both values are local to their cluster (never replicated), so nothing sealed leaves the
+//! region that sealed it and each region could have a KEK of its own; the chart's examples
+//! share one per replication set, as they share the root key.
 //!
 //! ```text
 //! "FSEL" frame (see codec): 12 nonce, then ciphertext and 16-byte tag

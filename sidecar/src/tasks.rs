@@ -14,11 +14,12 @@
 //! a bug cannot silently end replication) or [`spawn_reported`] (one-shot: a panic is logged by
 //! name). Neither uses a bare `tokio::spawn`, whose panics go unseen.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use ferry_proto::tasks::panic_message;
+pub use ferry_proto::tasks::{spawn_reported, spawn_restarting};
 use futures::FutureExt;
 
 use tokio::sync::watch;
@@ -27,50 +28,6 @@ use tracing::{error, info, warn};
 
 /// How long tasks have to stop after the shutdown signal before they are aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// The pause before a panicked [`spawn_restarting`] task starts again.
-const RESTART_PAUSE: Duration = Duration::from_millis(500);
-
-/// Runs `make()` as the task `name` until it returns: when it panics, the panic is logged with
-/// the name and a fresh `make()` runs after [`RESTART_PAUSE`]. Aborting the handle stops it.
-pub fn spawn_restarting<F, Fut>(name: &'static str, make: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            match AssertUnwindSafe(make()).catch_unwind().await {
-                Ok(()) => return,
-                Err(panic) => {
-                    error!(task = name, panic = %panic_message(&*panic), "task panicked; starting it again");
-                    tokio::time::sleep(RESTART_PAUSE).await;
-                }
-            }
-        }
-    })
-}
-
-/// Runs `task` once as the task `name`; a panic is logged with the name.
-pub fn spawn_reported(
-    name: &'static str,
-    task: impl Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
-            error!(task = name, panic = %panic_message(&*panic), "task panicked");
-        }
-    })
-}
-
-/// The text of a panic's payload, when it has one.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
-
 /// Spawns named tasks and watches them.
 pub struct Supervisor {
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
@@ -222,10 +179,6 @@ mod tests {
         assert!(
             text.contains("doomed") && text.contains("out of cheese"),
             "{text}"
-        );
-        assert_eq!(
-            panic_message(&*Box::new("plain") as &(dyn Any + Send)),
-            "plain"
         );
     }
 }

@@ -73,7 +73,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     wait_for_sidecar(&config.storage_socket).await?;
     let storage = Storage::connect(&config.storage_socket, config.read_cache_bytes);
-    tokio::spawn(storage.clone().keep_read_cache());
+    let cached = storage.clone();
+    ferry_proto::tasks::spawn_restarting("read-cache", move || cached.clone().keep_read_cache());
     let local = unseal::local_keyring(&storage, &root, initial_token)
         .await
         .context("failed to open the local keyring")?;
@@ -96,11 +97,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|| ferry_proto::admin_socket(&config.storage_socket)),
         ),
     });
-    tokio::spawn(unseal::keep_replicated_keyring(
-        storage,
-        root,
-        state.replicated.clone(),
-    ));
+    let replicated = state.replicated.clone();
+    ferry_proto::tasks::spawn_restarting("replicated-keyring", move || {
+        unseal::keep_replicated_keyring(storage.clone(), root.clone(), replicated.clone())
+    });
     let forward_socket = ferry_proto::forward_socket(&config.storage_socket);
     let forward = serve_forwarded(&forward_socket, server::routes(state.clone()))
         .with_context(|| format!("failed to serve {}", forward_socket.display()))?;
@@ -109,7 +109,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     let served = match tls {
         Some(cert) => {
-            tokio::spawn(cert.clone().watch());
+            let watched = cert.clone();
+            ferry_proto::tasks::spawn_restarting("tls-reload", move || watched.clone().watch());
             let listener = tls::TlsListener::new(listener, cert.server_config())
                 .with_context(|| format!("failed to listen on {}", config.listen))?;
             info!(listen = %config.listen, "ferry-vault API ready (TLS)");

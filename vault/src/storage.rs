@@ -110,9 +110,11 @@ impl Storage {
 
     /// Follows the sidecar's change stream for ever: forgets what changed, trusts the cache
     /// while progress messages come, and forgets everything when the stream ends (then
-    /// subscribes again). Runs beside the server from start-up.
+    /// subscribes again). Runs beside the server from start-up, and again after a panic: what
+    /// the cache held before a (re)start is forgotten, since changes may have been missed.
     pub async fn keep_read_cache(self) {
         const RETRY: Duration = Duration::from_millis(500);
+        self.cache.distrust();
         let mut healthy = true;
         loop {
             let ended = match self.changes.clone().watch(WatchRequest {}).await {
