@@ -55,7 +55,6 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

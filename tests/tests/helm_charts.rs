@@ -154,11 +154,9 @@ fn example_values_render_a_region_for_old_and_current_kubernetes() {
             );
             // Three bundled etcd members in west, each named in the initial cluster, over TLS.
             if region == "west" {
-                assert!(
-                    yaml.contains(
-                        "ferry-etcd-2=https://ferry-etcd-2.ferry-etcd.ferry-system.svc:2380"
-                    )
-                );
+                assert!(yaml.contains(
+                    "ferry-etcd-2=https://ferry-etcd-2.ferry-etcd.ferry-system.svc:2380"
+                ));
                 assert!(yaml.contains("https://ferry-etcd-2.ferry-etcd.ferry-system.svc:2379"));
             }
         }
@@ -465,6 +463,39 @@ fn the_bundled_etcd_speaks_tls_by_default_and_plain_http_only_when_asked() {
     assert!(
         plain.contains(r#"{name: ETCD_LISTEN_CLIENT_URLS, value: "http://0.0.0.0:2379"}"#),
         "{plain}"
+    );
+}
+
+#[test]
+fn ferry_vault_reads_its_tls_pair_from_the_secret_volume_so_that_renewals_are_served() {
+    let yaml = render(&[
+        "x",
+        FERRY_CHART,
+        "--set",
+        "tls.enabled=true",
+        "--set",
+        "tls.secretName=vault-tls",
+    ]);
+    for wanted in [
+        "{name: FERRY_TLS_CERT_FILE, value: /var/run/ferry-secrets/tls/tls.crt}",
+        "{name: FERRY_TLS_KEY_FILE, value: /var/run/ferry-secrets/tls/tls.key}",
+        "secretName: vault-tls",
+    ] {
+        assert!(yaml.contains(wanted), "no {wanted:?} in\n{yaml}");
+    }
+    // Not a copy made once at start-up, which a renewal would never reach.
+    assert!(
+        !yaml.contains("- /var/run/ferry-secrets/tls/tls.key"),
+        "an init container copies the TLS key:\n{yaml}"
+    );
+    let vault_container = yaml
+        .split("- name: ferry-vault\n")
+        .nth(1)
+        .expect("the ferry-vault container");
+    assert!(
+        vault_container
+            .contains("{name: tls, mountPath: /var/run/ferry-secrets/tls, readOnly: true}"),
+        "{vault_container}"
     );
 }
 

@@ -59,7 +59,9 @@ async fn a_member_at_the_primarys_address_is_not_followed_until_an_operator_name
     wait_for(
         "east to apply south's write",
         Duration::from_secs(30),
-        || async { (east.get("from-south").await.ok()?.as_deref() == Some(&b"2"[..])).then_some(()) },
+        || async {
+            (east.get("from-south").await.ok()?.as_deref() == Some(&b"2"[..])).then_some(())
+        },
     )
     .await?;
     Ok(())

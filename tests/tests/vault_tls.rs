@@ -1,7 +1,8 @@
 //! ferry-vault's listener over TLS: real clients (hvac, rustls) verify it against the CA, a plain
-//! HTTP client gets nothing, a renewed certificate (a Kubernetes Secret updated in place) is
-//! served without a restart while a broken one is not, and a key others can read, or one that
-//! does not belong to the certificate, stops start-up with a message that names it.
+//! HTTP client gets nothing, a renewed certificate (files replaced in place, or a Kubernetes
+//! Secret volume the kubelet updates by swapping its `..data` link) is served without a restart
+//! while a broken one is not, and a key others can read, or one that does not belong to the
+//! certificate, stops start-up with a message that names it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -142,6 +143,78 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     .await?;
     assert_eq!(served_certificate(&base, &t.pki.ca).await?, expected);
     assert_eq!(t.vault.api.get("/v1/sys/health").await?.status, 200);
+    Ok(())
+}
+
+/// Writes `pair` into `volume` as the kubelet writes a Secret volume: the files in a new
+/// `..<generation>` directory, `..data` swapped to it by one rename, `tls.crt` and `tls.key`
+/// links through `..data`. The key is root's and readable by its group (0440), as for a pod's
+/// fsGroup; a test run by another user keeps it owner-only. Returns the paths to serve.
+fn write_secret_volume(
+    volume: &Path,
+    generation: &str,
+    pair: &CertFiles,
+) -> anyhow::Result<CertFiles> {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    let data = volume.join(format!("..{generation}"));
+    std::fs::create_dir(&data)?;
+    std::fs::copy(&pair.cert, data.join("tls.crt"))?;
+    let key = data.join("tls.key");
+    std::fs::copy(&pair.key, &key)?;
+    let mode = if std::fs::metadata(&key)?.uid() == 0 {
+        0o440
+    } else {
+        0o400
+    };
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode))?;
+    let staged = volume.join("..data_tmp");
+    symlink(format!("..{generation}"), &staged)?;
+    std::fs::rename(&staged, volume.join("..data"))?;
+    for name in ["tls.crt", "tls.key"] {
+        let link = volume.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{name}"), &link)?;
+        }
+    }
+    Ok(CertFiles {
+        cert: volume.join("tls.crt"),
+        key: volume.join("tls.key"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_volume_the_kubelet_updates_is_served_without_a_restart() -> anyhow::Result<()> {
+    let pki = TestPki::new("vault")?;
+    let volume = tempfile::tempdir()?;
+    let files = write_secret_volume(volume.path(), "2026_12_06_1", &pki.server("vault")?)?;
+    let etcd = EtcdServer::start()?;
+    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
+    let vault = VaultServer::start_with(
+        &sidecar,
+        ROOT_KEY,
+        ROOT_TOKEN,
+        Some((files.clone(), &pki.ca)),
+    )
+    .await?;
+    let base = vault.api.base().to_owned();
+    assert_eq!(
+        served_certificate(&base, &pki.ca).await?,
+        der_of(&files.cert)?
+    );
+
+    let renewed = pki.server("vault-renewed")?;
+    write_secret_volume(volume.path(), "2026_12_06_2", &renewed)?;
+    let expected = der_of(&renewed.cert)?;
+    wait_for(
+        "the certificate of the updated Secret volume to be served",
+        RELOAD_WITHIN,
+        || {
+            let (base, ca, expected) = (base.clone(), pki.ca.clone(), expected.clone());
+            async move { (served_certificate(&base, &ca).await.ok()? == expected).then_some(()) }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vault.log()))?;
     Ok(())
 }
 

@@ -241,6 +241,26 @@ fn stamp(files: &TlsFiles) -> anyhow::Result<Stamp> {
     Ok([one(&files.cert)?, one(&files.key)?])
 }
 
+/// Refuses a TLS key file others may access. Its group may read it only as Kubernetes mounts a
+/// Secret for a pod's `fsGroup`: a file that root owns, that its group may read but not change,
+/// reached through the kubelet's `..data` link, which an update (a cert-manager renewal) swaps
+/// at once. A key file the process's own user owns must be owner-only, as the root key is.
+fn check_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("failed to read the TLS key file {}", path.display()))?;
+    if !secret_volume_mode(meta.uid(), meta.mode()) {
+        crate::check_owner_only(path, "TLS key file")?;
+    }
+    Ok(())
+}
+
+/// Whether a file owned by `uid` with `mode` is a Kubernetes Secret volume's: root's, readable
+/// by its group and no one else, writable by root only.
+fn secret_volume_mode(uid: u32, mode: u32) -> bool {
+    uid == 0 && mode & 0o077 == 0o040
+}
+
 fn load_pair(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .with_context(|| {
@@ -256,7 +276,7 @@ fn load_pair(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
         "the TLS certificate file {} holds no certificate",
         files.cert.display()
     );
-    crate::check_owner_only(&files.key, "TLS key file")?;
+    check_key_file(&files.key)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("failed to read the TLS key {}", files.key.display()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -308,5 +328,24 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_roots_group_readable_secret_files_pass_beside_owner_only_ones() {
+        // As the kubelet mounts a Secret for a pod's fsGroup.
+        assert!(secret_volume_mode(0, 0o100440));
+        assert!(secret_volume_mode(0, 0o100640));
+        // Another owner, a group that may write, or others who may read: not a Secret volume
+        // (and then the owner-only rule applies).
+        assert!(!secret_volume_mode(1000, 0o100440));
+        assert!(!secret_volume_mode(0, 0o100460));
+        assert!(!secret_volume_mode(0, 0o100444));
+        assert!(!secret_volume_mode(0, 0o100600));
+        assert!(!secret_volume_mode(0, 0o100450));
     }
 }

@@ -577,7 +577,11 @@ impl Replication {
         address: &str,
         reply: &pb::HeartbeatResponse,
     ) -> Result<String, String> {
-        let known = self.core.stream().epoch.max(self.follower_status().primary_epoch);
+        let known = self
+            .core
+            .stream()
+            .epoch
+            .max(self.follower_status().primary_epoch);
         let (epoch, member) = self
             .proven_primary(reply.epoch_proof.as_ref(), reply.epoch.max(known))
             .await

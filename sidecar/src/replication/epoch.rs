@@ -154,7 +154,9 @@ impl Replication {
         proof: Option<&pb::EpochProof>,
         epoch: u64,
     ) -> Result<u64, String> {
-        self.proven_primary(proof, epoch).await.map(|(epoch, _)| epoch)
+        self.proven_primary(proof, epoch)
+            .await
+            .map(|(epoch, _)| epoch)
     }
 
     /// The epoch `proof` proves, when it proves at least `epoch`, with the record of the member

@@ -131,7 +131,11 @@ pub async fn run(replication: Arc<Replication>, mut stop: watch::Receiver<bool>)
         set_state(&replication, "connecting", "connecting");
         let started = Instant::now();
         // Read at each attempt: the client certificate is renewed, the member CAs change.
-        let Some(tls) = replication.definition().as_ref().map(TlsMaterial::to_primary) else {
+        let Some(tls) = replication
+            .definition()
+            .as_ref()
+            .map(TlsMaterial::to_primary)
+        else {
             return;
         };
         let (reason, wait) = match session(&replication, &tls, &targets, &mut stop).await {

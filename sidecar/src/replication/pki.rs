@@ -364,6 +364,18 @@ mod tests {
             check_ca_cert(&cert).is_err(),
             "a client certificate is no CA"
         );
+        // Client authentication only: a secondary cannot serve with what the primary signs.
+        let der = pem_to_der(&cert).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let usage = parsed
+            .extended_key_usage()
+            .unwrap()
+            .expect("an extended key usage")
+            .value;
+        assert!(
+            usage.client_auth && !usage.server_auth && !usage.any,
+            "{usage:?}"
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub async fn run(
     let mut resolve = true; // the first pass asks RemoteResolve
     loop {
         let mut list = candidates(&replication);
-        let tls = replication.definition().as_ref().map(TlsMaterial::to_primary);
+        let tls = replication
+            .definition()
+            .as_ref()
+            .map(TlsMaterial::to_primary);
         if resolve
             && let Some(tls) = tls
             && let Some(active) = remote_resolve(&replication, &tls, &list).await
@@ -111,7 +114,9 @@ async fn hand_over(replication: &Replication, address: &str, ca_cert_pem: String
         .store_definition(|d| d.primary_ca_cert_pem = ca_cert_pem)
         .await
     {
-        Ok(()) => info!(via = %address, "the former primary follows a new one: trusting the new primary's CA"),
+        Ok(()) => {
+            info!(via = %address, "the former primary follows a new one: trusting the new primary's CA")
+        }
         Err(e) => warn!(error = %e, "failed to store the new primary's CA"),
     }
 }
@@ -133,8 +138,7 @@ async fn remote_resolve(
         });
         if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
             let reply = reply.into_inner();
-            if !reply.primary_ca_cert_pem.is_empty()
-                && reply.primary_ca_cert_pem != tls.ca_cert_pem
+            if !reply.primary_ca_cert_pem.is_empty() && reply.primary_ca_cert_pem != tls.ca_cert_pem
             {
                 hand_over(replication, address, reply.primary_ca_cert_pem).await;
             }
