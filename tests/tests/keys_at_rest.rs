@@ -54,7 +54,7 @@ fn private_key_forms(text: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let der = base64::engine::general_purpose::STANDARD.decode(&body)?;
         forms.push((
             "a private key's base64".into(),
-            body[..64].as_bytes().to_vec(),
+            body.as_bytes()[..64].to_vec(),
         ));
         // ECPrivateKey: version 1 (02 01 01), then the scalar as a 32-byte octet string.
         let at = der
