@@ -11,7 +11,8 @@
 #   2. The machine's own Rust toolchain, cargo-nextest and Python are bind-mounted read-only (a new
 #      machine of this kind has them; no registry serves them here).
 #   3. The repository's committed HEAD is cloned into the root (uncommitted changes are not part
-#      of the rehearsal), then, inside `chroot` as root, with an empty HOME and cargo home:
+#      of the rehearsal), then, with the root pivoted to it (a mount namespace of its own; see
+#      in_root) as root, with an empty HOME and cargo home:
 #        FERRY_DEMO_EXIT=1 make demo   (the tour, then exit)
 #        make test
 #      Each step's output goes to a log; the summary gives each step's time.
@@ -109,8 +110,7 @@ bind() { # bind SOURCE TARGET [ro]
   mounts+=("$root$2")
   [ "${3:-}" != ro ] || mount -o remount,bind,ro "$root$2"
 }
-# The root as a mount point of its own, private: in a chroot whose / is a mere directory,
-# `unshare --propagation=private` (the real-node tests' namespaces) fails with EINVAL.
+# The root as a mount point of its own, private: pivot_root (below) needs one.
 mount --bind "$root" "$root" && mount --make-private "$root" && mounts+=("$root")
 mount -t proc proc "$root/proc" && mounts+=("$root/proc")
 # /sys with what is mounted below it (the cgroup tree, which a machine's init mounts and the
@@ -142,8 +142,25 @@ while IFS='=' read -r name _; do
   passed+=("$name=${!name}")
 done < <(env | grep -E '^(PIP_[A-Z_]+|SSL_CERT_(FILE|DIR)|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|GIT_SSL_CAINFO|CARGO_HTTP_[A-Z_]+|CARGO_REGISTRIES_[A-Z_]+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)=' || true)
 path="/opt/rust/bin:$python_prefix/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Each step runs with the fresh root as the root of a mount namespace of its own (pivot_root), not
+# under chroot: a process that enters a mount namespace (the real-node tests `nsenter --mount`
+# theirs) gets that namespace's root, which under chroot would be this machine's root, and it
+# would not find the files the tests made under the fresh root's /tmp. The old root is then
+# detached, so nothing of this machine is reachable but what is bind-mounted above.
 in_root() {
-  chroot "$root" /usr/bin/env -i HOME=/root PATH="$path" TERM=dumb LANG=C.UTF-8 USER=root \
+  unshare --mount --fork -- /bin/sh -c '
+    set -e
+    new_root=$1
+    shift
+    mount --make-rprivate /
+    cd "$new_root"
+    mkdir -p .old-root
+    pivot_root . .old-root
+    cd /
+    /usr/bin/umount -l /.old-root
+    rmdir /.old-root
+    exec /usr/bin/env -i "$@"
+  ' sh "$root" HOME=/root PATH="$path" TERM=dumb LANG=C.UTF-8 USER=root \
     "${passed[@]}" FERRY_DEMO_EXIT=1 bash -c "cd /root/ferry && $*"
 }
 
