@@ -223,6 +223,8 @@ async fn check_left_behind(region: &ChartRegion) -> anyhow::Result<()> {
     let mut expected: BTreeSet<&str> = [
         "secret/ferry-root-token",
         "persistentvolumeclaim/data-ferry-etcd-0",
+        // The bundled etcd's certificates, kept with its data.
+        "secret/ferry-etcd-tls",
     ]
     .into_iter()
     .collect();
