@@ -1,10 +1,12 @@
 //! The region's persistent network and mount namespaces, and commands run inside them.
 //!
 //! `ip netns exec` would not do: it remounts /sys for the namespace and so hides the cgroup
-//! mounts that kubelet and runc need. Instead `unshare --net=FILE --mount=FILE` makes both
-//! namespaces and pins them to files under the region's directory (bind-mounted onto itself and
-//! made private first, as a mount namespace's file must not be visible inside that namespace),
-//! and a setup script inside prepares the mount namespace once:
+//! mounts that kubelet and runc need. Instead `unshare --net --mount` makes both namespaces for
+//! a holder process, which prepares the mount namespace once with a setup script and then sleeps
+//! for the region's life; the namespaces are reached through its `/proc/<pid>/ns/` files. (Pinning
+//! them to bind-mounted files instead would fail where the tests themselves run in a mount
+//! namespace other than the machine's first, as in `make fresh-check`: the kernel refuses to
+//! bind a mount namespace's file there, with EINVAL.) The setup script:
 //!
 //! * /sys is a fresh sysfs (this network namespace's devices), with the cgroup tree bound back;
 //! * the host-wide sysctls kubelet writes (`vm.overcommit_memory`, `kernel.panic`,
@@ -20,8 +22,8 @@
 //!
 //! Everything then runs through [`Namespaces::command`], which puts the process into the
 //! region's cgroup and `nsenter`s both namespaces before `exec`: the PID the harness holds is
-//! the daemon's own. Dropping unmounts the pinning files; once the region's processes are gone
-//! the namespaces, and every mount made inside, go with them.
+//! the daemon's own. Dropping ends the holder; once the region's processes are gone too, the
+//! namespaces, and every mount made inside, go with them.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,8 @@ ip addr add "$node_cidr" dev node0
 ip link set node0 up
 ip route add "$service_range" dev node0
 echo 1 > /proc/sys/net/ipv4/ip_forward
+echo ready
+exec sleep infinity
 "#;
 
 /// Puts the process into the cgroups (`$1`, `:`-separated `cgroup.procs` files), then either
@@ -71,9 +75,9 @@ if [ -n "$net" ]; then exec nsenter --net="$net" --mount="$mnt" -- "$@"; fi
 exec "$@"
 "#;
 
-/// A network and a mount namespace pinned to files; unpinned on drop.
+/// A network and a mount namespace held by a sleeping process; ended on drop.
 pub struct Namespaces {
-    pin_dir: PathBuf,
+    holder: std::process::Child,
     net: PathBuf,
     mnt: PathBuf,
 }
@@ -82,26 +86,11 @@ impl Namespaces {
     /// Creates the namespaces for a region whose files live in `region_dir`, with the node
     /// address `node_cidr` on `node0` and the Services' `service_range` routed to it.
     pub fn create(region_dir: &Path, node_cidr: &str, service_range: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead;
         std::fs::create_dir_all("/var/lib/cni").context("failed to create /var/lib/cni")?;
-        let pin_dir = region_dir.join("ns");
-        std::fs::create_dir_all(&pin_dir)?;
-        run(Command::new("mount")
-            .arg("--bind")
-            .arg(&pin_dir)
-            .arg(&pin_dir))?;
-        let namespaces = Self {
-            net: pin_dir.join("net"),
-            mnt: pin_dir.join("mnt"),
-            pin_dir,
-        };
-        run(Command::new("mount")
-            .arg("--make-private")
-            .arg(&namespaces.pin_dir))?;
-        std::fs::write(&namespaces.net, "")?;
-        std::fs::write(&namespaces.mnt, "")?;
-        run(Command::new("unshare")
-            .arg(format!("--net={}", namespaces.net.display()))
-            .arg(format!("--mount={}", namespaces.mnt.display()))
+        let mut holder = Command::new("unshare")
+            .arg("--net")
+            .arg("--mount")
             .arg("--propagation=private")
             .arg("--")
             .arg("sh")
@@ -110,9 +99,30 @@ impl Namespaces {
             .arg("sh")
             .arg(region_dir)
             .arg(node_cidr)
-            .arg(service_range))
-        .context("failed to set up the region's namespaces")?;
-        Ok(namespaces)
+            .arg(service_range)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("failed to run unshare")?;
+        let mut line = String::new();
+        let stdout = holder.stdout.take().expect("piped");
+        // The script says "ready" once the namespaces are prepared, or ends without it.
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let output = holder.wait_with_output()?;
+            anyhow::bail!(
+                "failed to set up the region's namespaces ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let ns = PathBuf::from(format!("/proc/{}/ns", holder.id()));
+        Ok(Self {
+            net: ns.join("net"),
+            mnt: ns.join("mnt"),
+            holder,
+        })
     }
 
     /// A command that runs `program` inside the namespaces, in the cgroups of `procs`.
@@ -128,12 +138,8 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for file in [&self.net, &self.mnt, &self.pin_dir] {
-            if let Err(e) = run(Command::new("umount").arg(file)) {
-                eprintln!("kube-node: {e:#}; detaching it");
-                let _ = run(Command::new("umount").arg("--lazy").arg(file));
-            }
-        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 
