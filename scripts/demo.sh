@@ -259,23 +259,26 @@ done
 # and etcd on 127.0.0.1) and the sidecars' client certificate for etcd. Keys are 0600 (umask).
 tls="$state/tls"
 mkdir -p "$tls"
+# Each openssl call's output goes to $tls/openssl.log, which a failure names.
 certify() { # certify NAME SUBJECT EXTENSIONS: a key and a certificate the demo CA signs
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/$1.key" 2>/dev/null
-  openssl req -new -key "$tls/$1.key" -subj "$2" -out "$tls/$1.csr"
-  openssl x509 -req -in "$tls/$1.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -days 30 \
-    -set_serial "0x$(random_hex 16)" -extfile <(printf '%s\n' "$3") -out "$tls/$1.crt" 2>/dev/null
-  rm -f "$tls/$1.csr"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/$1.key" &&
+    openssl req -new -key "$tls/$1.key" -subj "$2" -out "$tls/$1.csr" &&
+    openssl x509 -req -in "$tls/$1.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -days 30 \
+      -set_serial "0x$(random_hex 16)" -extfile <(printf '%s\n' "$3") -out "$tls/$1.crt" &&
+    rm -f "$tls/$1.csr"
 }
-{
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$tls/ca.key" -subj "/CN=Ferry demo CA" -days 30 -out "$tls/ca.crt" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  certify server "/CN=localhost" "$(printf '%s\n' \
-    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost")"
-  certify client "/CN=ferry-sidecar" "$(printf '%s\n' \
-    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth")"
-} || die "openssl could not make the demo's certificates"
+make_certificates() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/ca.key" &&
+    openssl req -x509 -new -key "$tls/ca.key" -subj "/CN=Ferry demo CA" -days 30 -out "$tls/ca.crt" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+    certify server "/CN=localhost" "$(printf '%s\n' \
+      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost")" &&
+    certify client "/CN=ferry-sidecar" "$(printf '%s\n' \
+      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" "extendedKeyUsage=clientAuth")"
+}
+make_certificates >"$tls/openssl.log" 2>&1 ||
+  die "openssl could not make the demo's certificates (see $tls/openssl.log)"
 
 say ""
 say "demo: state and logs in $state"

@@ -19,7 +19,8 @@ pub struct Config {
     #[arg(long, env = "FERRY_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
 
-    /// The TLS certificate's private key (PEM); only its owner may read it.
+    /// The TLS certificate's private key (PEM); only its owner may read it (or, as Kubernetes
+    /// mounts a Secret, root owns it and only this process's group may read it).
     #[arg(long, env = "FERRY_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 

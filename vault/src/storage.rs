@@ -114,6 +114,15 @@ impl Storage {
     /// the cache held before a (re)start is forgotten, since changes may have been missed.
     pub async fn keep_read_cache(self) {
         const RETRY: Duration = Duration::from_millis(500);
+        /// Distrusts the cache when the task ends, a panic's unwinding included, so that no
+        /// change goes unseen while the task is down.
+        struct DistrustOnEnd<'a>(&'a ReadCache);
+        impl Drop for DistrustOnEnd<'_> {
+            fn drop(&mut self) {
+                self.0.distrust();
+            }
+        }
+        let _end = DistrustOnEnd(&self.cache);
         self.cache.distrust();
         let mut healthy = true;
         loop {

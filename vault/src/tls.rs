@@ -6,7 +6,8 @@
 //! [`RELOAD_INTERVAL`] and loads a changed pair; new handshakes get it at once, open connections
 //! keep theirs. A pair that does not load (half-written, key not matching) is reported and the
 //! previous one stays in service: a renewal never takes the listener down. The key file, like the
-//! root key, must be readable by its owner only.
+//! root key, must be readable by its owner only, or be a Kubernetes Secret volume's file for the
+//! process's own group (see `check_key_file`).
 //!
 //! Handshakes run in their own tasks, at most [`MAX_HANDSHAKES`] at once and each within
 //! [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds up the others.
@@ -242,14 +243,15 @@ fn stamp(files: &TlsFiles) -> anyhow::Result<Stamp> {
 }
 
 /// Refuses a TLS key file others may access. Its group may read it only as Kubernetes mounts a
-/// Secret for a pod's `fsGroup`: a file that root owns, that its group may read but not change,
-/// reached through the kubelet's `..data` link, which an update (a cert-manager renewal) swaps
-/// at once. A key file the process's own user owns must be owner-only, as the root key is.
+/// Secret for a pod's `fsGroup`: a file that root owns, that only its group may read (not
+/// change), that group one of this process's own, reached through the kubelet's
+/// `..data` link, which an update (a cert-manager renewal) swaps at once. Any other key file
+/// must be owner-only, as the root key is.
 fn check_key_file(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("failed to read the TLS key file {}", path.display()))?;
-    if !secret_volume_mode(meta.uid(), meta.mode()) {
+    if !secret_volume_mode(meta.uid(), meta.mode()) || !process_groups().contains(&meta.gid()) {
         crate::check_owner_only(path, "TLS key file")?;
     }
     Ok(())
@@ -259,6 +261,27 @@ fn check_key_file(path: &Path) -> anyhow::Result<()> {
 /// by its group and no one else, writable by root only.
 fn secret_volume_mode(uid: u32, mode: u32) -> bool {
     uid == 0 && mode & 0o077 == 0o040
+}
+
+/// This process's groups, effective and supplementary, from /proc/self/status; none when it
+/// cannot be read (then only owner-only keys pass).
+fn process_groups() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ids = |field: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut groups = ids("Groups:");
+    // "Gid:" lists the real, effective, saved and filesystem group ids.
+    groups.extend(ids("Gid:").get(1).copied());
+    groups
 }
 
 fn load_pair(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
@@ -347,5 +370,7 @@ mod tests {
         assert!(!secret_volume_mode(0, 0o100444));
         assert!(!secret_volume_mode(0, 0o100600));
         assert!(!secret_volume_mode(0, 0o100450));
+        // This process's groups are read; its effective group is among them.
+        assert!(!process_groups().is_empty());
     }
 }

@@ -590,16 +590,19 @@ impl Replication {
             ca_cert_pem: member.ca_cert_pem.clone(),
             identity: Some(current.client_identity()),
         };
-        probe(address, &pinned, &current.secondary_id)
-            .await
-            .map_err(|e| {
-                format!(
-                    "proves epoch {epoch} for member {:?} but does not serve as it ({})",
-                    member.id,
-                    e.message()
-                )
-            })?;
-        Ok(member.ca_cert_pem)
+        // A node of that member's cluster answers a call that trusted its CA alone: the active
+        // node still active, or a standby's refusal (behind a Service, the call may reach one),
+        // which came over the same handshake.
+        match probe(address, &pinned, &current.secondary_id).await {
+            Ok(again) if again.active => Ok(member.ca_cert_pem),
+            Ok(_) => Err(format!("member {:?} was demoted meanwhile", member.id)),
+            Err(e) if ferry_proto::is_standby_refusal(&e) => Ok(member.ca_cert_pem),
+            Err(e) => Err(format!(
+                "proves epoch {epoch} for member {:?} but does not serve as it ({})",
+                member.id,
+                e.message()
+            )),
+        }
     }
 
     /// Stores this cluster's own CA, sealed, on its local path.

@@ -103,17 +103,42 @@ pub async fn run(
 }
 
 /// The primary this cluster trusts, answering at `address` over a connection that trusted its
-/// CA alone, follows another now (a planned switchover): trust the CA it trusts for that one,
-/// `ca_cert_pem`, instead.
-async fn hand_over(replication: &Replication, address: &str, ca_cert_pem: String) {
+/// CA (`trusted`) alone, follows another now (a planned switchover): trust the CA it trusts for
+/// that one, `ca_cert_pem`, and its address, `new_address`, instead. Only a pinned primary hands
+/// over (a definition stored before pinning trusts every member, so anyone could answer), only
+/// to a member's CA, and only while the pin is still `trusted` (an update-primary meanwhile
+/// wins).
+async fn hand_over(
+    replication: &Replication,
+    address: &str,
+    trusted: &str,
+    ca_cert_pem: String,
+    new_address: String,
+) {
+    let new_ca = ca_cert_pem.trim().to_owned();
+    let acceptable = |d: &super::definition::ClusterDefinition| {
+        !d.primary_ca_cert_pem.is_empty()
+            && d.primary_ca_cert_pem == trusted
+            && d.member_cas_pem.contains(new_ca.as_str())
+    };
+    if !replication.definition().is_some_and(|d| acceptable(&d)) {
+        return;
+    }
     if let Err(e) = super::pki::check_ca_cert(&ca_cert_pem) {
         warn!(via = %address, error = %e, "the former primary named an unusable CA for its new primary; ignored");
         return;
     }
-    match replication
-        .store_definition(|d| d.primary_ca_cert_pem = ca_cert_pem)
-        .await
-    {
+    let stored = replication
+        .store_definition(|d| {
+            if acceptable(d) {
+                d.primary_ca_cert_pem = ca_cert_pem;
+                if !new_address.is_empty() {
+                    d.primary_cluster_addr = new_address;
+                }
+            }
+        })
+        .await;
+    match stored {
         Ok(()) => {
             info!(via = %address, "the former primary follows a new one: trusting the new primary's CA")
         }
@@ -138,11 +163,18 @@ async fn remote_resolve(
         });
         if let Ok(Ok(reply)) = tokio::time::timeout(CONNECT_TIMEOUT * 2, call).await {
             let reply = reply.into_inner();
+            let active = reply.address;
             if !reply.primary_ca_cert_pem.is_empty() && reply.primary_ca_cert_pem != tls.ca_cert_pem
             {
-                hand_over(replication, address, reply.primary_ca_cert_pem).await;
+                hand_over(
+                    replication,
+                    address,
+                    &tls.ca_cert_pem,
+                    reply.primary_ca_cert_pem,
+                    active.clone(),
+                )
+                .await;
             }
-            let active = reply.address;
             if !active.is_empty() {
                 info!(via = %address, active = %active, "resolved the primary's active node");
                 return Some(active);

@@ -102,7 +102,7 @@ impl Namespaces {
             .arg(service_range)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(region_dir.join("namespaces.log"))?)
             .spawn()
             .context("failed to run unshare")?;
         let mut line = String::new();
@@ -110,11 +110,11 @@ impl Namespaces {
         // The script says "ready" once the namespaces are prepared, or ends without it.
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         if line.trim() != "ready" {
-            let output = holder.wait_with_output()?;
+            let _ = holder.kill();
+            let status = holder.wait()?;
             anyhow::bail!(
-                "failed to set up the region's namespaces ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
+                "failed to set up the region's namespaces ({status}): {}",
+                std::fs::read_to_string(region_dir.join("namespaces.log")).unwrap_or_default()
             );
         }
         let ns = PathBuf::from(format!("/proc/{}/ns", holder.id()));

@@ -44,7 +44,7 @@ static NEXT_INDEX: AtomicU8 = AtomicU8::new(1);
 /// A single-node Kubernetes cluster in its own network and mount namespaces and cgroup.
 ///
 /// Dropping it kills every process it started (by PID, in reverse order), then everything left
-/// in its cgroup (pods, shims), removes the cgroups, unpins the namespaces and deletes its
+/// in its cgroup (pods, shims), removes the cgroups, ends the namespaces' holder and deletes its
 /// directory.
 pub struct KubeRegion {
     name: String,
@@ -276,7 +276,7 @@ impl KubeRegion {
             .context("region has no running process")
     }
 
-    /// The file pinning the region's network namespace (`nsenter --net=`).
+    /// The region's network namespace file (`nsenter --net=`).
     pub(super) fn net_namespace(&self) -> &Path {
         self.namespaces.net()
     }
@@ -528,6 +528,6 @@ impl Drop for KubeRegion {
             process.kill();
         }
         // Then `cgroup` kills what is left (pods, shims) and removes the cgroups, `namespaces`
-        // unpins the namespaces, and `dir` goes.
+        // ends the namespaces' holder, and `dir` goes.
     }
 }
