@@ -155,11 +155,6 @@ impl StandbyView {
             Some(d) => Some(d),
             None => self.load().await?,
         };
-        let primary_ca_cert_pem = definition
-            .as_ref()
-            .filter(|d| d.follows_primary())
-            .map(|d| d.primary_ca_cert_pem.clone())
-            .unwrap_or_default();
         let address = definition
             .map(|d| d.primary_cluster_addr)
             .filter(|a| !a.is_empty())
@@ -171,9 +166,12 @@ impl StandbyView {
             })
             .ok_or_else(|| self.refusal())?;
         debug!(secondary_id = %id, %address, "answered RemoteResolve as a standby");
+        // No CA to hand over: a standby's view of the definition may be one the active node has
+        // since replaced (a primary that just took over still looks like a secondary here), and a
+        // hand-over to it would pin the old primary again.
         Ok(pb::RemoteResolveResponse {
             address,
-            primary_ca_cert_pem,
+            primary_ca_cert_pem: String::new(),
         })
     }
 }
