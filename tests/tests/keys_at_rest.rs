@@ -9,6 +9,7 @@
 use base64::Engine;
 use etcd_client::GetOptions;
 use ferry_proto::storage::StatusRequest;
+use ferry_sidecar::wal::record::hex;
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::http::JsonClient;
 use ferry_tests::inspect::opened_values;
@@ -70,10 +71,6 @@ fn private_key_forms(text: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         forms.push(("a private key's DER".into(), der));
     }
     Ok(forms)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Vec<u8> {

@@ -35,6 +35,11 @@ struct TlsVault {
 async fn tls_vault() -> anyhow::Result<TlsVault> {
     let pki = TestPki::new("vault")?;
     let cert = pki.server("vault")?;
+    tls_vault_serving(pki, cert).await
+}
+
+/// ferry-vault on its own sidecar and etcd, serving `cert`'s files (which `pki` issued).
+async fn tls_vault_serving(pki: TestPki, cert: CertFiles) -> anyhow::Result<TlsVault> {
     let etcd = EtcdServer::start()?;
     let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
     let vault = VaultServer::start_with(
@@ -66,6 +71,20 @@ async fn served_certificate(base: &str, ca: &Path) -> anyhow::Result<Vec<u8>> {
         .peer_certificates()
         .ok_or_else(|| anyhow::anyhow!("no certificate presented"))?;
     Ok(chain[0].to_vec())
+}
+
+/// Waits until `t`'s ferry-vault serves the certificate `expected` (DER).
+async fn wait_served(t: &TlsVault, expected: &[u8]) -> anyhow::Result<()> {
+    let base = t.vault.api.base().to_owned();
+    wait_for(
+        "the renewed certificate to be served",
+        RELOAD_WITHIN,
+        || {
+            let (base, ca) = (base.clone(), t.pki.ca.clone());
+            async move { (served_certificate(&base, &ca).await.ok()? == expected).then_some(()) }
+        },
+    )
+    .await
 }
 
 fn der_of(cert: &Path) -> anyhow::Result<Vec<u8>> {
@@ -117,15 +136,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     let renewed = t.pki.server("vault-renewed")?;
     replace_files(&renewed, &t.cert)?;
     let expected = der_of(&renewed.cert)?;
-    wait_for(
-        "the renewed certificate to be served",
-        RELOAD_WITHIN,
-        || {
-            let (base, ca, expected) = (base.clone(), t.pki.ca.clone(), expected.clone());
-            async move { (served_certificate(&base, &ca).await.ok()? == expected).then_some(()) }
-        },
-    )
-    .await?;
+    wait_served(&t, &expected).await?;
 
     // A half-written certificate: reported, and the renewed one stays in service.
     std::fs::write(&t.cert.cert, "-----BEGIN CERTIFICATE-----\nbroken\n")?;
@@ -187,34 +198,18 @@ async fn a_secret_volume_the_kubelet_updates_is_served_without_a_restart() -> an
     let pki = TestPki::new("vault")?;
     let volume = tempfile::tempdir()?;
     let files = write_secret_volume(volume.path(), "2026_12_06_1", &pki.server("vault")?)?;
-    let etcd = EtcdServer::start()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), SidecarOptions::new("west", "west-1")).await?;
-    let vault = VaultServer::start_with(
-        &sidecar,
-        ROOT_KEY,
-        ROOT_TOKEN,
-        Some((files.clone(), &pki.ca)),
-    )
-    .await?;
-    let base = vault.api.base().to_owned();
+    let t = tls_vault_serving(pki, files).await?;
+    let base = t.vault.api.base().to_owned();
     assert_eq!(
-        served_certificate(&base, &pki.ca).await?,
-        der_of(&files.cert)?
+        served_certificate(&base, &t.pki.ca).await?,
+        der_of(&t.cert.cert)?
     );
 
-    let renewed = pki.server("vault-renewed")?;
+    let renewed = t.pki.server("vault-renewed")?;
     write_secret_volume(volume.path(), "2026_12_06_2", &renewed)?;
-    let expected = der_of(&renewed.cert)?;
-    wait_for(
-        "the certificate of the updated Secret volume to be served",
-        RELOAD_WITHIN,
-        || {
-            let (base, ca, expected) = (base.clone(), pki.ca.clone(), expected.clone());
-            async move { (served_certificate(&base, &ca).await.ok()? == expected).then_some(()) }
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vault.log()))?;
+    wait_served(&t, &der_of(&renewed.cert)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", t.vault.log()))?;
     Ok(())
 }
 
