@@ -15,8 +15,8 @@
 //! ```
 //!
 //! The additional data is the storage path, so a sealed value moved to another path does not
-//! open. A value that is not sealed (JSON from a version that did not seal) is read as it is and
-//! sealed the next time it is written.
+//! open. A value that is not sealed (JSON from a version that did not seal) is read as it is, and
+//! sealed when the active node next starts (`Replication::start`).
 
 use std::path::Path;
 

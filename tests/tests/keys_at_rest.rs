@@ -4,16 +4,20 @@
 //! key-encryption key, Vault's root key, an activation token (used or not), a Vault token
 //! (either region's root token included) or a secret's value. The replication keys
 //! are sealed with a key-encryption key that is not in etcd; without one, replication cannot be
-//! enabled (and nothing is written), and with another one, a sealed key does not open.
+//! enabled (and nothing is written), and with another one, a sealed key does not open. What a
+//! version from before sealing stored in clear is sealed at the next start.
 
 use base64::Engine;
 use etcd_client::GetOptions;
 use ferry_proto::storage::StatusRequest;
+use ferry_sidecar::keyspace::Keyspace;
+use ferry_sidecar::replication::definition::{CA_PATH, DEFINITION_PATH};
+use ferry_sidecar::seal::{KeyEncryptionKey, is_sealed};
 use ferry_sidecar::wal::record::hex;
 use ferry_tests::etcd::EtcdServer;
 use ferry_tests::http::JsonClient;
 use ferry_tests::inspect::opened_values;
-use ferry_tests::region::PERF;
+use ferry_tests::region::{PERF, Region};
 use ferry_tests::sidecar::TEST_KEK;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 use ferry_tests::vault::{EAST_ROOT_TOKEN, SHARED_ROOT_KEY, VaultPair, WEST_ROOT_TOKEN};
@@ -202,5 +206,42 @@ async fn a_sealed_key_does_not_open_with_another_key_encryption_key() -> anyhow:
         log.contains("does not open with this key-encryption key"),
         "{log}"
     );
+    Ok(())
+}
+
+/// A version from before sealing stored the replication CA and the cluster definition in clear;
+/// the CA is never written again by itself, so the next start seals both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_version_before_sealing_stored_in_clear_is_sealed_at_the_next_start()
+-> anyhow::Result<()> {
+    let mut west = Region::start("west", &[]).await?;
+    west.enable_primary().await?;
+    let kek = KeyEncryptionKey::from_hex(TEST_KEK).map_err(anyhow::Error::msg)?;
+    let keyspace = Keyspace::for_cluster("west");
+    let paths = [CA_PATH, DEFINITION_PATH];
+    let mut client = west.etcd.client().await?;
+    let mut clear = Vec::new();
+    for path in paths {
+        let stored = client.get(keyspace.data(path), None).await?;
+        let value = stored.kvs().first().map(|kv| kv.value().to_vec());
+        let value = value.ok_or_else(|| anyhow::anyhow!("west stored nothing at {path}"))?;
+        assert!(is_sealed(&value), "{path} was stored in clear");
+        let opened = kek.open(path, &value)?;
+        // As the version before sealing left it.
+        client
+            .put(keyspace.data(path), opened.clone(), None)
+            .await?;
+        clear.push(opened);
+    }
+    west.restart().await?;
+    for (path, opened) in paths.into_iter().zip(clear) {
+        let stored = client.get(keyspace.data(path), None).await?;
+        let value = stored.kvs().first().map(|kv| kv.value().to_vec());
+        let value = value.ok_or_else(|| anyhow::anyhow!("west lost {path}"))?;
+        assert!(is_sealed(&value), "{path} is still in clear after a start");
+        assert_eq!(kek.open(path, &value)?, opened, "{path} changed");
+    }
+    // Still the primary it was, with its CA: it issues an activation token.
+    west.token("south").await?;
     Ok(())
 }

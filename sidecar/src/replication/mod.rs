@@ -73,7 +73,7 @@ use crate::core::Core;
 use crate::error::StoreError;
 use crate::gateway::Gateway;
 use crate::seal::KeyEncryptionKey;
-use definition::{ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
+use definition::{CA_PATH, ClusterDefinition, DEFINITION_PATH, PRIMARY_ADDRS_PATH};
 use snapshot::SnapshotCache;
 use transport::PortTls;
 
@@ -247,12 +247,46 @@ impl Replication {
             info!(role = ?d.role, cluster_id = %d.cluster_id, "replication role loaded");
         }
         replication.adopt(definition);
+        replication.seal_what_is_stored_in_clear().await;
         if let Err(e) = replication.sign_own_epoch().await {
             warn!(error = %e, "cannot sign this primary's epoch proof: its secondaries cannot relay it");
         }
         // Before the storage API opens: a primary superseded while it was down stays fenced.
         replication.check_superseded().await?;
         Ok(replication)
+    }
+
+    /// Seals the CA and the definition where a version from before sealing stored them in
+    /// clear: they are otherwise written again only when they change, which the CA never does,
+    /// so its private key would stay readable in etcd for good. Under the control lock, which
+    /// every writer of either holds. Etcd's history keeps the clear value until it is
+    /// compacted. Best effort: a failure is logged, and the next start tries again.
+    async fn seal_what_is_stored_in_clear(&self) {
+        let Some(kek) = self.config.kek.as_deref() else {
+            return;
+        };
+        let _guard = self.control.lock().await;
+        for path in [CA_PATH, DEFINITION_PATH] {
+            let sealed = async {
+                let Some(raw) = self.gateway.get(path).await? else {
+                    return Ok(false);
+                };
+                if crate::seal::is_sealed(&raw) {
+                    return Ok(false);
+                }
+                let op = self.gateway.op(path.into(), Some(kek.seal(path, &raw)));
+                self.gateway.write(vec![op]).await?;
+                Ok::<_, StoreError>(true)
+            };
+            match sealed.await {
+                Ok(true) => info!(
+                    path,
+                    "sealed a value a version before sealing stored in clear"
+                ),
+                Ok(false) => {}
+                Err(e) => warn!(path, error = %e, "cannot seal a value stored in clear"),
+            }
+        }
     }
 
     /// Trusts the member CAs of `definition` for client certificates from now on.
