@@ -87,9 +87,12 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -d "$root" ]; then
-  # A previous run that was killed may have left mounts behind.
-  grep -o " $root[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
-  rm -rf --one-file-system "$root"
+  # A previous run that was killed left its root, and maybe mounts, behind. (No mounts is the
+  # usual case: grep then finds nothing, which must not end the script under pipefail.)
+  log "removing the root a killed run left in $root"
+  { grep -o " $root[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m"; done
+  rm -rf --one-file-system "$root" ||
+    die "cannot remove $root, which a killed run left; something may still be mounted under it (findmnt -R $root)"
 fi
 mkdir -p "$root"
 tar -C "$root" -xf "$base_tar"
