@@ -190,22 +190,28 @@ async fn rendered_charts_pass_server_side_dry_run_on_kubernetes_1_20() -> anyhow
     Ok(())
 }
 
+/// Runs helm against `kube` in the test namespace: whether it succeeded, and what it said.
+fn helm_on(kube: &KubeApiServer, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
+    let mut all = vec![kubeconfig.as_str(), "--namespace", NAMESPACE];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = run(&tool(ferry_tests::helm_binary()), &all)?;
+    Ok((ok, format!("{stdout}{stderr}")))
+}
+
 /// The keys the ferry chart generates are generated once: `helm upgrade` (which looks the live
 /// Secrets up) keeps their values, and `helm uninstall` leaves them, as it leaves nothing else.
 /// Installed for real on the API server (no controllers run there, so no pod starts: only the
 /// objects matter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
-    let helm = tool(ferry_tests::helm_binary());
     let kubectl = tool(ferry_tests::kubectl_binary());
     let kube = KubeApiServer::start().await?;
     let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
-    let helm_run = |args: &[&str]| -> anyhow::Result<String> {
-        let mut all = vec![kubeconfig.as_str(), "--namespace", NAMESPACE];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = run(&helm, &all)?;
-        anyhow::ensure!(ok, "helm {} failed:\n{stdout}{stderr}", args.join(" "));
-        Ok(stdout)
+    let helm_run = |args: &[&str]| -> anyhow::Result<()> {
+        let (ok, said) = helm_on(&kube, args)?;
+        anyhow::ensure!(ok, "helm {} failed:\n{said}", args.join(" "));
+        Ok(())
     };
     let secrets = || -> anyhow::Result<String> {
         let (ok, stdout, stderr) = run(
@@ -251,5 +257,61 @@ async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
     // Installed again, the region finds its keys.
     helm_run(&["install", "ferry", "charts/ferry"])?;
     assert_eq!(secrets()?, installed, "a reinstall changed the kept keys");
+    Ok(())
+}
+
+/// A bundled etcd installed without TLS keeps its plain peer URLs in its data, so an upgrade
+/// cannot switch it to TLS: the chart refuses, says how to keep it as it is, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_does_not_switch_a_running_bundled_etcd_to_tls() -> anyhow::Result<()> {
+    let kubectl = tool(ferry_tests::kubectl_binary());
+    let kube = KubeApiServer::start().await?;
+    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
+    let etcd_env = || -> anyhow::Result<String> {
+        let (ok, stdout, stderr) = run(
+            &kubectl,
+            &[
+                &kubeconfig,
+                "--namespace",
+                NAMESPACE,
+                "get",
+                "statefulset",
+                "ferry-etcd",
+                "--output=jsonpath={.spec.template.spec.containers[*].env[*].name}",
+            ],
+        )?;
+        anyhow::ensure!(ok, "kubectl get statefulset failed: {stderr}");
+        Ok(stdout)
+    };
+    let plain = ["--set", "etcd.tls.enabled=false"];
+    let install = [
+        &["install", "ferry", "charts/ferry", "--create-namespace"][..],
+        &plain,
+    ]
+    .concat();
+    let (ok, said) = helm_on(&kube, &install)?;
+    anyhow::ensure!(ok, "helm install without etcd TLS failed:\n{said}");
+    let before = etcd_env()?;
+    assert!(
+        before.contains("ETCD_NAME") && !before.contains("ETCD_CERT_FILE"),
+        "{before}"
+    );
+
+    // The chart's defaults (etcd TLS on), as a values file that predates etcd.tls gives; without
+    // values, helm would reuse the release's.
+    let (ok, said) = helm_on(
+        &kube,
+        &["upgrade", "ferry", "charts/ferry", "--reset-values"],
+    )?;
+    assert!(!ok, "the upgrade to etcd TLS went through:\n{said}");
+    assert!(
+        said.contains("ferry-etcd runs without TLS") && said.contains("etcd.tls.enabled: false"),
+        "{said}"
+    );
+    assert_eq!(etcd_env()?, before, "the refused upgrade changed etcd");
+
+    let upgrade = [&["upgrade", "ferry", "charts/ferry"][..], &plain].concat();
+    let (ok, said) = helm_on(&kube, &upgrade)?;
+    anyhow::ensure!(ok, "an upgrade keeping etcd without TLS failed:\n{said}");
     Ok(())
 }
