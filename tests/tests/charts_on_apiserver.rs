@@ -199,36 +199,38 @@ fn helm_on(kube: &KubeApiServer, args: &[&str]) -> anyhow::Result<(bool, String)
     Ok((ok, format!("{stdout}{stderr}")))
 }
 
+/// `kubectl get` on `kube` in the test namespace: what it printed.
+fn kubectl_get(kube: &KubeApiServer, args: &[&str]) -> anyhow::Result<String> {
+    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
+    let mut all = vec![kubeconfig.as_str(), "--namespace", NAMESPACE, "get"];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = run(&tool(ferry_tests::kubectl_binary()), &all)?;
+    anyhow::ensure!(ok, "kubectl get {} failed: {stderr}", args.join(" "));
+    Ok(stdout)
+}
+
 /// The keys the ferry chart generates are generated once: `helm upgrade` (which looks the live
 /// Secrets up) keeps their values, and `helm uninstall` leaves them, as it leaves nothing else.
 /// Installed for real on the API server (no controllers run there, so no pod starts: only the
 /// objects matter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
-    let kubectl = tool(ferry_tests::kubectl_binary());
     let kube = KubeApiServer::start().await?;
-    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
     let helm_run = |args: &[&str]| -> anyhow::Result<()> {
         let (ok, said) = helm_on(&kube, args)?;
         anyhow::ensure!(ok, "helm {} failed:\n{said}", args.join(" "));
         Ok(())
     };
-    let secrets = || -> anyhow::Result<String> {
-        let (ok, stdout, stderr) = run(
-            &kubectl,
+    let secrets = || {
+        kubectl_get(
+            &kube,
             &[
-                &kubeconfig,
-                "--namespace",
-                NAMESPACE,
-                "get",
                 "secrets",
                 // The chart's own, not Helm's release records.
                 "--selector=app.kubernetes.io/part-of=ferry",
                 "--output=jsonpath={range .items[*]}{.metadata.name}={.data}{\"\\n\"}{end}",
             ],
-        )?;
-        anyhow::ensure!(ok, "kubectl get secrets failed: {stderr}");
-        Ok(stdout)
+        )
     };
     helm_run(&["install", "ferry", "charts/ferry", "--create-namespace"])?;
     let installed = secrets()?;
@@ -264,24 +266,16 @@ async fn generated_keys_survive_upgrade_and_uninstall() -> anyhow::Result<()> {
 /// cannot switch it to TLS: the chart refuses, says how to keep it as it is, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_does_not_switch_a_running_bundled_etcd_to_tls() -> anyhow::Result<()> {
-    let kubectl = tool(ferry_tests::kubectl_binary());
     let kube = KubeApiServer::start().await?;
-    let kubeconfig = format!("--kubeconfig={}", kube.admin_kubeconfig().display());
-    let etcd_env = || -> anyhow::Result<String> {
-        let (ok, stdout, stderr) = run(
-            &kubectl,
+    let etcd_env = || {
+        kubectl_get(
+            &kube,
             &[
-                &kubeconfig,
-                "--namespace",
-                NAMESPACE,
-                "get",
                 "statefulset",
                 "ferry-etcd",
                 "--output=jsonpath={.spec.template.spec.containers[*].env[*].name}",
             ],
-        )?;
-        anyhow::ensure!(ok, "kubectl get statefulset failed: {stderr}");
-        Ok(stdout)
+        )
     };
     let plain = ["--set", "etcd.tls.enabled=false"];
     let install = [
