@@ -209,6 +209,17 @@ async fn a_sealed_key_does_not_open_with_another_key_encryption_key() -> anyhow:
     Ok(())
 }
 
+/// What `keyspace`'s cluster stores at `path`, as etcd holds it.
+async fn stored_at(
+    client: &mut etcd_client::Client,
+    keyspace: &Keyspace,
+    path: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let got = client.get(keyspace.data(path), None).await?;
+    let value = got.kvs().first().map(|kv| kv.value().to_vec());
+    value.ok_or_else(|| anyhow::anyhow!("nothing is stored at {path}"))
+}
+
 /// A version from before sealing stored the replication CA and the cluster definition in clear;
 /// the CA is never written again by itself, so the next start seals both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,9 +233,7 @@ async fn what_a_version_before_sealing_stored_in_clear_is_sealed_at_the_next_sta
     let mut client = west.etcd.client().await?;
     let mut clear = Vec::new();
     for path in paths {
-        let stored = client.get(keyspace.data(path), None).await?;
-        let value = stored.kvs().first().map(|kv| kv.value().to_vec());
-        let value = value.ok_or_else(|| anyhow::anyhow!("west stored nothing at {path}"))?;
+        let value = stored_at(&mut client, &keyspace, path).await?;
         assert!(is_sealed(&value), "{path} was stored in clear");
         let opened = kek.open(path, &value)?;
         // As the version before sealing left it.
@@ -235,9 +244,7 @@ async fn what_a_version_before_sealing_stored_in_clear_is_sealed_at_the_next_sta
     }
     west.restart().await?;
     for (path, opened) in paths.into_iter().zip(clear) {
-        let stored = client.get(keyspace.data(path), None).await?;
-        let value = stored.kvs().first().map(|kv| kv.value().to_vec());
-        let value = value.ok_or_else(|| anyhow::anyhow!("west lost {path}"))?;
+        let value = stored_at(&mut client, &keyspace, path).await?;
         assert!(is_sealed(&value), "{path} is still in clear after a start");
         assert_eq!(kek.open(path, &value)?, opened, "{path} changed");
     }

@@ -108,8 +108,8 @@ impl Namespaces {
         let mut line = String::new();
         let stdout = holder.stdout.take().expect("piped");
         // The script says "ready" once the namespaces are prepared, or ends without it.
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "ready" {
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        if read.is_err() || line.trim() != "ready" {
             let _ = holder.kill();
             let status = holder.wait()?;
             anyhow::bail!(
