@@ -120,9 +120,129 @@ pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Res
     unreachable!("the last attempt returns")
 }
 
+/// How long start-up waits for etcd to answer. In a pod the bundled etcd starts beside the
+/// nodes and its name resolves only once its pod runs; a sidecar that exited instead would be
+/// restarted by kubelet after ever longer pauses (CrashLoopBackOff), which can keep a new
+/// installation down for minutes after etcd is up. ferry-vault waits as long for the sidecar.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
+/// How often the wait says that it is still waiting.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits until etcd answers a read of `key`, saying why not now and then. An etcd that refuses
+/// this node (a certificate either side rejects, credentials it does not accept) ends the wait
+/// at once with the reason, as does [`STARTUP_WAIT`] running out: waiting would not mend it.
+pub async fn wait_until_answering(
+    client: &Client,
+    key: &str,
+    endpoints: &[String],
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut reported: Option<std::time::Instant> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let read = client
+            .kv_client()
+            .get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+            .await;
+        let e = match read {
+            Ok(_) => {
+                if reported.is_some() {
+                    info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "etcd answers"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if !not_reachable_yet(&e) {
+            return Err(e).context(format!("etcd at {endpoints:?} refused this node"));
+        }
+        if started.elapsed() >= STARTUP_WAIT {
+            return Err(e).context(format!(
+                "etcd at {endpoints:?} did not answer within {}s",
+                STARTUP_WAIT.as_secs()
+            ));
+        }
+        if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+            info!(
+                error = %e,
+                waited_s = started.elapsed().as_secs(),
+                limit_s = STARTUP_WAIT.as_secs(),
+                "waiting for etcd to answer"
+            );
+            reported = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Whether `e` says that etcd cannot be reached yet (its name does not resolve, nothing
+/// listens, no answer in time) rather than that it refused this node.
+fn not_reachable_yet(e: &etcd_client::Error) -> bool {
+    let inner: &(dyn std::error::Error + 'static) = match e {
+        etcd_client::Error::TransportError(t) => t,
+        etcd_client::Error::IoError(io) => io,
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            s
+        }
+        _ => return false,
+    };
+    !failed_in_tls(inner)
+}
+
+/// Whether a TLS error is in `e`'s chain: a certificate one side does not accept. An
+/// `io::Error` hides the error it wraps from `source()`, so each one is opened.
+fn failed_in_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if err.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_etcd_out_of_reach_is_waited_for() {
+        let status = |code| etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x"));
+        assert!(not_reachable_yet(&status(tonic::Code::Unavailable)));
+        assert!(not_reachable_yet(&status(tonic::Code::DeadlineExceeded)));
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(not_reachable_yet(&etcd_client::Error::IoError(refused)));
+        for code in [
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Unknown,
+        ] {
+            assert!(!not_reachable_yet(&status(code)), "{code:?}");
+        }
+        // A certificate refused in the handshake, as tokio-rustls reports it, under the code
+        // tonic gives a connection that failed.
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let mut failed = tonic::Status::unavailable("transport error");
+        failed.set_source(std::sync::Arc::new(tls));
+        assert!(!not_reachable_yet(&etcd_client::Error::GRpcStatus(failed)));
+    }
 
     #[test]
     fn endpoint_schemes_must_match_tls() {

@@ -102,9 +102,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         port_tls.clone(),
     ));
     let admin_api = api::NodeRouter::new(node.clone(), standby_view.clone());
-    // One try before serving anything: a lone node is never seen as a standby. An etcd that
-    // refuses this node (bad credentials, say) stops start-up here with the reason, rather than
-    // leaving a standby that retries for ever.
+    // An etcd not up yet is waited for (in a pod the bundled etcd starts beside the nodes); one
+    // that refuses this node (bad credentials, say) stops start-up here with the reason, rather
+    // than leaving a standby that retries for ever.
+    etcd_connect::wait_until_answering(&client, &keyspace.fence(), &config.etcd_endpoints).await?;
+    // One try before serving anything: a lone node is never seen as a standby.
     fence
         .retake(&client)
         .await

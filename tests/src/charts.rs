@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_operator::crd::ReplicationCluster;
-use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, ListParams, PostParams};
 
 use crate::http::JsonClient;
 use crate::kube_node::{KubeRegion, Wan};
@@ -172,15 +172,40 @@ impl ChartRegion {
         .await;
         match found {
             Ok(rc) => Ok(rc),
-            Err(e) => {
-                let last = api.get_opt(&name).await.ok().flatten();
-                Err(e.context(format!(
-                    "last status {}\n{}",
-                    serde_json::to_string_pretty(&last.and_then(|r| r.status)).unwrap_or_default(),
-                    self.logs().await
-                )))
-            }
+            Err(e) => Err(self.explain(e).await),
         }
+    }
+
+    /// `failure` with what the region shows: its ReplicationCluster's status, its pods, its
+    /// recent events and the pods' logs.
+    pub async fn explain(&self, failure: anyhow::Error) -> anyhow::Error {
+        let last = match self.clusters().await {
+            Ok(api) => api.get_opt(self.name()).await.ok().flatten(),
+            Err(_) => None,
+        };
+        let mut shown = Vec::new();
+        for args in [
+            &["get", "pods", "-n", NAMESPACE, "-o", "wide"][..],
+            &["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"][..],
+        ] {
+            let out = self
+                .region
+                .kubectl(args)
+                .await
+                .unwrap_or_else(|e| format!("{e:#}"));
+            shown.push(format!(
+                "--- {} kubectl {} ---\n{out}",
+                self.name(),
+                args.join(" ")
+            ));
+        }
+        failure.context(format!(
+            "{}'s last status {}\n{}\n{}",
+            self.name(),
+            serde_json::to_string_pretty(&last.and_then(|r| r.status)).unwrap_or_default(),
+            shown.join("\n"),
+            self.logs().await
+        ))
     }
 
     /// Waits until the region's ReplicationCluster lists `count` nodes, one of them active and
@@ -213,6 +238,24 @@ impl ChartRegion {
         };
         let rc = self.wait_cluster(&what, |rc| active(rc).is_some()).await?;
         active(&rc).context("no active node")
+    }
+
+    /// Every container of the region's Ferry node pods that restarted, as
+    /// `pod/container: count`.
+    pub async fn restarted(&self) -> anyhow::Result<Vec<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.region.client().await?, NAMESPACE);
+        let nodes = ListParams::default().labels("app.kubernetes.io/component=node");
+        let mut restarted = Vec::new();
+        for pod in pods.list(&nodes).await? {
+            let statuses = pod.status.and_then(|s| s.container_statuses);
+            for c in statuses.unwrap_or_default() {
+                if c.restart_count > 0 {
+                    let name = pod.metadata.name.as_deref().unwrap_or("?");
+                    restarted.push(format!("{name}/{}: {}", c.name, c.restart_count));
+                }
+            }
+        }
+        Ok(restarted)
     }
 
     /// The recent logs of the region's Ferry pods, for failure messages.
@@ -480,7 +523,7 @@ pub async fn install_pair(
         .helm_ferry(&secondary.write_values(Role::Secondary, primary, TAG)?)
         .await?;
     let activation = format!("{}-activation", secondary.name());
-    wait_for(
+    let written = wait_for(
         &format!("{}'s operator to write {activation}", primary.name()),
         LONG,
         || async {
@@ -493,7 +536,10 @@ pub async fn install_pair(
                 .ok()?
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = written {
+        return Err(primary.explain(e).await);
+    }
     copy_secrets(primary, secondary, &[&activation]).await?;
     secondary
         .wait_cluster("streaming and Ready", |rc| {

@@ -3,7 +3,7 @@
 //! through Helm values, Secrets copied as GitOps would, and Services.
 //!
 //! One test walks the life of a two-region installation, step by step (issue 17):
-//! 1. `helm install` of ferry-operator and ferry in west and east;
+//! 1. `helm install` of ferry-operator and ferry in west and east, with no container restarted;
 //! 2. west the primary and east its secondary through the ReplicationClusters the chart renders,
 //!    with the keys and the activation Secret copied from west to east;
 //! 3. hvac through the Services: west's writes read on east, east's writes forwarded, tokens
@@ -52,6 +52,17 @@ async fn two_regions_installed_with_helm_replicate_fail_over_and_uninstall_clean
     // 1 and 2: install, west first; its keys and east's activation Secret copied to east.
     let install_seconds = install_pair(&mut west, &mut east).await?;
     eprintln!("helm install to a replicating two-region install: {install_seconds:.1} s");
+    // Every pod came up once: a container that exits while a neighbour starts (the sidecar
+    // before the bundled etcd) is restarted by kubelet after ever longer pauses.
+    for region in [&west, &east] {
+        let restarted = region.restarted().await?;
+        anyhow::ensure!(
+            restarted.is_empty(),
+            "containers restarted during {}'s install: {restarted:?}\n{}",
+            region.name(),
+            region.logs().await
+        );
+    }
 
     // 3: hvac through both Services.
     ferry_tests::hvac::run_script(

@@ -1,5 +1,6 @@
 //! etcd going down and coming back: writes fail with a clear error meanwhile and nothing
-//! acknowledged is lost; the sidecar carries on once etcd is back.
+//! acknowledged is lost; the sidecar carries on once etcd is back. A sidecar started before its
+//! etcd is up (a pod beside the chart's bundled etcd) waits for it rather than exiting.
 
 use std::time::Duration;
 
@@ -70,5 +71,62 @@ async fn writes_resume_after_etcd_restarts() -> anyhow::Result<()> {
         .into_inner();
     assert!(check.consistent, "{check:?}");
     assert!(sidecar.status().await?.fence_held);
+    Ok(())
+}
+
+/// In a pod the bundled etcd starts beside the nodes: until it runs, its name does not resolve
+/// and then nothing listens. A sidecar that exited meanwhile would be restarted by kubelet after
+/// ever longer pauses; it waits, saying why, and serves once etcd answers.
+#[tokio::test]
+async fn a_sidecar_started_before_its_etcd_waits_for_it() -> anyhow::Result<()> {
+    const WAITING: &str = "waiting for etcd to answer";
+    let waiting_twice = |sidecar: &Sidecar| {
+        let log = sidecar.log();
+        (log.matches(WAITING).count() >= 2).then_some(log)
+    };
+
+    // A name that does not resolve (yet).
+    let mut unnamed = Sidecar::spawn(
+        "http://ferry-etcd-0.not-resolvable.invalid:2379",
+        SidecarOptions::new("east", "n1"),
+    )?;
+    let log = wait_for(
+        "a second report of the wait",
+        Duration::from_secs(30),
+        || {
+            let log = waiting_twice(&unnamed);
+            async move { log }
+        },
+    )
+    .await
+    .map_err(|e| e.context(unnamed.log()))?;
+    assert!(log.contains("dns error"), "{log}");
+    unnamed.kill();
+
+    // Nothing listening, then etcd.
+    let mut etcd = EtcdServer::start()?;
+    etcd.kill();
+    let mut sidecar = Sidecar::spawn(&etcd.endpoint(), SidecarOptions::new("east", "n1"))?;
+    wait_for(
+        "a second report of the wait",
+        Duration::from_secs(30),
+        || {
+            let log = waiting_twice(&sidecar);
+            async move { log }
+        },
+    )
+    .await
+    .map_err(|e| e.context(sidecar.log()))?;
+    etcd.restart()?;
+    sidecar.wait_ready().await?;
+    sidecar
+        .storage()
+        .put(PutRequest {
+            key: "core/after-the-wait".into(),
+            value: b"1".to_vec(),
+        })
+        .await?;
+    assert!(sidecar.status().await?.fence_held);
+    assert!(sidecar.log().contains("etcd answers"), "{}", sidecar.log());
     Ok(())
 }

@@ -9,8 +9,8 @@ use ferry_tests::etcd::{EtcdOptions, EtcdServer, EtcdTls};
 use ferry_tests::pki::TestPki;
 use ferry_tests::sidecar::{Sidecar, SidecarOptions};
 
-/// How long a sidecar that must refuse to start may take to exit (it retries etcd for a while
-/// when etcd refuses the handshake).
+/// How long a sidecar that must refuse to start may take to exit: well under the start-up wait
+/// for an etcd out of reach (`etcd_outage`), which a refusal must not get.
 const EXIT_WITHIN: Duration = Duration::from_secs(90);
 
 fn tls_etcd(pki: &TestPki) -> anyhow::Result<EtcdServer> {
@@ -70,6 +70,8 @@ async fn the_sidecar_stores_through_etcd_over_tls_with_a_client_certificate() ->
     Ok(())
 }
 
+/// An etcd that refuses the sidecar is not waited for, as one not up yet is (`etcd_outage`):
+/// start-up stops with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_client_certificate_the_sidecar_does_not_start() -> anyhow::Result<()> {
     let pki = TestPki::new("etcd")?;
@@ -79,7 +81,21 @@ async fn without_a_client_certificate_the_sidecar_does_not_start() -> anyhow::Re
     let status = sidecar.wait_exit(EXIT_WITHIN).await?;
     assert!(!status.success());
     let log = sidecar.log();
-    assert!(log.contains("failed to acquire the write fence"), "{log}");
+    assert!(log.contains("refused this node"), "{log}");
+
+    // A server certificate from a CA the sidecar does not trust.
+    let other = TestPki::new("other")?;
+    let files = pki.client("sidecar")?;
+    let options = SidecarOptions::new("tls", "n1")
+        .arg(format!("--etcd-ca-file={}", other.ca.display()))
+        .arg(format!("--etcd-cert-file={}", files.cert.display()))
+        .arg(format!("--etcd-key-file={}", files.key.display()));
+    let mut sidecar = Sidecar::spawn(&etcd.endpoint(), options)?;
+    let status = sidecar.wait_exit(EXIT_WITHIN).await?;
+    assert!(!status.success());
+    let log = sidecar.log();
+    assert!(log.contains("refused this node"), "{log}");
+    assert!(log.contains("certificate"), "{log}");
     Ok(())
 }
 
