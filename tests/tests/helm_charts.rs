@@ -499,6 +499,41 @@ fn ferry_vault_reads_its_tls_pair_from_the_secret_volume_so_that_renewals_are_se
     );
 }
 
+/// A node still starting is not killed: ferry-vault answers only once its sidecar serves, and
+/// the sidecar waits for etcd up to its start-up limit before it recovers. The startup probe
+/// holds liveness off for longer than that; liveness then restarts a node that stops answering.
+#[test]
+fn liveness_waits_for_a_node_that_is_still_starting() {
+    let yaml = render(&["x", FERRY_CHART]);
+    let vault_container = yaml
+        .split("- name: ferry-vault\n")
+        .nth(1)
+        .expect("the ferry-vault container");
+    let probe = |name: &str| {
+        let at = vault_container
+            .find(&format!("{name}:\n"))
+            .unwrap_or_else(|| panic!("no {name} in\n{vault_container}"));
+        let body = &vault_container[at..];
+        let field = |f: &str| -> u64 {
+            body.lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{f}: ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} has no {f}"))
+        };
+        field("periodSeconds") * field("failureThreshold")
+    };
+    let startup = probe("startupProbe");
+    let waited = ferry_sidecar::etcd_connect::STARTUP_WAIT.as_secs();
+    assert!(
+        startup >= waited + 30,
+        "the startup probe gives up after {startup} s; the sidecar alone may wait {waited} s for etcd"
+    );
+    assert!(
+        probe("livenessProbe") <= 120,
+        "liveness is slow to notice a hung node"
+    );
+}
+
 /// The certificates the chart makes for its bundled etcd work with a real etcd and the real
 /// sidecar: the members' certificate serves (it names 127.0.0.1 as well as the members' names),
 /// and etcd, requiring client certificates, admits the sidecar's.
