@@ -127,6 +127,8 @@ pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Res
 pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
 /// How often the wait says that it is still waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// Longest one read of the wait may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until etcd answers a read of `key`, saying why not now and then. An etcd that refuses
 /// this node (a certificate either side rejects, credentials it does not accept) ends the wait
@@ -140,12 +142,10 @@ pub async fn wait_until_answering(
     let mut reported: Option<std::time::Instant> = None;
     let mut delay = Duration::from_millis(100);
     loop {
-        let read = client
-            .kv_client()
-            .get(key, Some(etcd_client::GetOptions::new().with_count_only()))
-            .await;
-        let e = match read {
-            Ok(_) => {
+        let mut kv = client.kv_client();
+        let read = kv.get(key, Some(etcd_client::GetOptions::new().with_count_only()));
+        let e = match tokio::time::timeout(ATTEMPT_TIMEOUT, read).await {
+            Ok(Ok(_)) => {
                 if reported.is_some() {
                     info!(
                         waited_ms = started.elapsed().as_millis() as u64,
@@ -154,11 +154,13 @@ pub async fn wait_until_answering(
                 }
                 return Ok(());
             }
-            Err(e) => e,
+            Ok(Err(e)) if !not_reachable_yet(&e) => {
+                return Err(e).context(format!("etcd at {endpoints:?} refused this node"));
+            }
+            Ok(Err(e)) => anyhow::Error::from(e),
+            // Accepted but not answered: a member without quorum, say.
+            Err(_) => anyhow::anyhow!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()),
         };
-        if !not_reachable_yet(&e) {
-            return Err(e).context(format!("etcd at {endpoints:?} refused this node"));
-        }
         if started.elapsed() >= STARTUP_WAIT {
             return Err(e).context(format!(
                 "etcd at {endpoints:?} did not answer within {}s",

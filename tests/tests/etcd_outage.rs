@@ -74,32 +74,18 @@ async fn writes_resume_after_etcd_restarts() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// In a pod the bundled etcd starts beside the nodes: until it runs, its name does not resolve
-/// and then nothing listens. A sidecar that exited meanwhile would be restarted by kubelet after
-/// ever longer pauses; it waits, saying why, and serves once etcd answers.
+/// In a pod the bundled etcd starts beside the nodes: until it runs, its name does not resolve,
+/// then nothing listens, and a member may accept connections before it can answer. A sidecar
+/// that exited meanwhile would be restarted by kubelet after ever longer pauses; it waits,
+/// saying why, and serves once etcd answers.
 #[tokio::test]
 async fn a_sidecar_started_before_its_etcd_waits_for_it() -> anyhow::Result<()> {
-    const WAITING: &str = "waiting for etcd to answer";
-    let waiting_twice = |sidecar: &Sidecar| {
-        let log = sidecar.log();
-        (log.matches(WAITING).count() >= 2).then_some(log)
-    };
-
     // A name that does not resolve (yet).
     let mut unnamed = Sidecar::spawn(
         "http://ferry-etcd-0.not-resolvable.invalid:2379",
         SidecarOptions::new("east", "n1"),
     )?;
-    let log = wait_for(
-        "a second report of the wait",
-        Duration::from_secs(30),
-        || {
-            let log = waiting_twice(&unnamed);
-            async move { log }
-        },
-    )
-    .await
-    .map_err(|e| e.context(unnamed.log()))?;
+    let log = still_waiting(&unnamed).await?;
     assert!(log.contains("dns error"), "{log}");
     unnamed.kill();
 
@@ -107,16 +93,7 @@ async fn a_sidecar_started_before_its_etcd_waits_for_it() -> anyhow::Result<()> 
     let mut etcd = EtcdServer::start()?;
     etcd.kill();
     let mut sidecar = Sidecar::spawn(&etcd.endpoint(), SidecarOptions::new("east", "n1"))?;
-    wait_for(
-        "a second report of the wait",
-        Duration::from_secs(30),
-        || {
-            let log = waiting_twice(&sidecar);
-            async move { log }
-        },
-    )
-    .await
-    .map_err(|e| e.context(sidecar.log()))?;
+    still_waiting(&sidecar).await?;
     etcd.restart()?;
     sidecar.wait_ready().await?;
     sidecar
@@ -128,5 +105,31 @@ async fn a_sidecar_started_before_its_etcd_waits_for_it() -> anyhow::Result<()> 
         .await?;
     assert!(sidecar.status().await?.fence_held);
     assert!(sidecar.log().contains("etcd answers"), "{}", sidecar.log());
+
+    // An etcd that accepts connections and answers nothing (stopped here; a member without
+    // quorum, say): each try is cut short and the wait goes on.
+    let frozen = EtcdServer::start()?;
+    frozen.signal("STOP")?;
+    let mut sidecar = Sidecar::spawn(&frozen.endpoint(), SidecarOptions::new("east", "n1"))?;
+    still_waiting(&sidecar).await?;
+    frozen.signal("CONT")?;
+    sidecar.wait_ready().await?;
+    assert!(sidecar.status().await?.fence_held);
     Ok(())
+}
+
+/// Waits until `sidecar` has reported its wait for etcd twice (5 s apart), so it is still
+/// waiting rather than gone; its log.
+async fn still_waiting(sidecar: &Sidecar) -> anyhow::Result<String> {
+    wait_for(
+        "a second report of the wait",
+        Duration::from_secs(60),
+        || {
+            let log = sidecar.log();
+            let twice = log.matches("waiting for etcd to answer").count() >= 2;
+            async move { twice.then_some(log) }
+        },
+    )
+    .await
+    .map_err(|e| e.context(sidecar.log()))
 }
