@@ -241,7 +241,7 @@ impl ChartRegion {
     }
 
     /// Every container of the region's Ferry node pods that restarted, as
-    /// `pod/container: count`.
+    /// `pod/container: count (how it last ended)`.
     pub async fn restarted(&self) -> anyhow::Result<Vec<String>> {
         let pods: Api<Pod> = Api::namespaced(self.region.client().await?, NAMESPACE);
         let nodes = ListParams::default().labels("app.kubernetes.io/component=node");
@@ -251,7 +251,16 @@ impl ChartRegion {
             for c in statuses.unwrap_or_default() {
                 if c.restart_count > 0 {
                     let name = pod.metadata.name.as_deref().unwrap_or("?");
-                    restarted.push(format!("{name}/{}: {}", c.name, c.restart_count));
+                    let ended = c.last_state.and_then(|s| s.terminated).map(|t| {
+                        let reason = t.reason.unwrap_or_default();
+                        format!(" ({reason}, exit code {})", t.exit_code)
+                    });
+                    restarted.push(format!(
+                        "{name}/{}: {}{}",
+                        c.name,
+                        c.restart_count,
+                        ended.unwrap_or_default()
+                    ));
                 }
             }
         }
