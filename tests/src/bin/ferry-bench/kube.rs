@@ -3,7 +3,8 @@
 //! images `make images` built. Needs root, like that test.
 //!
 //! * Time to a ready two-region install: from the first `helm install` (images present) to the
-//!   secondary streaming, once per pair of regions.
+//!   secondary streaming, once per pair of regions, with how many node containers restarted
+//!   on the way (none should).
 //! * The RTO of a switchover by `helm upgrade` with the roles flipped in both regions' values:
 //!   from the commit being applied to the first write the new primary commits (target ≤5 s),
 //!   under a write load, both directions in every pair.
@@ -25,14 +26,20 @@ pub async fn kube_bench(_args: &Args, report: &mut Report) -> anyhow::Result<()>
     let mut installs = Vec::new();
     let mut rtos = Vec::new();
     let mut gaps = Vec::new();
+    let mut restarts = 0;
     for i in 1..=PAIRS {
         eprintln!("kube: pair {i} of {PAIRS} (two real Kubernetes regions)");
         let (mut west, mut east, _wan) = ChartRegion::start_pair("west", "east")
             .await
             .with_context(|| format!("pair {i}"))?;
         let install = install_pair(&mut west, &mut east).await?;
-        eprintln!("  helm install → east streaming {install:.2}s");
+        let mut restarted = west.restarted().await?;
+        restarted.extend(east.restarted().await?);
+        eprintln!(
+            "  helm install → east streaming {install:.2}s; node containers restarted: {restarted:?}"
+        );
         installs.push(install);
+        restarts += restarted.len();
         for (from, to) in [(&west, &east), (&east, &west)] {
             let switched = switch_over(from, to, TAG).await?;
             eprintln!(
@@ -60,7 +67,8 @@ pub async fn kube_bench(_args: &Args, report: &mut Report) -> anyhow::Result<()>
         )
         .extra("runs", installs.len() as u64)
         .extra("min", round(min(&installs)))
-        .extra("max", round(max(&installs))),
+        .extra("max", round(max(&installs)))
+        .extra("node_containers_restarted", restarts as u64),
     )?;
     report.add(
         Row::new(
