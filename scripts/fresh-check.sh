@@ -57,6 +57,12 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 mkdir -p "$work" "$logs"
+# The root builds the workspace (debug and release) and Kubernetes from nothing: about 20 GB.
+# A disk that fills midway fails the build 20 minutes in ("No space left on device"); say so now.
+need_gb=25
+free_gb=$(($(df -Pk "$work" | awk 'NR == 2 { print $4 }') / 1024 / 1024))
+[ "$free_gb" -ge "$need_gb" ] ||
+  die "$work has $free_gb GB free; the rehearsal needs about $need_gb GB (a workspace's target/ grows with every build: cargo clean frees it)"
 mirror="$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
 mirror="${mirror:-http://deb.debian.org/debian}"
 
