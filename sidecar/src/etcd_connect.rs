@@ -1,5 +1,6 @@
 //! How the sidecar reaches its cluster's etcd: the endpoints, TLS with a client certificate
-//! (etcd's `--client-cert-auth`), and the connection itself with bounded retries.
+//! (etcd's `--client-cert-auth`), and the connection itself, which waits a bounded time for an
+//! etcd not up yet and stops at once on one that refuses this node.
 //!
 //! TLS is on when a CA file is given; every endpoint must then be `https://`, and a plain
 //! `http://` endpoint beside a CA file, or an `https://` one without it, is refused at start-up
@@ -12,9 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tracing::info;
-
-/// Connection attempts at start-up before giving up.
-const CONNECT_ATTEMPTS: u32 = 10;
 
 /// TLS settings for etcd, read from their files.
 #[derive(Clone, Debug)]
@@ -97,27 +95,25 @@ pub fn check_endpoints(endpoints: &[String], tls: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to etcd, retrying with backoff while it is not reachable yet.
-pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Result<Client> {
+/// Connects to etcd and waits until it answers a read of `key` ([`wait_until_answering`]).
+/// Building the client reaches nothing (its channel connects on first use), so it fails only
+/// on options no retry mends, at once.
+pub async fn connect(
+    endpoints: &[String],
+    tls: Option<&EtcdTls>,
+    key: &str,
+) -> anyhow::Result<Client> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
     if let Some(tls) = tls {
         options = options.with_tls(tls.options());
     }
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=CONNECT_ATTEMPTS {
-        match Client::connect(endpoints, Some(options.clone())).await {
-            Ok(client) => return Ok(client),
-            Err(e) if attempt < CONNECT_ATTEMPTS => {
-                info!(error = %e, attempt, "etcd not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e).context(format!("failed to connect to etcd at {endpoints:?}")),
-        }
-    }
-    unreachable!("the last attempt returns")
+    let client = Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("failed to connect to etcd at {endpoints:?}"))?;
+    wait_until_answering(&client, key, endpoints).await?;
+    Ok(client)
 }
 
 /// How long start-up waits for etcd to answer. In a pod the bundled etcd starts beside the
@@ -133,7 +129,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits until etcd answers a read of `key`, saying why not now and then. An etcd that refuses
 /// this node (a certificate either side rejects, credentials it does not accept) ends the wait
 /// at once with the reason, as does [`STARTUP_WAIT`] running out: waiting would not mend it.
-pub async fn wait_until_answering(
+async fn wait_until_answering(
     client: &Client,
     key: &str,
     endpoints: &[String],

@@ -80,7 +80,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let etcd_tls = config.etcd_tls()?;
     let kek = config.key_encryption_key()?;
-    let client = etcd_connect::connect(&config.etcd_endpoints, etcd_tls.as_ref()).await?;
+    // An etcd not up yet is waited for (in a pod the bundled etcd starts beside the nodes); one
+    // that refuses this node (bad credentials, say) stops start-up here with the reason, rather
+    // than leaving a standby that retries for ever.
+    let client =
+        etcd_connect::connect(&config.etcd_endpoints, etcd_tls.as_ref(), &keyspace.fence()).await?;
     let fence = Arc::new(Fence::new(
         keyspace.fence(),
         config.fence_holder(),
@@ -102,10 +106,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         port_tls.clone(),
     ));
     let admin_api = api::NodeRouter::new(node.clone(), standby_view.clone());
-    // An etcd not up yet is waited for (in a pod the bundled etcd starts beside the nodes); one
-    // that refuses this node (bad credentials, say) stops start-up here with the reason, rather
-    // than leaving a standby that retries for ever.
-    etcd_connect::wait_until_answering(&client, &keyspace.fence(), &config.etcd_endpoints).await?;
     // One try before serving anything: a lone node is never seen as a standby.
     fence
         .retake(&client)
